@@ -1,0 +1,140 @@
+//! The feature extractors PatchCore runs to its chosen layers, built on the [`Backend`].
+
+mod resnet;
+pub mod weights;
+
+use crate::backend::{Backend, ConvSpec, ConvWeights};
+use crate::error::{Error, Result};
+use resnet::{Depth, ResNet};
+use weights::WeightSource;
+
+/// The backbones this engine knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    #[value(name = "resnet18")]
+    #[serde(rename = "resnet18")]
+    Resnet18,
+    #[value(name = "wide_resnet50_2")]
+    #[serde(rename = "wide_resnet50_2")]
+    WideResnet50_2,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Resnet18 => "resnet18",
+            Architecture::WideResnet50_2 => "wide_resnet50_2",
+        }
+    }
+
+    /// The layers whose features PatchCore concatenates, shallow first.
+    pub fn layers(self) -> [&'static str; 2] {
+        ["layer2", "layer3"]
+    }
+
+    /// Channels of each feature layer.
+    pub fn channels(self) -> [usize; 2] {
+        match self {
+            Architecture::Resnet18 => [128, 256],
+            Architecture::WideResnet50_2 => [512, 1024],
+        }
+    }
+
+    pub fn embedding_dim(self) -> usize {
+        self.channels().iter().sum()
+    }
+
+    /// Input pixels per feature cell of the first feature layer.
+    pub fn stride(self) -> usize {
+        8
+    }
+
+    /// The BatchNorm epsilon its weights were trained with.
+    pub fn bn_eps(self) -> f64 {
+        1e-5
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Architecture {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "resnet18" => Ok(Architecture::Resnet18),
+            "wide_resnet50_2" => Ok(Architecture::WideResnet50_2),
+            _ => Err(Error::option("backbone", format!("`{s}`: expected resnet18 or wide_resnet50_2"))),
+        }
+    }
+}
+
+/// Where the convolutions come from: torchvision weights with BatchNorm to fold, or a model
+/// file's already folded ones.
+pub enum ConvOrigin<'a> {
+    Torchvision(&'a dyn WeightSource),
+    Folded(&'a dyn WeightSource, &'a str),
+}
+
+/// Loads each convolution, keeps its folded host copy (to save in a model file) and prepares
+/// it on the backend.
+pub struct ConvLoader<'a, B: Backend> {
+    backend: &'a B,
+    origin: ConvOrigin<'a>,
+    eps: f64,
+    folded: Vec<(String, ConvWeights)>,
+}
+
+impl<B: Backend> ConvLoader<'_, B> {
+    pub fn conv(&mut self, conv: &str, bn: &str, spec: ConvSpec) -> Result<B::Conv> {
+        let weights = match &self.origin {
+            ConvOrigin::Torchvision(source) => weights::load_folded(*source, conv, bn, spec, self.eps)?,
+            ConvOrigin::Folded(source, prefix) => weights::load_prefolded(*source, &format!("{prefix}{conv}"), spec)?,
+        };
+        let prepared = self.backend.prepare_conv(&weights)?;
+        self.folded.push((conv.to_string(), weights));
+        Ok(prepared)
+    }
+}
+
+enum Net<B: Backend> {
+    ResNet(ResNet<B>),
+}
+
+/// A loaded backbone, ready to run on its backend.
+pub struct Backbone<B: Backend> {
+    arch: Architecture,
+    net: Net<B>,
+    folded: Vec<(String, ConvWeights)>,
+}
+
+impl<B: Backend> Backbone<B> {
+    pub fn load(backend: &B, arch: Architecture, origin: ConvOrigin<'_>) -> Result<Self> {
+        let mut loader = ConvLoader { backend, origin, eps: arch.bn_eps(), folded: Vec::new() };
+        let net = match arch {
+            Architecture::Resnet18 => Net::ResNet(ResNet::load(Depth::Basic, &mut loader)?),
+            Architecture::WideResnet50_2 => Net::ResNet(ResNet::load(Depth::WideBottleneck, &mut loader)?),
+        };
+        Ok(Backbone { arch, net, folded: loader.folded })
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    /// The feature maps of [`Architecture::layers`], NCHW on the backend.
+    pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
+        match &self.net {
+            Net::ResNet(net) => net.forward(backend, x),
+        }
+    }
+
+    /// The folded convolutions by torchvision conv name, as a model file stores them.
+    pub fn folded(&self) -> &[(String, ConvWeights)] {
+        &self.folded
+    }
+}

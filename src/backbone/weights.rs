@@ -1,0 +1,138 @@
+//! Where backbone weights come from, and BatchNorm folding. Every tensor is checked for
+//! presence, shape, dtype and finiteness, and a failure names the tensor and the file.
+
+use crate::backend::{ConvSpec, ConvWeights};
+use crate::error::{Error, Result};
+use crate::rng::{fnv1a32, hashed_uniform};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+
+/// A named store of tensors.
+pub trait WeightSource {
+    /// The tensor `name`, which must have exactly `shape`, as finite f32 values.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// The file the weights come from, for error messages.
+    fn origin(&self) -> &Path;
+}
+
+/// A safetensors file, memory-mapped: nothing is read until a tensor is asked for.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; a file changed under us yields wrong numbers or an
+        // error from the header checks, never unsoundness in this crate's own code.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let this = SafetensorsFile { path: path.to_path_buf(), map };
+        this.parse()?;
+        Ok(this)
+    }
+
+    /// The parsed file. Re-parsing the header is cheap next to reading the tensors.
+    pub fn parse(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.map)
+            .map_err(|e| Error::model(&self.path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))
+    }
+
+    /// The JSON metadata map of the header, if any.
+    pub fn metadata(&self) -> Result<std::collections::HashMap<String, String>> {
+        let (_, meta) = SafeTensors::read_metadata(&self.map)
+            .map_err(|e| Error::model(&self.path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+}
+
+impl WeightSource for SafetensorsFile {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let file = self.parse()?;
+        let view = file.tensor(name).map_err(|_| {
+            Error::weights(&self.path, name, "missing (is this the right backbone? `--backbone` must match the weights)")
+        })?;
+        if view.shape() != shape {
+            return Err(Error::weights(
+                &self.path,
+                name,
+                format!("shape {:?}, expected {shape:?} (weights of another architecture?)", view.shape()),
+            ));
+        }
+        let bytes = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => {
+                return Err(Error::weights(&self.path, name, format!("dtype {other:?}, expected F32, F16 or BF16")));
+            }
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::weights(&self.path, name, format!("non-finite value {} at index {i}", values[i])));
+        }
+        Ok(values)
+    }
+
+    fn origin(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Deterministic pseudo-random weights, a pure function of each tensor's name and shape.
+/// scripts/make_fixtures.py implements the same rule, so the PyTorch golden outputs can be
+/// reproduced without shipping megabytes of weights; benches use them too.
+pub struct HashedWeights;
+
+impl WeightSource for HashedWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let key = fnv1a32(name.as_bytes());
+        let n: usize = shape.iter().product();
+        let u = |i: usize| hashed_uniform(key, i as u64);
+        let values = match shape.len() {
+            // Variance 2 / fan_in (He): uniform(-0.5, 0.5) has variance 1/12.
+            4 | 2 => {
+                let fan_in: usize = shape[1..].iter().product();
+                let scale = (24.0 / fan_in as f64).sqrt();
+                (0..n).map(|i| (u(i) * scale) as f32).collect()
+            }
+            _ if name.ends_with("running_var") => (0..n).map(|i| (1.0 + 0.4 * u(i)) as f32).collect(),
+            _ if name.ends_with("running_mean") => (0..n).map(|i| (0.1 * u(i)) as f32).collect(),
+            _ if name.ends_with(".weight") => (0..n).map(|i| (1.0 + 0.2 * u(i)) as f32).collect(),
+            _ => (0..n).map(|i| (0.1 * u(i)) as f32).collect(),
+        };
+        Ok(values)
+    }
+
+    fn origin(&self) -> &Path {
+        Path::new("<hashed test weights>")
+    }
+}
+
+/// Loads convolution `conv` with BatchNorm `bn` (torchvision names) and folds the BN in:
+/// w' = w * g / sqrt(var + eps), b' = beta - mean * g / sqrt(var + eps), in f64.
+pub fn load_folded(source: &dyn WeightSource, conv: &str, bn: &str, spec: ConvSpec, eps: f64) -> Result<ConvWeights> {
+    let shape = spec.weight_shape();
+    let weight = source.tensor(&format!("{conv}.weight"), &shape)?;
+    let c = [spec.out_channels];
+    let gamma = source.tensor(&format!("{bn}.weight"), &c)?;
+    let beta = source.tensor(&format!("{bn}.bias"), &c)?;
+    let mean = source.tensor(&format!("{bn}.running_mean"), &c)?;
+    let var = source.tensor(&format!("{bn}.running_var"), &c)?;
+    if let Some(i) = var.iter().position(|&v| v as f64 + eps <= 0.0) {
+        return Err(Error::weights(source.origin(), format!("{bn}.running_var"), format!("value {} at {i} is not positive", var[i])));
+    }
+    let per_out = weight.len() / spec.out_channels;
+    let scale: Vec<f64> = gamma.iter().zip(&var).map(|(&g, &v)| g as f64 / (v as f64 + eps).sqrt()).collect();
+    let weight = weight.iter().enumerate().map(|(i, &w)| (w as f64 * scale[i / per_out]) as f32).collect();
+    let bias = (0..spec.out_channels).map(|o| (beta[o] as f64 - mean[o] as f64 * scale[o]) as f32).collect();
+    Ok(ConvWeights { spec, weight, bias })
+}
+
+/// Loads an already folded convolution (`{name}.weight`, `{name}.bias`), as a model file stores it.
+pub fn load_prefolded(source: &dyn WeightSource, name: &str, spec: ConvSpec) -> Result<ConvWeights> {
+    let weight = source.tensor(&format!("{name}.weight"), &spec.weight_shape())?;
+    let bias = source.tensor(&format!("{name}.bias"), &[spec.out_channels])?;
+    Ok(ConvWeights { spec, weight, bias })
+}

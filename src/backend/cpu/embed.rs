@@ -1,0 +1,63 @@
+//! PatchCore's neighbourhood-aware patch embedding on the CPU.
+
+use crate::error::{Error, Result};
+use crate::resample::resize_bilinear;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// 3x3 average pooling, stride 1, zero padding 1, padding counted in the divisor (always / 9,
+/// torch.nn.AvgPool2d(3, 1, 1) with count_include_pad = True).
+fn avg_pool3(plane: &[f32], h: usize, w: usize, out: &mut [f32]) {
+    for y in 0..h {
+        for x in 0..w {
+            let mut sum = 0.0f32;
+            for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                    sum += plane[yy * w + xx];
+                }
+            }
+            out[y * w + x] = sum / 9.0;
+        }
+    }
+}
+
+pub fn embed(layers: &[&Tensor]) -> Result<Tensor> {
+    let first = layers.first().ok_or_else(|| Error::Backend("embed: no feature maps".into()))?;
+    let [b, _, gh, gw] = first.dims4()?;
+    let mut dims = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let [lb, c, h, w] = layer.dims4()?;
+        if lb != b {
+            return Err(Error::Backend(format!("embed: batch sizes differ ({lb} vs {b})")));
+        }
+        dims.push((c, h, w));
+    }
+    let total: usize = dims.iter().map(|d| d.0).sum();
+    let mut rows = vec![0.0f32; b * gh * gw * total];
+    let mut offset = 0;
+    for (layer, &(c, h, w)) in layers.iter().zip(&dims) {
+        // Pool and resize each channel plane, then scatter it into its column of the rows.
+        let planes: Vec<Vec<f32>> = layer
+            .data
+            .par_chunks(h * w)
+            .map(|plane| {
+                let mut pooled = vec![0.0f32; h * w];
+                avg_pool3(plane, h, w, &mut pooled);
+                if (h, w) == (gh, gw) {
+                    return pooled;
+                }
+                resize_bilinear(&pooled, h, w, gh, gw)
+            })
+            .collect();
+        rows.par_chunks_mut(gh * gw * total).enumerate().for_each(|(img, block)| {
+            for ch in 0..c {
+                let plane = &planes[img * c + ch];
+                for (p, &v) in plane.iter().enumerate() {
+                    block[p * total + offset + ch] = v;
+                }
+            }
+        });
+        offset += c;
+    }
+    Ok(Tensor::new(vec![b * gh * gw, total], rows))
+}

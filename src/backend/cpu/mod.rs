@@ -1,0 +1,93 @@
+//! The CPU backend: pure Rust, `gemm` for matrix products, rayon for threads. Every other
+//! backend is checked against it.
+
+mod blur;
+mod conv;
+mod coreset;
+mod embed;
+mod knn;
+mod matmul;
+mod pool;
+
+pub use blur::gaussian_taps;
+pub use knn::squared_norms;
+
+use super::{Backend, ConvWeights};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+/// A memory bank on the CPU: the rows and their squared norms, computed once.
+pub struct CpuBank {
+    rows: Tensor,
+    sq_norms: Vec<f32>,
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Tensor;
+    type Conv = ConvWeights;
+    type Bank = CpuBank;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, tensor: &Tensor) -> Result<Tensor> {
+        Ok(tensor.clone())
+    }
+
+    fn download(&self, tensor: &Tensor) -> Result<Tensor> {
+        Ok(tensor.clone())
+    }
+
+    fn shape<'a>(&self, tensor: &'a Tensor) -> &'a [usize] {
+        &tensor.shape
+    }
+
+    fn prepare_conv(&self, weights: &ConvWeights) -> Result<ConvWeights> {
+        Ok(weights.clone())
+    }
+
+    fn conv2d(&self, x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Result<Tensor> {
+        conv::conv2d(x, conv, residual)
+    }
+
+    fn max_pool(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        pool::max_pool(x, kernel, stride, padding)
+    }
+
+    fn embed(&self, layers: &[&Tensor]) -> Result<Tensor> {
+        embed::embed(layers)
+    }
+
+    fn prepare_bank(&self, rows: &Tensor) -> Result<CpuBank> {
+        let [_, d] = rows.dims2()?;
+        Ok(CpuBank { sq_norms: squared_norms(&rows.data, d), rows: rows.clone() })
+    }
+
+    fn knn(&self, queries: &Tensor, bank: &CpuBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+        let [_, d] = queries.dims2()?;
+        let [m, bank_d] = bank.rows.dims2()?;
+        if d != bank_d {
+            return Err(Error::Backend(format!("knn: queries have {d} dims, the bank {bank_d}")));
+        }
+        if k == 0 || k > m {
+            return Err(Error::Backend(format!("knn: k = {k} must be in 1..={m} (the bank size)")));
+        }
+        Ok(knn::knn_topk(&queries.data, &bank.rows.data, &bank.sq_norms, d, k))
+    }
+
+    fn coreset(&self, rows: &Tensor, n_select: usize, start: usize) -> Result<Vec<u32>> {
+        let [n, d] = rows.dims2()?;
+        if n_select > n || start >= n {
+            return Err(Error::Backend(format!("coreset: cannot select {n_select} of {n} rows from start {start}")));
+        }
+        Ok(coreset::greedy_coreset(&rows.data, d, n_select, start))
+    }
+
+    fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor> {
+        blur::anomaly_map(scores, out_h, out_w, sigma)
+    }
+}

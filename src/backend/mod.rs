@@ -1,0 +1,136 @@
+//! The compute backends. The PatchCore stages and the backbones call only the [`Backend`]
+//! trait, so they never know which device runs them. `cpu` is always built and is the
+//! numerical reference; `cuda` is a stub that explains itself unless the feature is on.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub use cpu::CpuBackend;
+
+/// The activation applied after a convolution's bias (and residual).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu,
+    Relu6,
+}
+
+/// How a convolution pads its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// The same number of zeros on every side (PyTorch `padding=p`).
+    Symmetric(usize),
+    /// TensorFlow "same": output = ceil(input / stride), the odd pixel of padding at the
+    /// bottom/right (EfficientNet-Lite weights were trained this way).
+    TfSame,
+}
+
+impl Padding {
+    /// (output size, padding before) along one axis.
+    pub fn resolve(self, input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Symmetric(p) => ((input + 2 * p).saturating_sub(kernel) / stride + 1, p),
+            Padding::TfSame => {
+                let out = input.div_ceil(stride);
+                let total = ((out - 1) * stride + kernel).saturating_sub(input);
+                (out, total / 2)
+            }
+        }
+    }
+}
+
+/// The shape and behaviour of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    pub groups: usize,
+    pub activation: Activation,
+}
+
+impl ConvSpec {
+    /// The weight shape `[out, in / groups, k, k]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.out_channels, self.in_channels / self.groups, self.kernel, self.kernel]
+    }
+}
+
+/// A convolution with BatchNorm folded in, on the host: what a backend prepares from.
+#[derive(Clone, Debug)]
+pub struct ConvWeights {
+    pub spec: ConvSpec,
+    /// `[out, in / groups, k, k]`, row-major.
+    pub weight: Vec<f32>,
+    /// `[out]`.
+    pub bias: Vec<f32>,
+}
+
+/// The operations PatchCore needs, and nothing else. Tensors stay on the backend's device
+/// between calls; only `download` and the small results of `knn` and `coreset` come back.
+pub trait Backend: Send + Sync {
+    /// An NCHW activation or a rows x dims matrix, on the device.
+    type Tensor: Send + Sync;
+    /// A prepared convolution (weights on the device, algorithm chosen).
+    type Conv: Send + Sync;
+    /// A prepared memory bank (rows and their squared norms on the device).
+    type Bank: Send + Sync;
+
+    /// A short description for logs: "cpu (2 threads)".
+    fn describe(&self) -> String;
+
+    fn upload(&self, tensor: &Tensor) -> Result<Self::Tensor>;
+    fn download(&self, tensor: &Self::Tensor) -> Result<Tensor>;
+    fn shape<'a>(&self, tensor: &'a Self::Tensor) -> &'a [usize];
+
+    fn prepare_conv(&self, weights: &ConvWeights) -> Result<Self::Conv>;
+    /// activation(conv(x) + bias + residual): the residual add of a ResNet block is fused here.
+    fn conv2d(&self, x: &Self::Tensor, conv: &Self::Conv, residual: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+    /// Max pooling with -inf padding (ResNet's stem: kernel 3, stride 2, padding 1).
+    fn max_pool(&self, x: &Self::Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Self::Tensor>;
+
+    /// PatchCore's patch embedding: each feature map gets a 3x3 average pool (stride 1, zero
+    /// padding counted in the divisor), is resized bilinearly (align_corners = false) to the
+    /// first map's grid, and the channels are concatenated into rows ordered (image, y, x).
+    fn embed(&self, layers: &[&Self::Tensor]) -> Result<Self::Tensor>;
+
+    fn prepare_bank(&self, rows: &Tensor) -> Result<Self::Bank>;
+    /// For each query row, the `k` nearest bank rows (true L2, ascending; ties to the lower
+    /// index): (distances, indices), each rows x k.
+    fn knn(&self, queries: &Self::Tensor, bank: &Self::Bank, k: usize) -> Result<(Vec<f32>, Vec<u32>)>;
+    /// Greedy k-center selection of `n_select` rows, seeded by `start` (not itself selected).
+    fn coreset(&self, rows: &Self::Tensor, n_select: usize, start: usize) -> Result<Vec<u32>>;
+    /// Patch-score grids `[B, h, w]` -> nearest upsample to `out_h x out_w` -> Gaussian blur
+    /// (reflect padding) -> `[B, out_h, out_w]`.
+    fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor>;
+}
+
+/// Where to run, as the user says it on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+    /// CUDA when it is present, else the CPU with a notice.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "auto" => Ok(DeviceChoice::Auto),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| Error::option("--device", format!("`{s}`: expected cpu, cuda, cuda:N or auto"))),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Decoding images and turning them into the network's input.
+
+use crate::error::{Error, Result};
+use crate::resample::antialias_spans;
+use crate::tensor::Tensor;
+use image::RgbImage;
+use std::path::Path;
+
+/// Decodes a PNG or JPEG into 8-bit RGB (gray is replicated to three channels). The error
+/// says whether the file is missing, of a format this build cannot read, or damaged.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    match reader.format() {
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
+        Some(other) => {
+            return Err(Error::image(path, format!("{other:?} images are not supported: convert it to PNG or JPEG")));
+        }
+        None => return Err(Error::image(path, "not a PNG or JPEG image (unrecognised content)")),
+    }
+    let decoded = reader.decode().map_err(|e| Error::image(path, format!("corrupt or truncated image: {e}")))?;
+    Ok(decoded.to_rgb8())
+}
+
+/// How an image becomes a normalised NCHW input: resize (antialiased bilinear, as
+/// torchvision v2), an optional center crop, then (x / 255 - mean) / std.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Preprocess {
+    /// The square side images are resized to.
+    pub resize: usize,
+    /// The square center crop taken after resizing, if any (256 -> 224 is the paper's setting).
+    pub crop: Option<usize>,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// ImageNet statistics, which torchvision's weights expect.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl Preprocess {
+    pub fn imagenet(resize: usize, crop: Option<usize>) -> Result<Self> {
+        if resize < 32 || resize > 4096 {
+            return Err(Error::option("--size", format!("{resize}: expected 32 to 4096 pixels")));
+        }
+        if let Some(c) = crop {
+            if c < 32 || c > resize {
+                return Err(Error::option("--crop", format!("{c}: expected 32 to --size ({resize})")));
+            }
+        }
+        Ok(Preprocess { resize, crop, mean: IMAGENET_MEAN, std: IMAGENET_STD })
+    }
+
+    /// The side of the square the network sees.
+    pub fn input_size(&self) -> usize {
+        self.crop.unwrap_or(self.resize)
+    }
+
+    /// The normalised `[3, S, S]` planes of one image.
+    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let s = self.resize;
+        let cols = antialias_spans(w, s);
+        let rows = antialias_spans(h, s);
+        let side = self.input_size();
+        // torchvision's center_crop: offsets rounded half to even of (size - crop) / 2.
+        let off = ((s - side) as f64 / 2.0).round_ties_even() as usize;
+        let mut out = vec![0.0f32; 3 * side * side];
+        let mut horizontal = vec![0.0f32; h * s];
+        for c in 0..3 {
+            // Width first, then height, on [0, 1] floats.
+            for y in 0..h {
+                for (x, span) in cols.iter().enumerate() {
+                    horizontal[y * s + x] = span
+                        .weights
+                        .iter()
+                        .enumerate()
+                        .map(|(t, wt)| wt * img.get_pixel((span.start + t) as u32, y as u32)[c] as f32 / 255.0)
+                        .sum();
+                }
+            }
+            let plane = &mut out[c * side * side..(c + 1) * side * side];
+            for y in 0..side {
+                let span = &rows[y + off];
+                for x in 0..side {
+                    let v: f32 = span
+                        .weights
+                        .iter()
+                        .enumerate()
+                        .map(|(t, wt)| wt * horizontal[(span.start + t) * s + x + off])
+                        .sum();
+                    plane[y * side + x] = (v - self.mean[c]) / self.std[c];
+                }
+            }
+        }
+        out
+    }
+
+    /// A batch `[N, 3, S, S]` from images.
+    pub fn batch(&self, images: &[RgbImage]) -> Tensor {
+        let side = self.input_size();
+        let mut data = Vec::with_capacity(images.len() * 3 * side * side);
+        for img in images {
+            data.extend(self.apply(img));
+        }
+        Tensor::new(vec![images.len(), 3, side, side], data)
+    }
+}
+
+/// Decodes a ground-truth mask (any pixel above 127 is defective) and checks it has the size
+/// of the image it belongs to.
+pub fn load_mask(path: &Path, width: u32, height: u32) -> Result<image::GrayImage> {
+    let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let mask = reader.decode().map_err(|e| Error::image(path, format!("corrupt or truncated mask: {e}")))?.to_luma8();
+    if mask.dimensions() != (width, height) {
+        return Err(Error::image(
+            path,
+            format!("mask is {}x{} but its image is {width}x{height}", mask.width(), mask.height()),
+        ));
+    }
+    Ok(mask)
+}
+
+impl Preprocess {
+    /// A mask brought to the network's input grid: nearest resize, then the same center crop.
+    pub fn mask(&self, mask: &image::GrayImage) -> Vec<bool> {
+        let s = self.resize;
+        let ys = crate::resample::nearest_index(mask.height() as usize, s);
+        let xs = crate::resample::nearest_index(mask.width() as usize, s);
+        let side = self.input_size();
+        let off = ((s - side) as f64 / 2.0).round_ties_even() as usize;
+        let mut out = Vec::with_capacity(side * side);
+        for y in 0..side {
+            for x in 0..side {
+                out.push(mask.get_pixel(xs[x + off] as u32, ys[y + off] as u32)[0] > 127);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,4 @@
+//! Data: image decoding, pre-processing and dataset folders.
+
+pub mod dataset;
+pub mod image;

@@ -1,0 +1,3 @@
+//! Evaluation: thresholds and normalisation.
+
+pub mod threshold;

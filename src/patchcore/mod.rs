@@ -1,0 +1,390 @@
+//! The PatchCore stages: embedding, memory bank and coreset, scoring, anomaly maps, and the
+//! model that ties them together. Each stage calls only the [`Backend`] trait.
+
+pub mod coreset;
+pub mod model_file;
+pub mod projection;
+pub mod score;
+
+use crate::backbone::{Architecture, Backbone};
+use crate::backend::Backend;
+use crate::data::dataset::Sample;
+use crate::data::image::{load_mask, load_rgb, Preprocess};
+use crate::error::{Error, Result};
+use crate::eval::threshold::{f1_adaptive_threshold, Normalization};
+use crate::tensor::Tensor;
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+/// The model file format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Gaussian sigma of the anomaly map, in input pixels (anomalib's 4).
+pub const MAP_SIGMA: f32 = 4.0;
+
+/// Everything a model file records besides its tensors.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelMeta {
+    pub format_version: u32,
+    pub backbone: Architecture,
+    pub layers: Vec<String>,
+    pub preprocess: Preprocess,
+    pub embedding_dim: usize,
+    /// Feature grid (height, width) of one image.
+    pub grid: [usize; 2],
+    pub bank_rows: usize,
+    pub coreset_ratio: f64,
+    pub num_neighbors: usize,
+    pub seed: u64,
+    pub train_images: usize,
+    /// Image-score threshold and the min/max used for normalisation.
+    pub image: Normalization,
+    /// Anomaly-map threshold and min/max.
+    pub pixel: Normalization,
+    /// How the thresholds were set, in words (printed by `fit`).
+    pub thresholds_from: String,
+}
+
+/// Fit settings. `Default` is anomalib's PatchCore at 256 px.
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    pub preprocess: Preprocess,
+    pub ratio: f64,
+    pub seed: u64,
+    pub num_neighbors: usize,
+    /// Images per forward pass.
+    pub batch: usize,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            preprocess: Preprocess::imagenet(256, None).expect("256 is valid"),
+            ratio: 0.1,
+            seed: 42,
+            num_neighbors: 9,
+            batch: 8,
+        }
+    }
+}
+
+impl FitOptions {
+    fn validate(&self) -> Result<()> {
+        coreset::coreset_size(1, self.ratio)?;
+        if self.num_neighbors == 0 || self.num_neighbors > 64 {
+            return Err(Error::option("--num-neighbors", format!("{}: expected 1 to 64", self.num_neighbors)));
+        }
+        if self.batch == 0 || self.batch > 1024 {
+            return Err(Error::option("--batch", format!("{}: expected 1 to 1024", self.batch)));
+        }
+        Ok(())
+    }
+}
+
+/// Long-running steps report through this: (stage, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// One image's result before thresholds: the raw Eq. 7 score and the anomaly map at the
+/// network's input size (row-major, side x side).
+#[derive(Clone, Debug)]
+pub struct RawScore {
+    pub score: f32,
+    pub map: Vec<f32>,
+}
+
+/// One image's verdict.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub score: f32,
+    pub normalized: f32,
+    pub anomalous: bool,
+    /// The raw anomaly map at the network's input size (side x side).
+    pub map: Vec<f32>,
+    pub side: usize,
+}
+
+/// A fitted PatchCore model on a backend.
+pub struct PatchCore<B: Backend> {
+    backend: B,
+    backbone: Backbone<B>,
+    bank_rows: Tensor,
+    bank: B::Bank,
+    meta: ModelMeta,
+}
+
+/// Decodes `paths`, requiring one common size (a training folder with mixed sizes is almost
+/// always a mix-up, and the first image's size is the reference).
+fn decode_same_size(paths: &[PathBuf], reference: &mut Option<(PathBuf, u32, u32)>) -> Result<Vec<RgbImage>> {
+    paths
+        .iter()
+        .map(|p| {
+            let img = load_rgb(p)?;
+            match reference {
+                None => *reference = Some((p.clone(), img.width(), img.height())),
+                Some((first, w, h)) if (img.width(), img.height()) != (*w, *h) => {
+                    return Err(Error::image(
+                        p,
+                        format!(
+                            "{}x{} differs from {}x{} of {}: all images of a set must have one size",
+                            img.width(),
+                            img.height(),
+                            w,
+                            h,
+                            first.display()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            Ok(img)
+        })
+        .collect()
+}
+
+/// Patch embeddings of a batch: rows `[B * h * w, D]` on the backend, and the grid (h, w).
+fn embed_images<B: Backend>(
+    backend: &B,
+    backbone: &Backbone<B>,
+    preprocess: &Preprocess,
+    images: &[RgbImage],
+) -> Result<(B::Tensor, [usize; 2])> {
+    let input = backend.upload(&preprocess.batch(images))?;
+    let features = backbone.forward(backend, &input)?;
+    let grid = match backend.shape(&features[0]) {
+        [_, _, h, w] => [*h, *w],
+        other => return Err(Error::Backend(format!("backbone returned shape {other:?}"))),
+    };
+    let refs: Vec<&B::Tensor> = features.iter().collect();
+    Ok((backend.embed(&refs)?, grid))
+}
+
+impl<B: Backend> PatchCore<B> {
+    /// Fits on the good images `train`. With labelled `val` samples the thresholds are
+    /// F1-adaptive; without, a tenth of `train` (at least one image, chosen by the seed) is
+    /// held out of the bank and its highest scores become the thresholds.
+    pub fn fit(
+        backend: B,
+        backbone: Backbone<B>,
+        train: &[PathBuf],
+        val: Option<&[Sample]>,
+        options: &FitOptions,
+        progress: Progress<'_>,
+    ) -> Result<Self> {
+        options.validate()?;
+        let (train, held_out) = match val {
+            Some(_) => (train.to_vec(), Vec::new()),
+            None => hold_out(train, options.seed),
+        };
+        if train.is_empty() {
+            return Err(Error::option("training set", "no training images"));
+        }
+        let mut reference = None;
+        let mut rows = Vec::new();
+        let mut grid = [0, 0];
+        for (i, chunk) in train.chunks(options.batch).enumerate() {
+            let images = decode_same_size(chunk, &mut reference)?;
+            let (embedding, g) = embed_images(&backend, &backbone, &options.preprocess, &images)?;
+            grid = g;
+            rows.extend(backend.download(&embedding)?.data);
+            progress("embed", (i * options.batch + chunk.len()).min(train.len()), train.len());
+        }
+        let dim = backbone.architecture().embedding_dim();
+        let all = Tensor::new(vec![rows.len() / dim, dim], rows);
+        progress("coreset", 0, 1);
+        let selected = coreset::select(&backend, &all, options.ratio, options.seed)?;
+        progress("coreset", 1, 1);
+        let bank_rows = all.gather_rows(&selected)?;
+        drop(all);
+        if bank_rows.shape[0] < options.num_neighbors {
+            return Err(Error::option(
+                "--num-neighbors",
+                format!(
+                    "{} exceeds the memory bank ({} rows): raise --ratio or add training images",
+                    options.num_neighbors, bank_rows.shape[0]
+                ),
+            ));
+        }
+        let bank = backend.prepare_bank(&bank_rows)?;
+        let arch = backbone.architecture();
+        let placeholder = Normalization { threshold: 0.0, min: 0.0, max: 1.0 };
+        let mut model = PatchCore {
+            backend,
+            backbone,
+            bank_rows,
+            bank,
+            meta: ModelMeta {
+                format_version: FORMAT_VERSION,
+                backbone: arch,
+                layers: arch.layers().iter().map(|s| s.to_string()).collect(),
+                preprocess: options.preprocess.clone(),
+                embedding_dim: dim,
+                grid,
+                bank_rows: selected.len(),
+                coreset_ratio: options.ratio,
+                num_neighbors: options.num_neighbors,
+                seed: options.seed,
+                train_images: train.len(),
+                image: placeholder,
+                pixel: placeholder,
+                thresholds_from: String::new(),
+            },
+        };
+        match val {
+            Some(samples) => model.thresholds_from_labelled(samples, options.batch, progress)?,
+            None => {
+                let samples: Vec<Sample> = held_out
+                    .into_iter()
+                    .map(|path| Sample { path, category: "good".into(), anomalous: false, mask: None })
+                    .collect();
+                model.thresholds_from_labelled(&samples, options.batch, progress)?;
+                model.meta.thresholds_from = format!(
+                    "no validation set: {} held-out training image(s) set the thresholds at their highest score \
+                     (pass --val for F1-adaptive thresholds)",
+                    samples.len()
+                );
+            }
+        }
+        Ok(model)
+    }
+
+    /// Scores `samples` and sets F1-adaptive image and pixel thresholds and min/max from them.
+    /// Pixel thresholds use the images with masks (and good images, whose mask is empty);
+    /// with no mask at all the pixel threshold is the image threshold, as anomalib does.
+    fn thresholds_from_labelled(&mut self, samples: &[Sample], batch: usize, progress: Progress<'_>) -> Result<()> {
+        let mut scores = Vec::new();
+        let mut labels = Vec::new();
+        let mut pixels = Vec::new();
+        let mut pixel_labels = Vec::new();
+        let mut all_pixels = Vec::new();
+        let mut masked = 0;
+        for (i, chunk) in samples.chunks(batch).enumerate() {
+            let images = chunk.iter().map(|s| load_rgb(&s.path)).collect::<Result<Vec<_>>>()?;
+            let raw = self.score_images(&images)?;
+            for ((sample, image), r) in chunk.iter().zip(&images).zip(raw) {
+                scores.push(r.score);
+                labels.push(sample.anomalous);
+                let truth = match (&sample.mask, sample.anomalous) {
+                    (Some(m), _) => Some(self.meta.preprocess.mask(&load_mask(m, image.width(), image.height())?)),
+                    (None, false) => Some(vec![false; r.map.len()]),
+                    (None, true) => None,
+                };
+                if let Some(t) = truth {
+                    masked += sample.anomalous as usize;
+                    pixels.extend_from_slice(&r.map);
+                    pixel_labels.extend(t);
+                }
+                all_pixels.extend(r.map);
+            }
+            progress("thresholds", (i * batch + chunk.len()).min(samples.len()), samples.len());
+        }
+        let image_t = f1_adaptive_threshold(&scores, &labels)
+            .ok_or_else(|| Error::option("validation set", "no images to set thresholds from"))?;
+        let pixel_t = if masked > 0 { f1_adaptive_threshold(&pixels, &pixel_labels).unwrap_or(image_t) } else { image_t };
+        self.meta.image = Normalization::from_scores(image_t, &scores);
+        self.meta.pixel = Normalization::from_scores(pixel_t, &all_pixels);
+        let anomalies = labels.iter().filter(|&&a| a).count();
+        self.meta.thresholds_from = format!(
+            "validation set of {} images ({} anomalous, {} with masks): F1-adaptive thresholds",
+            samples.len(),
+            anomalies,
+            masked
+        );
+        Ok(())
+    }
+
+    /// Raw scores and anomaly maps of a batch of images.
+    pub fn score_images(&self, images: &[RgbImage]) -> Result<Vec<RawScore>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (embedding, [h, w]) = embed_images(&self.backend, &self.backbone, &self.meta.preprocess, images)?;
+        let (dist, nearest) = self.backend.knn(&embedding, &self.bank, 1)?;
+        let rows = self.backend.download(&embedding)?;
+        let d = self.meta.embedding_dim;
+        let per_image = h * w;
+        let mut scores = Vec::with_capacity(images.len());
+        for b in 0..images.len() {
+            let patch = &dist[b * per_image..(b + 1) * per_image];
+            // First maximum, as torch.argmax.
+            let top = (0..per_image).fold(0, |best, i| if patch[i] > patch[best] { i } else { best });
+            let row = b * per_image + top;
+            scores.push(score::image_score(
+                &self.backend,
+                &self.bank,
+                &self.bank_rows,
+                &rows.data[row * d..(row + 1) * d],
+                patch[top],
+                nearest[row],
+                self.meta.num_neighbors,
+            )?);
+        }
+        let side = self.meta.preprocess.input_size();
+        let grids = Tensor::new(vec![images.len(), h, w], dist);
+        let maps = self.backend.anomaly_map(&grids, side, side, MAP_SIGMA)?;
+        Ok(scores
+            .into_iter()
+            .zip(maps.data.chunks(side * side))
+            .map(|(score, map)| RawScore { score, map: map.to_vec() })
+            .collect())
+    }
+
+    /// Scores, normalised scores and labels of a batch of images.
+    pub fn predict(&self, images: &[RgbImage]) -> Result<Vec<Prediction>> {
+        let side = self.meta.preprocess.input_size();
+        Ok(self
+            .score_images(images)?
+            .into_iter()
+            .map(|r| Prediction {
+                score: r.score,
+                normalized: self.meta.image.apply(r.score),
+                anomalous: self.meta.image.is_anomalous(r.score),
+                map: r.map,
+                side,
+            })
+            .collect())
+    }
+
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The memory bank rows on the host, in selection order.
+    pub fn bank_rows(&self) -> &Tensor {
+        &self.bank_rows
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        model_file::save(path, &self.meta, &self.bank_rows, self.backbone.folded())
+    }
+
+    pub fn load(backend: B, path: &Path) -> Result<Self> {
+        let (meta, backbone, bank_rows) = model_file::load(&backend, path)?;
+        let bank = backend.prepare_bank(&bank_rows)?;
+        Ok(PatchCore { backend, backbone, bank_rows, bank, meta })
+    }
+}
+
+/// Splits off a tenth of the images (at least one; none when there is only one image, which
+/// then also sets the thresholds) for thresholds, chosen by the seed, order kept.
+fn hold_out(train: &[PathBuf], seed: u64) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    if train.len() < 2 {
+        return (train.to_vec(), train.to_vec());
+    }
+    let count = train.len().div_ceil(10);
+    let mut rng = crate::rng::SplitMix64::new(seed ^ 0x4F1D);
+    let mut picked = vec![false; train.len()];
+    let mut left = count;
+    while left > 0 {
+        let i = rng.below(train.len() as u64) as usize;
+        if !picked[i] {
+            picked[i] = true;
+            left -= 1;
+        }
+    }
+    let (held, kept): (Vec<_>, Vec<_>) = train.iter().cloned().zip(picked).partition(|(_, p)| *p);
+    (kept.into_iter().map(|(p, _)| p).collect(), held.into_iter().map(|(p, _)| p).collect())
+}

@@ -1,0 +1,94 @@
+//! The model file: one safetensors file holding the memory bank, the folded backbone
+//! convolutions it needs, and the [`ModelMeta`] as JSON under the `patchcore` metadata key.
+//! Written atomically; read through a memory map.
+
+use super::{ModelMeta, FORMAT_VERSION};
+use crate::backbone::weights::{SafetensorsFile, WeightSource};
+use crate::backbone::{Backbone, ConvOrigin};
+use crate::backend::{Backend, ConvWeights};
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+use crate::tensor::Tensor;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::HashMap;
+use std::path::Path;
+
+const META_KEY: &str = "patchcore";
+const BANK: &str = "memory_bank";
+const BACKBONE_PREFIX: &str = "backbone.";
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+pub fn save(path: &Path, meta: &ModelMeta, bank: &Tensor, convs: &[(String, ConvWeights)]) -> Result<()> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![(BANK.into(), bank.shape.clone(), f32_bytes(&bank.data))];
+    for (name, conv) in convs {
+        let prefix = format!("{BACKBONE_PREFIX}{name}");
+        tensors.push((format!("{prefix}.weight"), conv.spec.weight_shape().to_vec(), f32_bytes(&conv.weight)));
+        tensors.push((format!("{prefix}.bias"), vec![conv.spec.out_channels], f32_bytes(&conv.bias)));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::model(path, format!("cannot encode tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let json = serde_json::to_string(meta).map_err(|e| Error::model(path, format!("cannot encode metadata: {e}")))?;
+    let metadata = HashMap::from([(META_KEY.to_string(), json)]);
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::model(path, format!("cannot encode the model: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads and checks the metadata: present, of this format version, self-consistent.
+pub fn read_meta(file: &SafetensorsFile, path: &Path) -> Result<ModelMeta> {
+    let metadata = file.metadata()?;
+    let json = metadata.get(META_KEY).ok_or_else(|| {
+        Error::model(path, "not a patchcore model (no `patchcore` metadata): models are written by `patchcore fit`")
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| Error::model(path, format!("metadata is not valid JSON: {e}")))?;
+    let version = value.get("format_version").and_then(|v| v.as_u64());
+    if version != Some(FORMAT_VERSION as u64) {
+        let found = version.map_or("no".to_string(), |v| v.to_string());
+        return Err(Error::model(
+            path,
+            format!(
+                "model format version {found}, but this build reads version {FORMAT_VERSION}: \
+                 refit the model with this patchcore, or use the patchcore that wrote it"
+            ),
+        ));
+    }
+    let meta: ModelMeta =
+        serde_json::from_value(value).map_err(|e| Error::model(path, format!("metadata is incomplete: {e}")))?;
+    if meta.embedding_dim != meta.backbone.embedding_dim() || meta.bank_rows == 0 {
+        return Err(Error::model(
+            path,
+            format!(
+                "metadata says {} with {} dims and {} bank rows; {} has {} dims",
+                meta.backbone,
+                meta.embedding_dim,
+                meta.bank_rows,
+                meta.backbone,
+                meta.backbone.embedding_dim()
+            ),
+        ));
+    }
+    if meta.num_neighbors == 0 || meta.num_neighbors > meta.bank_rows {
+        return Err(Error::model(path, format!("num_neighbors {} is not in 1..={}", meta.num_neighbors, meta.bank_rows)));
+    }
+    Ok(meta)
+}
+
+pub fn load<B: Backend>(backend: &B, path: &Path) -> Result<(ModelMeta, Backbone<B>, Tensor)> {
+    let file = SafetensorsFile::open(path)?;
+    let meta = read_meta(&file, path)?;
+    let backbone = Backbone::load(backend, meta.backbone, ConvOrigin::Folded(&file, BACKBONE_PREFIX))?;
+    let shape = vec![meta.bank_rows, meta.embedding_dim];
+    let bank = Tensor::new(shape.clone(), file.tensor(BANK, &shape)?);
+    Ok((meta, backbone, bank))
+}

@@ -1,0 +1,107 @@
+//! Resampling weights, shared by the embedding, the anomaly map, pre-processing and display.
+//! Each follows one PyTorch function exactly, named in its doc.
+
+/// One output coordinate of a 2-tap interpolation: `value = w0 * in[i0] + w1 * in[i1]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Taps2 {
+    pub i0: usize,
+    pub i1: usize,
+    pub w1: f32,
+}
+
+/// Bilinear with align_corners = false (F.interpolate mode="bilinear"): the source coordinate
+/// is (dst + 0.5) * in/out - 0.5 clamped at 0, the upper neighbour clamped at in - 1.
+/// Computed in f32 as PyTorch does, so the weights match bit for bit.
+pub fn bilinear_taps(input: usize, output: usize) -> Vec<Taps2> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|dst| {
+            let src = (scale * (dst as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src as usize).min(input - 1);
+            let i1 = if i0 + 1 < input { i0 + 1 } else { i0 };
+            Taps2 { i0, i1, w1: src - i0 as f32 }
+        })
+        .collect()
+}
+
+/// Legacy "nearest" (F.interpolate mode="nearest"): src = floor(dst * in/out), in f32.
+pub fn nearest_index(input: usize, output: usize) -> Vec<usize> {
+    let scale = input as f32 / output as f32;
+    (0..output).map(|dst| ((dst as f32 * scale).floor() as usize).min(input - 1)).collect()
+}
+
+/// Resizes one row-major plane bilinearly (align_corners = false).
+pub fn resize_bilinear(plane: &[f32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
+    let ty = bilinear_taps(h, out_h);
+    let tx = bilinear_taps(w, out_w);
+    let mut out = Vec::with_capacity(out_h * out_w);
+    for y in &ty {
+        let (r0, r1) = (&plane[y.i0 * w..][..w], &plane[y.i1 * w..][..w]);
+        for x in &tx {
+            // The same expression order as PyTorch's kernel, so results match to the last bit.
+            let top = (1.0 - x.w1) * r0[x.i0] + x.w1 * r0[x.i1];
+            let bottom = (1.0 - x.w1) * r1[x.i0] + x.w1 * r1[x.i1];
+            out.push((1.0 - y.w1) * top + y.w1 * bottom);
+        }
+    }
+    out
+}
+
+/// The source span and normalised weights of one output pixel of an antialiased resize.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub start: usize,
+    pub weights: Vec<f32>,
+}
+
+/// Antialiased bilinear (F.interpolate(..., mode="bilinear", antialias=True), which
+/// torchvision v2's Resize uses): a triangle filter stretched by the scale when shrinking,
+/// as in PIL. Used for pre-processing, where shrinking a large photograph without it aliases.
+pub fn antialias_spans(input: usize, output: usize) -> Vec<Span> {
+    let scale = input as f64 / output as f64;
+    let support = scale.max(1.0);
+    let inv = 1.0 / support;
+    (0..output)
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            // Truncation toward zero, as the C++ `(int64_t)` cast.
+            let start = ((center - support + 0.5) as i64).max(0) as usize;
+            let end = ((center + support + 0.5) as i64).min(input as i64) as usize;
+            let raw: Vec<f64> =
+                (start..end).map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
+            let total: f64 = raw.iter().sum();
+            Span { start, weights: raw.iter().map(|w| (w / total) as f32).collect() }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bilinear_identity_and_halving() {
+        let same = bilinear_taps(5, 5);
+        assert!(same.iter().enumerate().all(|(i, t)| t.i0 == i && t.w1 == 0.0));
+        // Doubling: dst 1 reads src 0.25 -> 0.75 * in[0] + 0.25 * in[1].
+        let up = bilinear_taps(4, 8);
+        assert_eq!(up[0], Taps2 { i0: 0, i1: 1, w1: 0.0 });
+        assert_eq!(up[1], Taps2 { i0: 0, i1: 1, w1: 0.25 });
+        assert_eq!(up[7], Taps2 { i0: 3, i1: 3, w1: 0.25 });
+    }
+
+    #[test]
+    fn nearest_repeats() {
+        assert_eq!(nearest_index(2, 6), vec![0, 0, 0, 1, 1, 1]);
+        assert_eq!(nearest_index(3, 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn antialias_weights_sum_to_one_and_cover_the_scale() {
+        for span in antialias_spans(100, 7) {
+            let total: f32 = span.weights.iter().sum();
+            assert!((total - 1.0).abs() < 1e-6);
+            assert!(span.weights.len() >= 28 && span.weights.len() <= 31, "{}", span.weights.len());
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The host tensor: a shape and row-major f32 data. Images are NCHW; embeddings are rows x dims.
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// Panics only on a programming error (data length not matching the shape).
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape {shape:?} does not match its data");
+        Tensor { shape, data }
+    }
+
+    pub fn zeros(shape: Vec<usize>) -> Self {
+        let n = shape.iter().product();
+        Tensor { shape, data: vec![0.0; n] }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The shape as NCHW, or an error naming what it is instead.
+    pub fn dims4(&self) -> Result<[usize; 4]> {
+        match self.shape[..] {
+            [n, c, h, w] => Ok([n, c, h, w]),
+            _ => Err(Error::Backend(format!("expected an NCHW tensor, got shape {:?}", self.shape))),
+        }
+    }
+
+    /// The shape as rows x columns.
+    pub fn dims2(&self) -> Result<[usize; 2]> {
+        match self.shape[..] {
+            [r, c] => Ok([r, c]),
+            _ => Err(Error::Backend(format!("expected a 2-D tensor, got shape {:?}", self.shape))),
+        }
+    }
+
+    /// Rows `rows` of a 2-D tensor, in that order.
+    pub fn gather_rows(&self, rows: &[u32]) -> Result<Tensor> {
+        let [n, d] = self.dims2()?;
+        let mut data = Vec::with_capacity(rows.len() * d);
+        for &r in rows {
+            let r = r as usize;
+            if r >= n {
+                return Err(Error::Backend(format!("row {r} out of range for {n} rows")));
+            }
+            data.extend_from_slice(&self.data[r * d..(r + 1) * d]);
+        }
+        Ok(Tensor::new(vec![rows.len(), d], data))
+    }
+}
