@@ -56,40 +56,55 @@ impl Preprocess {
         self.crop.unwrap_or(self.resize)
     }
 
-    /// The normalised `[3, S, S]` planes of one image.
+    /// The normalised `[3, S, S]` planes of one image: resized, then center-cropped.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
-        let (w, h) = (img.width() as usize, img.height() as usize);
         let s = self.resize;
-        let cols = antialias_spans(w, s);
-        let rows = antialias_spans(h, s);
+        let full = self.resize_normalize(img, s, s);
         let side = self.input_size();
+        if side == s {
+            return full;
+        }
         // torchvision's center_crop: offsets rounded half to even of (size - crop) / 2.
         let off = ((s - side) as f64 / 2.0).round_ties_even() as usize;
-        let mut out = vec![0.0f32; 3 * side * side];
-        let mut horizontal = vec![0.0f32; h * s];
+        let mut out = Vec::with_capacity(3 * side * side);
+        for plane in full.chunks(s * s) {
+            for y in off..off + side {
+                out.extend_from_slice(&plane[y * s + off..y * s + off + side]);
+            }
+        }
+        out
+    }
+
+    /// `[3, out_h, out_w]`: pixels scaled to [0, 1], resized width first then height with
+    /// antialiased bilinear, then (x - mean) / std.
+    pub fn resize_normalize(&self, img: &RgbImage, out_h: usize, out_w: usize) -> Vec<f32> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let cols = antialias_spans(w, out_w);
+        let rows = antialias_spans(h, out_h);
+        let mut out = vec![0.0f32; 3 * out_h * out_w];
+        let mut horizontal = vec![0.0f32; h * out_w];
+        let pixels = img.as_raw();
         for c in 0..3 {
-            // Width first, then height, on [0, 1] floats.
             for y in 0..h {
                 for (x, span) in cols.iter().enumerate() {
-                    horizontal[y * s + x] = span
+                    horizontal[y * out_w + x] = span
                         .weights
                         .iter()
                         .enumerate()
-                        .map(|(t, wt)| wt * img.get_pixel((span.start + t) as u32, y as u32)[c] as f32 / 255.0)
+                        .map(|(t, wt)| wt * pixels[(y * w + span.start + t) * 3 + c] as f32 / 255.0)
                         .sum();
                 }
             }
-            let plane = &mut out[c * side * side..(c + 1) * side * side];
-            for y in 0..side {
-                let span = &rows[y + off];
-                for x in 0..side {
+            let plane = &mut out[c * out_h * out_w..(c + 1) * out_h * out_w];
+            for (y, span) in rows.iter().enumerate() {
+                for x in 0..out_w {
                     let v: f32 = span
                         .weights
                         .iter()
                         .enumerate()
-                        .map(|(t, wt)| wt * horizontal[(span.start + t) * s + x + off])
+                        .map(|(t, wt)| wt * horizontal[(span.start + t) * out_w + x])
                         .sum();
-                    plane[y * side + x] = (v - self.mean[c]) / self.std[c];
+                    plane[y * out_w + x] = (v - self.mean[c]) / self.std[c];
                 }
             }
         }

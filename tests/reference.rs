@@ -1,0 +1,98 @@
+//! The engine against PyTorch golden outputs (tests/fixtures, written by
+//! scripts/make_fixtures.py). Tolerance: relative error (max abs diff / max abs value) at most
+//! 1e-4 for activations, embeddings, scores and maps, in f32.
+
+mod common;
+
+use common::{assert_close, fixture, fixture_path, tensor};
+use patchcore::backbone::weights::HashedWeights;
+use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
+use patchcore::backend::{Backend, CpuBackend};
+use patchcore::data::image::{load_rgb, Preprocess};
+use patchcore::patchcore::score::image_score;
+use patchcore::patchcore::MAP_SIGMA;
+use patchcore::Tensor;
+
+const TOL: f64 = 1e-4;
+const INPUT: [usize; 4] = [2, 3, 64, 96];
+
+fn backbone(arch: Architecture) -> Backbone<CpuBackend> {
+    Backbone::load(&CpuBackend, arch, ConvOrigin::Torchvision(&HashedWeights)).expect("hashed weights load")
+}
+
+fn check_backbone(arch: Architecture, file: &str) {
+    let fx = fixture(file);
+    let [c2, c3] = arch.channels();
+    let input = Tensor::new(INPUT.to_vec(), tensor(&fx, "input", &INPUT));
+    let out = backbone(arch).forward(&CpuBackend, &input).unwrap();
+    assert_eq!(out[0].shape, vec![2, c2, 8, 12]);
+    assert_eq!(out[1].shape, vec![2, c3, 4, 6]);
+    assert_close("layer2", &out[0].data, &tensor(&fx, "layer2", &out[0].shape), TOL);
+    assert_close("layer3", &out[1].data, &tensor(&fx, "layer3", &out[1].shape), TOL);
+}
+
+#[test]
+fn resnet18_layers_match_torchvision() {
+    check_backbone(Architecture::Resnet18, "resnet18.safetensors");
+}
+
+#[test]
+fn wide_resnet50_2_layers_match_torchvision() {
+    check_backbone(Architecture::WideResnet50_2, "wide_resnet50_2.safetensors");
+}
+
+fn embedding_of(input: &Tensor) -> Tensor {
+    let features = backbone(Architecture::Resnet18).forward(&CpuBackend, input).unwrap();
+    CpuBackend.embed(&[&features[0], &features[1]]).unwrap()
+}
+
+#[test]
+fn embedding_matches_anomalib() {
+    let fx = fixture("resnet18.safetensors");
+    let emb = embedding_of(&Tensor::new(INPUT.to_vec(), tensor(&fx, "input", &INPUT)));
+    assert_eq!(emb.shape, vec![192, 384]);
+    assert_close("embedding", &emb.data, &tensor(&fx, "embedding", &[192, 384]), TOL);
+    let bank = embedding_of(&Tensor::new(vec![3, 3, 64, 96], tensor(&fx, "bank_input", &[3, 3, 64, 96])));
+    assert_close("bank", &bank.data, &tensor(&fx, "bank", &[288, 384]), TOL);
+}
+
+/// Patch scores, Eq. 7 image scores (at the fixture's scale and at 1/16, where the softmax
+/// weight is far from 1) and anomaly maps, from the fixture's own embedding and bank.
+#[test]
+fn scores_and_maps_match_anomalib() {
+    let fx = fixture("resnet18.safetensors");
+    for (scale, key) in [(1.0f32, "image_score"), (1.0 / 16.0, "image_score_scaled")] {
+        let scaled = |name: &str, shape: &[usize]| {
+            Tensor::new(shape.to_vec(), tensor(&fx, name, shape).iter().map(|v| v * scale).collect())
+        };
+        let queries = scaled("embedding", &[192, 384]);
+        let bank_rows = scaled("bank", &[288, 384]);
+        let bank = CpuBackend.prepare_bank(&bank_rows).unwrap();
+        let (dist, nearest) = CpuBackend.knn(&queries, &bank, 1).unwrap();
+        let want_scores: Vec<f32> = tensor(&fx, "patch_scores", &[2, 8, 12]).iter().map(|v| v * scale).collect();
+        assert_close("patch scores", &dist, &want_scores, TOL);
+        let mut scores = Vec::new();
+        for b in 0..2 {
+            let patch = &dist[b * 96..(b + 1) * 96];
+            let top = (0..96).fold(0, |best, i| if patch[i] > patch[best] { i } else { best });
+            let row = b * 96 + top;
+            let q = &queries.data[row * 384..(row + 1) * 384];
+            scores.push(image_score(&CpuBackend, &bank, &bank_rows, q, patch[top], nearest[row], 9).unwrap());
+        }
+        assert_close(key, &scores, &tensor(&fx, key, &[2]), TOL);
+        if scale == 1.0 {
+            let grids = Tensor::new(vec![2, 8, 12], dist);
+            let maps = CpuBackend.anomaly_map(&grids, 64, 96, MAP_SIGMA).unwrap();
+            assert_close("anomaly map", &maps.data, &tensor(&fx, "anomaly_map", &[2, 64, 96]), TOL);
+        }
+    }
+}
+
+#[test]
+fn preprocessing_matches_torchvision_v2() {
+    let fx = fixture("preprocess.safetensors");
+    let img = load_rgb(&fixture_path("preprocess_input.png")).unwrap();
+    let p = Preprocess::imagenet(256, None).unwrap();
+    assert_close("downscale", &p.resize_normalize(&img, 24, 36), &tensor(&fx, "down", &[3, 24, 36]), TOL);
+    assert_close("upscale", &p.resize_normalize(&img, 96, 128), &tensor(&fx, "up", &[3, 96, 128]), TOL);
+}
