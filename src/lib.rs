@@ -4,6 +4,7 @@
 
 pub mod backbone;
 pub mod backend;
+pub mod cli;
 pub mod convert;
 pub mod data;
 pub mod eval;

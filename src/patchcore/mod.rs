@@ -69,7 +69,8 @@ impl Default for FitOptions {
 }
 
 impl FitOptions {
-    fn validate(&self) -> Result<()> {
+    /// Checks every option is in range, before any work starts.
+    pub fn validate(&self) -> Result<()> {
         coreset::coreset_size(1, self.ratio)?;
         if self.num_neighbors == 0 || self.num_neighbors > 64 {
             return Err(Error::option("--num-neighbors", format!("{}: expected 1 to 64", self.num_neighbors)));
@@ -112,33 +113,30 @@ pub struct PatchCore<B: Backend> {
     meta: ModelMeta,
 }
 
-/// Decodes `paths`, requiring one common size (a training folder with mixed sizes is almost
-/// always a mix-up, and the first image's size is the reference).
-fn decode_same_size(paths: &[PathBuf], reference: &mut Option<(PathBuf, u32, u32)>) -> Result<Vec<RgbImage>> {
-    paths
-        .iter()
-        .map(|p| {
-            let img = load_rgb(p)?;
-            match reference {
-                None => *reference = Some((p.clone(), img.width(), img.height())),
-                Some((first, w, h)) if (img.width(), img.height()) != (*w, *h) => {
-                    return Err(Error::image(
-                        p,
-                        format!(
-                            "{}x{} differs from {}x{} of {}: all images of a set must have one size",
-                            img.width(),
-                            img.height(),
-                            w,
-                            h,
-                            first.display()
-                        ),
-                    ));
-                }
-                _ => {}
+/// Checks that `paths` share one size, reading only their headers (a training folder with
+/// mixed sizes is almost always a mix-up; the first image's size is the reference).
+fn check_same_size(paths: &[PathBuf]) -> Result<()> {
+    let mut reference: Option<(&PathBuf, (u32, u32))> = None;
+    for path in paths {
+        let size = image::image_dimensions(path)
+            .map_err(|e| Error::image(path, format!("not a PNG or JPEG image, or a corrupt one: {e}")))?;
+        match reference {
+            None => reference = Some((path, size)),
+            Some((first, (w, h))) if size != (w, h) => {
+                return Err(Error::image(
+                    path,
+                    format!(
+                        "{}x{} differs from {w}x{h} of {}: all images of a set must have one size",
+                        size.0,
+                        size.1,
+                        first.display()
+                    ),
+                ));
             }
-            Ok(img)
-        })
-        .collect()
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Patch embeddings of a batch: rows `[B * h * w, D]` on the backend, and the grid (h, w).
@@ -171,6 +169,7 @@ impl<B: Backend> PatchCore<B> {
         progress: Progress<'_>,
     ) -> Result<Self> {
         options.validate()?;
+        check_same_size(train)?;
         let (train, held_out) = match val {
             Some(_) => (train.to_vec(), Vec::new()),
             None => hold_out(train, options.seed),
@@ -178,11 +177,10 @@ impl<B: Backend> PatchCore<B> {
         if train.is_empty() {
             return Err(Error::option("training set", "no training images"));
         }
-        let mut reference = None;
         let mut rows = Vec::new();
         let mut grid = [0, 0];
         for (i, chunk) in train.chunks(options.batch).enumerate() {
-            let images = decode_same_size(chunk, &mut reference)?;
+            let images = chunk.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>>>()?;
             let (embedding, g) = embed_images(&backend, &backbone, &options.preprocess, &images)?;
             grid = g;
             rows.extend(backend.download(&embedding)?.data);
@@ -387,4 +385,22 @@ fn hold_out(train: &[PathBuf], seed: u64) -> (Vec<PathBuf>, Vec<PathBuf>) {
     }
     let (held, kept): (Vec<_>, Vec<_>) = train.iter().cloned().zip(picked).partition(|(_, p)| *p);
     (kept.into_iter().map(|(p, _)| p).collect(), held.into_iter().map(|(p, _)| p).collect())
+}
+
+/// A raw anomaly map (input side x side) brought back over the original `width x height`
+/// picture for display: placed where the center crop took it from (the cropped-away border
+/// reads 0), then resized bilinearly.
+pub fn map_to_image(map: &[f32], preprocess: &Preprocess, width: u32, height: u32) -> Vec<f32> {
+    let (s, side) = (preprocess.resize, preprocess.input_size());
+    let full = if side == s {
+        map.to_vec()
+    } else {
+        let off = ((s - side) as f64 / 2.0).round_ties_even() as usize;
+        let mut canvas = vec![0.0f32; s * s];
+        for y in 0..side {
+            canvas[(y + off) * s + off..][..side].copy_from_slice(&map[y * side..(y + 1) * side]);
+        }
+        canvas
+    };
+    crate::resample::resize_bilinear(&full, s, s, height as usize, width as usize)
 }

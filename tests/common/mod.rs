@@ -53,3 +53,85 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Writes the hashed test weights of `arch` (torchvision names, BatchNorm unfolded) as a
+/// safetensors file, by recording every tensor the backbone asks for.
+pub fn write_hashed_weights(arch: patchcore::backbone::Architecture, path: &std::path::Path) {
+    use patchcore::backbone::weights::HashedWeights;
+    use patchcore::backbone::{Backbone, ConvOrigin};
+    use std::cell::RefCell;
+
+    struct Recorder(RefCell<Vec<(String, Vec<usize>, Vec<f32>)>>);
+    impl WeightSource for Recorder {
+        fn tensor(&self, name: &str, shape: &[usize]) -> patchcore::Result<Vec<f32>> {
+            let v = HashedWeights.tensor(name, shape)?;
+            self.0.borrow_mut().push((name.to_string(), shape.to_vec(), v.clone()));
+            Ok(v)
+        }
+        fn origin(&self) -> &std::path::Path {
+            HashedWeights.origin()
+        }
+    }
+    let rec = Recorder(RefCell::new(Vec::new()));
+    Backbone::load(&patchcore::backend::CpuBackend, arch, ConvOrigin::Torchvision(&rec)).expect("hashed backbone");
+    let tensors = rec.0.into_inner();
+    write_f32_safetensors(path, &tensors, None);
+}
+
+/// Writes f32 tensors (name, shape, values) and optional metadata as safetensors.
+pub fn write_f32_safetensors(
+    path: &std::path::Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, metadata).unwrap()).unwrap();
+}
+
+/// A textured good image (or a defective one: a bright square at a seeded place), `size`
+/// pixels square, and the defect's mask.
+pub fn synthetic_image(size: u32, seed: u64, defect: bool) -> (image::RgbImage, image::GrayImage) {
+    let mut rng = patchcore::rng::SplitMix64::new(seed);
+    let phase = rng.next_f64() as f32 * 6.0;
+    let mut img = image::RgbImage::from_fn(size, size, |x, y| {
+        let v = 120.0 + 50.0 * ((x as f32 * 0.8 + phase).sin() * (y as f32 * 0.5).cos());
+        let n = (rng.next_f64() as f32 - 0.5) * 16.0;
+        image::Rgb([(v + n) as u8, (v * 0.9 + n) as u8, (v * 0.7 + n) as u8])
+    });
+    let mut mask = image::GrayImage::new(size, size);
+    if defect {
+        let side = size / 5;
+        let x0 = rng.below((size - side) as u64) as u32;
+        let y0 = rng.below((size - side) as u64) as u32;
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                img.put_pixel(x, y, image::Rgb([250, 30, 200]));
+                mask.put_pixel(x, y, image::Luma([255]));
+            }
+        }
+    }
+    (img, mask)
+}
+
+/// An MVTec-shaped category: train/good (n_train), test/good and test/square (n_test each),
+/// ground_truth/square/<name>_mask.png.
+pub fn synthetic_category(root: &std::path::Path, size: u32, n_train: usize, n_test: usize) {
+    let mk = |p: &std::path::Path| std::fs::create_dir_all(p).unwrap();
+    for d in ["train/good", "test/good", "test/square", "ground_truth/square"] {
+        mk(&root.join(d));
+    }
+    for i in 0..n_train {
+        synthetic_image(size, i as u64, false).0.save(root.join(format!("train/good/{i:03}.png"))).unwrap();
+    }
+    for i in 0..n_test {
+        synthetic_image(size, 1000 + i as u64, false).0.save(root.join(format!("test/good/{i:03}.png"))).unwrap();
+        let (img, mask) = synthetic_image(size, 2000 + i as u64, true);
+        img.save(root.join(format!("test/square/{i:03}.png"))).unwrap();
+        mask.save(root.join(format!("ground_truth/square/{i:03}_mask.png"))).unwrap();
+    }
+}

@@ -1,0 +1,92 @@
+//! The `patchcore` command line: argument parsing, progress bars and output formats. Each
+//! subcommand lives in its own file and calls the library.
+
+mod convert;
+mod fit;
+mod predict;
+
+use crate::backend::{cuda, CpuBackend, DeviceChoice};
+use crate::error::Result;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(name = "patchcore", version, about = "PatchCore industrial anomaly detection")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fit a model on good images and write it to one file.
+    Fit(fit::Args),
+    /// Score images with a fitted model: one JSON line per image, overlays with --out.
+    Predict(predict::Args),
+    /// Convert a PyTorch checkpoint (.pth, zip or legacy) to safetensors, without Python.
+    Convert(convert::Args),
+}
+
+/// Runs the command line; the error, if any, is printed by `main`.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fit(args) => fit::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Convert(args) => convert::run(args),
+    }
+}
+
+/// The backend for `--device`. Only the CPU backend exists in this build: `auto` says so
+/// once, `cuda` fails with the reason.
+fn backend_for(device: DeviceChoice) -> Result<CpuBackend> {
+    match device {
+        DeviceChoice::Cpu => Ok(CpuBackend),
+        DeviceChoice::Cuda(n) => cuda::probe(n).map(|_| CpuBackend),
+        DeviceChoice::Auto => {
+            if let Err(e) = cuda::probe(0) {
+                eprintln!("note: using the CPU ({e})");
+            }
+            Ok(CpuBackend)
+        }
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal), driven by the library's
+/// (stage, done, total) reports.
+struct Bars {
+    bar: Option<ProgressBar>,
+    stage: String,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Bars { bar: None, stage: String::new() }
+    }
+
+    fn update(&mut self, stage: &str, done: usize, total: usize) {
+        if stage != self.stage {
+            if let Some(b) = self.bar.take() {
+                b.finish();
+            }
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(stage.to_string());
+            self.bar = Some(bar);
+            self.stage = stage.to_string();
+        }
+        if let Some(b) = &self.bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,125 @@
+use super::{backend_for, Bars};
+use crate::backend::DeviceChoice;
+use crate::data::dataset::list_images;
+use crate::data::image::load_rgb;
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+use crate::patchcore::{map_to_image, PatchCore, Prediction};
+use crate::render::{render_overlay, OverlayStyle};
+use image::RgbImage;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The model file written by `patchcore fit`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Images, or folders of images.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Write an overlay PNG per image into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+}
+
+/// Every image named or inside a named folder, in the given order (folders sorted).
+fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut images = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            images.extend(list_images(input)?);
+        } else {
+            images.push(input.clone());
+        }
+    }
+    Ok(images)
+}
+
+/// An image that fails to decode is reported on its own JSON line and the rest are still
+/// scored; the exit status is then non-zero.
+pub fn run(args: Args) -> Result<()> {
+    if args.batch == 0 || args.batch > 1024 {
+        return Err(Error::option("--batch", format!("{}: expected 1 to 1024", args.batch)));
+    }
+    let model = PatchCore::load(backend_for(args.device)?, &args.model)?;
+    let paths = expand(&args.inputs)?;
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut names = HashSet::new();
+    let mut failures = 0;
+    let mut bars = Bars::new();
+    for (i, chunk) in paths.chunks(args.batch).enumerate() {
+        let mut images = Vec::new();
+        let mut ok_paths = Vec::new();
+        for path in chunk {
+            match load_rgb(path) {
+                Ok(img) => {
+                    images.push(img);
+                    ok_paths.push(path);
+                }
+                Err(e) => {
+                    failures += 1;
+                    println!("{}", serde_json::json!({"path": path, "error": e.to_string()}));
+                }
+            }
+        }
+        for ((path, image), pred) in ok_paths.iter().zip(&images).zip(model.predict(&images)?) {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "path": path,
+                    "score": pred.score,
+                    "normalized": pred.normalized,
+                    "label": if pred.anomalous { "anomalous" } else { "normal" },
+                })
+            );
+            if let Some(dir) = &args.out {
+                let target = unique_name(dir, path, &mut names);
+                write_overlay(&model, image, &pred, &target)?;
+            }
+        }
+        bars.update("predict", (i * args.batch + chunk.len()).min(paths.len()), paths.len());
+    }
+    bars.finish();
+    if failures > 0 {
+        return Err(Error::option("inputs", format!("{failures} of {} images could not be read (see their lines)", paths.len())));
+    }
+    Ok(())
+}
+
+/// `<stem>.png` in `dir`, with `-2`, `-3`, ... when two inputs share a stem.
+fn unique_name(dir: &Path, path: &Path, taken: &mut HashSet<PathBuf>) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let mut candidate = dir.join(format!("{stem}.png"));
+    let mut n = 2;
+    while !taken.insert(candidate.clone()) {
+        candidate = dir.join(format!("{stem}-{n}.png"));
+        n += 1;
+    }
+    candidate
+}
+
+fn write_overlay<B: crate::backend::Backend>(
+    model: &PatchCore<B>,
+    image: &RgbImage,
+    pred: &Prediction,
+    target: &Path,
+) -> Result<()> {
+    let meta = model.meta();
+    let raw = map_to_image(&pred.map, &meta.preprocess, image.width(), image.height());
+    let heat: Vec<f32> = raw.iter().map(|&v| meta.pixel.apply(v)).collect();
+    let overlay = render_overlay(image, &heat, pred.anomalous, pred.normalized, &OverlayStyle::default());
+    let mut png = Vec::new();
+    overlay
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::image(target, format!("cannot encode the overlay: {e}")))?;
+    write_atomic(target, &png)
+}

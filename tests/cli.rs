@@ -1,0 +1,125 @@
+//! The `patchcore` binary end to end: convert, fit, predict, overlays, exit codes and the
+//! errors a user sees.
+
+mod common;
+
+use common::{fixture_path, synthetic_category, write_hashed_weights, TempDir};
+use patchcore::backbone::Architecture;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn patchcore(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchcore")).args(args).output().expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn convert_writes_loadable_safetensors() {
+    let dir = TempDir::new("cli-convert");
+    let out = dir.path().join("w.safetensors");
+    let o = patchcore(&["convert", s(&fixture_path("checkpoint_zip.pth")), s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = patchcore::backbone::weights::SafetensorsFile::open(&out).unwrap();
+    let names: Vec<String> = file.parse().unwrap().names().into_iter().map(String::from).collect();
+    assert!(names.contains(&"conv1.weight".to_string()));
+    assert!(!names.iter().any(|n| n.ends_with("num_batches_tracked")));
+}
+
+#[test]
+fn fit_then_predict_writes_json_lines_and_overlays() {
+    let dir = TempDir::new("cli-e2e");
+    let data = dir.path().join("cat");
+    synthetic_category(&data, 64, 10, 3);
+    let weights = dir.path().join("resnet18.safetensors");
+    write_hashed_weights(Architecture::Resnet18, &weights);
+    let model = dir.path().join("model.safetensors");
+    let o = patchcore(&[
+        "fit", "--backbone", "resnet18", "--weights", s(&weights), "--train", s(&data.join("train/good")),
+        "--val", s(&data.join("test")), "--out", s(&model), "--size", "64", "--ratio", "0.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("F1-adaptive"), "fit says how thresholds were set: {text}");
+
+    let overlays = dir.path().join("overlays");
+    let o = patchcore(&[
+        "predict", "--model", s(&model), s(&data.join("test/good")), s(&data.join("test/square")), "--out", s(&overlays),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for line in &lines {
+        let score = line["score"].as_f64().unwrap();
+        let n = line["normalized"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&n));
+        assert_eq!(line["label"] == "anomalous", n > 0.5, "{line}");
+        if line["path"].as_str().unwrap().contains("square") { bad.push(score) } else { good.push(score) }
+    }
+    // A bright square on a texture is far from every training patch.
+    let max_good = good.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(bad.iter().all(|&b| b > max_good), "good {good:?} vs defective {bad:?}");
+    // Two inputs share each stem (000.png in both folders): names are kept apart.
+    for name in ["000.png", "000-2.png", "002-2.png"] {
+        let img = image::open(overlays.join(name)).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64));
+    }
+}
+
+#[test]
+fn bad_inputs_fail_with_the_file_named_and_exit_code_1() {
+    let dir = TempDir::new("cli-errors");
+    let weights = dir.path().join("w.safetensors");
+    write_hashed_weights(Architecture::Resnet18, &weights);
+    let train = dir.path().join("train");
+    std::fs::create_dir_all(&train).unwrap();
+    let fit = |extra: &[&str]| {
+        let mut args = vec!["fit", "--backbone", "resnet18", "--weights", s(&weights), "--train", s(&train)];
+        args.extend_from_slice(&["--out", "/nonexistent/never.safetensors", "--size", "64"]);
+        args.extend_from_slice(extra);
+        patchcore(&args)
+    };
+    let expect_error = |o: Output, needle: &str| {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "expected `{needle}` in: {}", stderr(&o));
+    };
+    expect_error(fit(&[]), "no PNG or JPEG images");
+    expect_error(fit(&["--ratio", "0"]), "--ratio");
+    expect_error(fit(&["--ratio", "1.5"]), "--ratio");
+    // Malformed arguments are usage errors: clap's exit code 2.
+    let o = fit(&["--device", "tpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("expected cpu, cuda, cuda:N or auto"), "{}", stderr(&o));
+
+    common::synthetic_image(64, 1, false).0.save(train.join("a.png")).unwrap();
+    common::synthetic_image(48, 2, false).0.save(train.join("b.png")).unwrap();
+    expect_error(fit(&[]), "b.png: 48x48 differs from 64x64");
+
+    std::fs::remove_file(train.join("b.png")).unwrap();
+    let bytes = std::fs::read(train.join("a.png")).unwrap();
+    std::fs::write(train.join("c.png"), &bytes[..bytes.len() / 2]).unwrap();
+    expect_error(fit(&[]), "c.png: corrupt or truncated image");
+
+    std::fs::write(train.join("c.png"), b"this is not an image").unwrap();
+    expect_error(fit(&[]), "c.png: not a PNG or JPEG");
+
+    std::fs::remove_file(train.join("c.png")).unwrap();
+    std::fs::write(train.join("d.bmp"), b"BM").unwrap();
+    expect_error(fit(&[]), "d.bmp: .bmp images are not supported");
+    std::fs::remove_file(train.join("d.bmp")).unwrap();
+
+    // One 64 px image gives 64 patches; 1% of them is 1 row, fewer than the 9 neighbours.
+    expect_error(fit(&["--ratio", "0.01"]), "exceeds the memory bank (1 rows)");
+
+    let o = patchcore(&["predict", "--model", s(&weights), s(&train)]);
+    expect_error(o, "not a patchcore model");
+}
