@@ -51,7 +51,7 @@ impl WeightSource for SafetensorsFile {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let file = self.parse()?;
         let view = file.tensor(name).map_err(|_| {
-            Error::weights(&self.path, name, "missing (is this the right backbone? `--backbone` must match the weights)")
+            Error::weights(&self.path, name, "missing (weights of another architecture, or an incomplete file?)")
         })?;
         if view.shape() != shape {
             return Err(Error::weights(

@@ -1,0 +1,161 @@
+//! Model files and weights files: round trip, and every way a file can be wrong.
+
+mod common;
+
+use common::{synthetic_category, write_f32_safetensors, TempDir};
+use patchcore::backbone::weights::{HashedWeights, SafetensorsFile, WeightSource};
+use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
+use patchcore::backend::CpuBackend;
+use patchcore::data::dataset::list_training_images;
+use patchcore::data::image::{load_rgb, Preprocess};
+use patchcore::patchcore::{FitOptions, PatchCore};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn fit_small(dir: &Path) -> PatchCore<CpuBackend> {
+    synthetic_category(dir, 64, 4, 1);
+    let train = list_training_images(&dir.join("train/good")).unwrap();
+    let backbone = Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+    let options = FitOptions { preprocess: Preprocess::imagenet(64, None).unwrap(), ratio: 0.25, ..FitOptions::default() };
+    PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
+}
+
+/// Rewrites a model file with its metadata JSON edited by `edit`.
+fn rewrite_meta(path: &Path, out: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let file = SafetensorsFile::open(path).unwrap();
+    let mut meta = file.metadata().unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&meta["patchcore"]).unwrap();
+    edit(&mut json);
+    meta.insert("patchcore".into(), json.to_string());
+    let parsed = file.parse().unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = parsed
+        .names()
+        .into_iter()
+        .map(|n| {
+            let view = parsed.tensor(n).unwrap();
+            (n.to_string(), view.shape().to_vec(), file.tensor(n, view.shape()).unwrap())
+        })
+        .collect();
+    write_f32_safetensors(out, &tensors, Some(meta));
+}
+
+#[test]
+fn model_file_round_trip_and_refusals() {
+    let dir = TempDir::new("model-file");
+    let model = fit_small(&dir.path().join("cat"));
+    let path = dir.path().join("m.safetensors");
+    model.save(&path).unwrap();
+    let loaded = PatchCore::load(CpuBackend, &path).unwrap();
+    assert_eq!(loaded.meta(), model.meta());
+    assert!(model.meta().thresholds_from.contains("held-out"), "{}", model.meta().thresholds_from);
+    let img = load_rgb(&dir.path().join("cat/test/square/000.png")).unwrap();
+    let (a, b) = (&model.predict(&[img.clone()]).unwrap()[0], &loaded.predict(&[img]).unwrap()[0]);
+    assert_eq!((a.score, a.normalized, a.anomalous), (b.score, b.normalized, b.anomalous));
+    assert_eq!(a.map, b.map);
+
+    let err = |p: &Path| PatchCore::load(CpuBackend, p).err().expect("refused").to_string();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+    let e = err(&truncated);
+    assert!(e.contains("truncated.safetensors") && e.contains("truncated or corrupt"), "{e}");
+
+    let newer = dir.path().join("v2.safetensors");
+    rewrite_meta(&path, &newer, |j| j["format_version"] = 2.into());
+    let e = err(&newer);
+    assert!(e.contains("v2.safetensors") && e.contains("format version 2") && e.contains("reads version 1"), "{e}");
+
+    // Another backbone: the metadata says WRN-50; its layer1 convolutions are not in the file.
+    let other = dir.path().join("other.safetensors");
+    rewrite_meta(&path, &other, |j| {
+        j["backbone"] = "wide_resnet50_2".into();
+        j["embedding_dim"] = 1536.into();
+    });
+    let e = err(&other);
+    assert!(e.contains("other.safetensors") && e.contains("backbone.layer1.0.") && e.contains("missing"), "{e}");
+
+    let no_meta = dir.path().join("plain.safetensors");
+    write_f32_safetensors(&no_meta, &[("x".into(), vec![1], vec![1.0])], None);
+    assert!(err(&no_meta).contains("not a patchcore model"));
+
+    // The atomic write leaves no temporary file behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+/// Every resnet18 tensor, from the hashed weights, to be spoiled one way at a time.
+fn hashed_resnet18(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let path = dir.join("good.safetensors");
+    common::write_hashed_weights(Architecture::Resnet18, &path);
+    let file = SafetensorsFile::open(&path).unwrap();
+    let parsed = file.parse().unwrap();
+    let mut names: Vec<String> = parsed.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let shape = parsed.tensor(&n).unwrap().shape().to_vec();
+            let v = HashedWeights.tensor(&n, &shape).unwrap();
+            (n, shape, v)
+        })
+        .collect()
+}
+
+fn load_error(path: &Path) -> String {
+    let file = SafetensorsFile::open(path).unwrap();
+    Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&file)).err().expect("refused").to_string()
+}
+
+#[test]
+fn weights_files_name_the_bad_tensor() {
+    let dir = TempDir::new("weights");
+    let tensors = hashed_resnet18(dir.path());
+    let target = "layer2.0.conv1.weight";
+    let at = tensors.iter().position(|t| t.0 == target).unwrap();
+    let path = dir.path().join("bad.safetensors");
+
+    let mut missing = tensors.clone();
+    missing.remove(at);
+    write_f32_safetensors(&path, &missing, None);
+    let e = load_error(&path);
+    assert!(e.contains("bad.safetensors") && e.contains(target) && e.contains("missing"), "{e}");
+
+    let mut misshaped = tensors.clone();
+    misshaped[at].1 = vec![128, 64, 3, 3 * 2];
+    let copy = misshaped[at].2.clone();
+    misshaped[at].2.extend(copy);
+    write_f32_safetensors(&path, &misshaped, None);
+    let e = load_error(&path);
+    assert!(e.contains(target) && e.contains("shape [128, 64, 3, 6]"), "{e}");
+
+    let mut nan = tensors.clone();
+    nan[at].2[17] = f32::NAN;
+    write_f32_safetensors(&path, &nan, None);
+    let e = load_error(&path);
+    assert!(e.contains(target) && e.contains("non-finite") && e.contains("index 17"), "{e}");
+
+    // The same tensor stored as f64: refused by dtype.
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, v))| {
+            if i == at { v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect() } else { v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (n, s, _))| {
+            let dtype = if i == at { safetensors::Dtype::F64 } else { safetensors::Dtype::F32 };
+            (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), &bytes[i]).unwrap())
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None::<HashMap<String, String>>).unwrap()).unwrap();
+    let e = load_error(&path);
+    assert!(e.contains(target) && e.contains("dtype F64"), "{e}");
+}
