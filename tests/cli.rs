@@ -41,8 +41,21 @@ fn fit_then_predict_writes_json_lines_and_overlays() {
     write_hashed_weights(Architecture::Resnet18, &weights);
     let model = dir.path().join("model.safetensors");
     let o = patchcore(&[
-        "fit", "--backbone", "resnet18", "--weights", s(&weights), "--train", s(&data.join("train/good")),
-        "--val", s(&data.join("test")), "--out", s(&model), "--size", "64", "--ratio", "0.5",
+        "fit",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        s(&weights),
+        "--train",
+        s(&data.join("train/good")),
+        "--val",
+        s(&data.join("test")),
+        "--out",
+        s(&model),
+        "--size",
+        "64",
+        "--ratio",
+        "0.5",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
@@ -50,7 +63,13 @@ fn fit_then_predict_writes_json_lines_and_overlays() {
 
     let overlays = dir.path().join("overlays");
     let o = patchcore(&[
-        "predict", "--model", s(&model), s(&data.join("test/good")), s(&data.join("test/square")), "--out", s(&overlays),
+        "predict",
+        "--model",
+        s(&model),
+        s(&data.join("test/good")),
+        s(&data.join("test/square")),
+        "--out",
+        s(&overlays),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> =
@@ -63,7 +82,11 @@ fn fit_then_predict_writes_json_lines_and_overlays() {
         let n = line["normalized"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&n));
         assert_eq!(line["label"] == "anomalous", n > 0.5, "{line}");
-        if line["path"].as_str().unwrap().contains("square") { bad.push(score) } else { good.push(score) }
+        if line["path"].as_str().unwrap().contains("square") {
+            bad.push(score)
+        } else {
+            good.push(score)
+        }
     }
     // A bright square on a texture is far from every training patch.
     let max_good = good.iter().cloned().fold(f64::MIN, f64::max);

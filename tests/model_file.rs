@@ -15,8 +15,10 @@ use std::path::Path;
 fn fit_small(dir: &Path) -> PatchCore<CpuBackend> {
     synthetic_category(dir, 64, 4, 1);
     let train = list_training_images(&dir.join("train/good")).unwrap();
-    let backbone = Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
-    let options = FitOptions { preprocess: Preprocess::imagenet(64, None).unwrap(), ratio: 0.25, ..FitOptions::default() };
+    let backbone =
+        Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+    let options =
+        FitOptions { preprocess: Preprocess::imagenet(64, None).unwrap(), ratio: 0.25, ..FitOptions::default() };
     PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
 }
 
@@ -49,7 +51,7 @@ fn model_file_round_trip_and_refusals() {
     assert_eq!(loaded.meta(), model.meta());
     assert!(model.meta().thresholds_from.contains("held-out"), "{}", model.meta().thresholds_from);
     let img = load_rgb(&dir.path().join("cat/test/square/000.png")).unwrap();
-    let (a, b) = (&model.predict(&[img.clone()]).unwrap()[0], &loaded.predict(&[img]).unwrap()[0]);
+    let (a, b) = (&model.predict(std::slice::from_ref(&img)).unwrap()[0], &loaded.predict(&[img]).unwrap()[0]);
     assert_eq!((a.score, a.normalized, a.anomalous), (b.score, b.normalized, b.anomalous));
     assert_eq!(a.map, b.map);
 
@@ -108,7 +110,10 @@ fn hashed_resnet18(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 
 fn load_error(path: &Path) -> String {
     let file = SafetensorsFile::open(path).unwrap();
-    Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&file)).err().expect("refused").to_string()
+    Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&file))
+        .err()
+        .expect("refused")
+        .to_string()
 }
 
 #[test]
@@ -144,7 +149,11 @@ fn weights_files_name_the_bad_tensor() {
         .iter()
         .enumerate()
         .map(|(i, (_, _, v))| {
-            if i == at { v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect() } else { v.iter().flat_map(|x| x.to_le_bytes()).collect() }
+            if i == at {
+                v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect()
+            } else {
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            }
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors

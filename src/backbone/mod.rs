@@ -4,6 +4,7 @@ mod resnet;
 pub mod weights;
 
 use crate::backend::{Backend, ConvSpec, ConvWeights};
+use crate::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
 use resnet::{Depth, ResNet};
 use weights::WeightSource;
@@ -48,6 +49,11 @@ impl Architecture {
     /// Input pixels per feature cell of the first feature layer.
     pub fn stride(self) -> usize {
         8
+    }
+
+    /// The input normalisation (mean, std) its weights were trained with, on [0, 1] pixels.
+    pub fn normalization(self) -> ([f32; 3], [f32; 3]) {
+        (IMAGENET_MEAN, IMAGENET_STD)
     }
 
     /// The BatchNorm epsilon its weights were trained with.

@@ -27,7 +27,15 @@ pub enum Depth {
 }
 
 fn spec(in_channels: usize, out_channels: usize, kernel: usize, stride: usize, activation: Activation) -> ConvSpec {
-    ConvSpec { in_channels, out_channels, kernel, stride, padding: Padding::Symmetric(kernel / 2), groups: 1, activation }
+    ConvSpec {
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding: Padding::Symmetric(kernel / 2),
+        groups: 1,
+        activation,
+    }
 }
 
 impl<B: Backend> ResNet<B> {
@@ -47,7 +55,11 @@ impl<B: Backend> ResNet<B> {
                 let out_ch = planes * expansion;
                 let downsample = if stride != 1 || in_ch != out_ch {
                     let name = format!("{p}.downsample.0");
-                    Some(load.conv(&name, &format!("{p}.downsample.1"), spec(in_ch, out_ch, 1, stride, Activation::None))?)
+                    Some(load.conv(
+                        &name,
+                        &format!("{p}.downsample.1"),
+                        spec(in_ch, out_ch, 1, stride, Activation::None),
+                    )?)
                 } else {
                     None
                 };

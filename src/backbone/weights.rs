@@ -41,8 +41,9 @@ impl SafetensorsFile {
 
     /// The JSON metadata map of the header, if any.
     pub fn metadata(&self) -> Result<std::collections::HashMap<String, String>> {
-        let (_, meta) = SafeTensors::read_metadata(&self.map)
-            .map_err(|e| Error::model(&self.path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+        let (_, meta) = SafeTensors::read_metadata(&self.map).map_err(|e| {
+            Error::model(&self.path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+        })?;
         Ok(meta.metadata().clone().unwrap_or_default())
     }
 }
@@ -121,7 +122,11 @@ pub fn load_folded(source: &dyn WeightSource, conv: &str, bn: &str, spec: ConvSp
     let mean = source.tensor(&format!("{bn}.running_mean"), &c)?;
     let var = source.tensor(&format!("{bn}.running_var"), &c)?;
     if let Some(i) = var.iter().position(|&v| v as f64 + eps <= 0.0) {
-        return Err(Error::weights(source.origin(), format!("{bn}.running_var"), format!("value {} at {i} is not positive", var[i])));
+        return Err(Error::weights(
+            source.origin(),
+            format!("{bn}.running_var"),
+            format!("value {} at {i} is not positive", var[i]),
+        ));
     }
     let per_out = weight.len() / spec.out_channels;
     let scale: Vec<f64> = gamma.iter().zip(&var).map(|(&g, &v)| g as f64 / (v as f64 + eps).sqrt()).collect();

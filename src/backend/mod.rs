@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod flops;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

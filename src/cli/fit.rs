@@ -56,7 +56,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let options = FitOptions {
-        preprocess: Preprocess::imagenet(args.size, args.crop)?,
+        preprocess: Preprocess::for_backbone(args.backbone, args.size, args.crop)?,
         ratio: args.ratio,
         seed: args.seed,
         num_neighbors: args.num_neighbors,
@@ -69,7 +69,8 @@ pub fn run(args: Args) -> Result<()> {
     let weights = SafetensorsFile::open(&args.weights)?;
     let backbone = Backbone::load(&backend, args.backbone, ConvOrigin::Torchvision(&weights))?;
     let mut bars = Bars::new();
-    let model = PatchCore::fit(backend, backbone, &train, val.as_deref(), &options, &mut |s, d, t| bars.update(s, d, t))?;
+    let model =
+        PatchCore::fit(backend, backbone, &train, val.as_deref(), &options, &mut |s, d, t| bars.update(s, d, t))?;
     bars.finish();
     model.save(&args.out)?;
     let meta = model.meta();

@@ -90,7 +90,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     bars.finish();
     if failures > 0 {
-        return Err(Error::option("inputs", format!("{failures} of {} images could not be read (see their lines)", paths.len())));
+        return Err(Error::option(
+            "inputs",
+            format!("{failures} of {} images could not be read (see their lines)", paths.len()),
+        ));
     }
     Ok(())
 }

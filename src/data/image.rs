@@ -39,8 +39,14 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl Preprocess {
+    /// The pre-processing `arch`'s weights expect, at this size.
+    pub fn for_backbone(arch: crate::backbone::Architecture, resize: usize, crop: Option<usize>) -> Result<Self> {
+        let (mean, std) = arch.normalization();
+        Ok(Preprocess { mean, std, ..Preprocess::imagenet(resize, crop)? })
+    }
+
     pub fn imagenet(resize: usize, crop: Option<usize>) -> Result<Self> {
-        if resize < 32 || resize > 4096 {
+        if !(32..=4096).contains(&resize) {
             return Err(Error::option("--size", format!("{resize}: expected 32 to 4096 pixels")));
         }
         if let Some(c) = crop {

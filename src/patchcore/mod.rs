@@ -277,7 +277,8 @@ impl<B: Backend> PatchCore<B> {
         }
         let image_t = f1_adaptive_threshold(&scores, &labels)
             .ok_or_else(|| Error::option("validation set", "no images to set thresholds from"))?;
-        let pixel_t = if masked > 0 { f1_adaptive_threshold(&pixels, &pixel_labels).unwrap_or(image_t) } else { image_t };
+        let pixel_t =
+            if masked > 0 { f1_adaptive_threshold(&pixels, &pixel_labels).unwrap_or(image_t) } else { image_t };
         self.meta.image = Normalization::from_scores(image_t, &scores);
         self.meta.pixel = Normalization::from_scores(pixel_t, &all_pixels);
         let anomalies = labels.iter().filter(|&&a| a).count();

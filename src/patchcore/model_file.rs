@@ -23,7 +23,8 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 pub fn save(path: &Path, meta: &ModelMeta, bank: &Tensor, convs: &[(String, ConvWeights)]) -> Result<()> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![(BANK.into(), bank.shape.clone(), f32_bytes(&bank.data))];
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        vec![(BANK.into(), bank.shape.clone(), f32_bytes(&bank.data))];
     for (name, conv) in convs {
         let prefix = format!("{BACKBONE_PREFIX}{name}");
         tensors.push((format!("{prefix}.weight"), conv.spec.weight_shape().to_vec(), f32_bytes(&conv.weight)));
@@ -79,7 +80,10 @@ pub fn read_meta(file: &SafetensorsFile, path: &Path) -> Result<ModelMeta> {
         ));
     }
     if meta.num_neighbors == 0 || meta.num_neighbors > meta.bank_rows {
-        return Err(Error::model(path, format!("num_neighbors {} is not in 1..={}", meta.num_neighbors, meta.bank_rows)));
+        return Err(Error::model(
+            path,
+            format!("num_neighbors {} is not in 1..={}", meta.num_neighbors, meta.bank_rows),
+        ));
     }
     Ok(meta)
 }

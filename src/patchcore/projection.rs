@@ -31,7 +31,7 @@ impl SparseProjection {
             return None;
         }
         let density = 1.0 / (in_dims as f64).sqrt();
-        let mut rng = SplitMix64::new(seed ^ 0x5EED_0F_C0DE);
+        let mut rng = SplitMix64::new(seed ^ 0x005E_ED0F_C0DE);
         let columns = (0..out_dims)
             .map(|_| {
                 let mut column = Vec::new();
@@ -58,7 +58,8 @@ impl SparseProjection {
         let mut out = vec![0.0f32; n * k];
         out.par_chunks_mut(k).zip(rows.data.par_chunks(self.in_dims)).for_each(|(dst, row)| {
             for (d, column) in dst.iter_mut().zip(&self.columns) {
-                let sum: f32 = column.iter().map(|&(i, neg)| if neg { -row[i as usize] } else { row[i as usize] }).sum();
+                let sum: f32 =
+                    column.iter().map(|&(i, neg)| if neg { -row[i as usize] } else { row[i as usize] }).sum();
                 *d = sum * self.scale;
             }
         });

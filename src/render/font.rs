@@ -121,12 +121,7 @@ fn glyph(c: char) -> u64 {
 /// (one line; no trailing gap after the last character).
 pub fn text_size(text: &str, scale: u32) -> (u32, u32) {
     let n = text.chars().count() as u32;
-    (
-        n.saturating_mul(ADVANCE)
-            .saturating_sub(1)
-            .saturating_mul(scale),
-        GLYPH_H.saturating_mul(scale),
-    )
+    (n.saturating_mul(ADVANCE).saturating_sub(1).saturating_mul(scale), GLYPH_H.saturating_mul(scale))
 }
 
 /// Draws one line of `text` with its top-left corner at (`x`, `y`), every
@@ -168,14 +163,7 @@ pub fn draw_text_boxed(
     let margins = scale.saturating_mul(2);
     let (bw, bh) = (tw.saturating_add(margins), th.saturating_add(margins));
     fill_rect(img, x.into(), y.into(), bw.into(), bh.into(), background);
-    draw_text(
-        img,
-        x.saturating_add(scale),
-        y.saturating_add(scale),
-        text,
-        scale,
-        color,
-    );
+    draw_text(img, x.saturating_add(scale), y.saturating_add(scale), text, scale, color);
     (bw, bh)
 }
 
@@ -199,10 +187,7 @@ mod tests {
 
     /// The lit pixels of `img` that are not black.
     fn lit(img: &RgbImage) -> Vec<(u32, u32)> {
-        img.enumerate_pixels()
-            .filter(|(_, _, p)| p.0 != [0; 3])
-            .map(|(x, y, _)| (x, y))
-            .collect()
+        img.enumerate_pixels().filter(|(_, _, p)| p.0 != [0; 3]).map(|(x, y, _)| (x, y)).collect()
     }
 
     #[test]
@@ -214,9 +199,7 @@ mod tests {
         assert_eq!((w, h), ((3 * 6 - 1) * 2, 16));
         let lit = lit(&img);
         assert!(lit.len() > 50, "too few pixels drawn: {}", lit.len());
-        assert!(lit
-            .iter()
-            .all(|&(px, py)| (x..x + w).contains(&px) && (y..y + h).contains(&py)));
+        assert!(lit.iter().all(|&(px, py)| (x..x + w).contains(&px) && (y..y + h).contains(&py)));
         // 'g' uses the descender row, so the box's last row is reached.
         assert!(lit.iter().any(|&(_, py)| py == y + h - 1));
     }

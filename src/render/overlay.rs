@@ -19,10 +19,7 @@ pub struct OverlayStyle {
 
 impl Default for OverlayStyle {
     fn default() -> Self {
-        Self {
-            alpha: 0.4,
-            outline: [255, 0, 0],
-        }
+        Self { alpha: 0.4, outline: [255, 0, 0] }
     }
 }
 
@@ -47,38 +44,20 @@ const CAPTION_TEXT: [u8; 3] = [255, 255, 255];
 ///
 /// Outline thickness and caption size grow with the picture so both stay
 /// visible on large images; on tiny ones the caption is clipped.
-pub fn render_overlay(
-    image: &RgbImage,
-    heat: &[f32],
-    label: bool,
-    confidence: f32,
-    style: &OverlayStyle,
-) -> RgbImage {
+pub fn render_overlay(image: &RgbImage, heat: &[f32], label: bool, confidence: f32, style: &OverlayStyle) -> RgbImage {
     let mut out = blend_heat(image, heat, style.alpha);
     let short_side = out.width().min(out.height());
     let region: Vec<bool> = heat.iter().map(|&v| v > 0.5).collect();
     render_mask_outline(&mut out, &region, style.outline, (short_side / 240).max(1));
     let background = if label { ANOMALY_BOX } else { NORMAL_BOX };
-    draw_text_boxed(
-        &mut out,
-        0,
-        0,
-        &caption(label, confidence),
-        (short_side / 160).max(1),
-        CAPTION_TEXT,
-        background,
-    );
+    draw_text_boxed(&mut out, 0, 0, &caption(label, confidence), (short_side / 160).max(1), CAPTION_TEXT, background);
     out
 }
 
 /// "ANOMALY 87%" or "NORMAL 93%": the percentage is how sure the verdict is.
 fn caption(label: bool, confidence: f32) -> String {
     let confidence = confidence.clamp(0.0, 1.0);
-    let (word, sure) = if label {
-        ("ANOMALY", confidence)
-    } else {
-        ("NORMAL", 1.0 - confidence)
-    };
+    let (word, sure) = if label { ("ANOMALY", confidence) } else { ("NORMAL", 1.0 - confidence) };
     // A NaN confidence casts to 0%.
     format!("{word} {}%", (sure * 100.0).round() as u32)
 }
@@ -100,8 +79,7 @@ pub fn blend_heat(image: &RgbImage, heat: &[f32], alpha: f32) -> RgbImage {
         let level = (255.0 * heat.get(i).copied().unwrap_or(0.0).clamp(0.0, 1.0)) as u8;
         let colour = jet(level);
         for (c, heat_c) in px.0.iter_mut().zip(colour) {
-            *c =
-                (alpha * f32::from(heat_c) + (1.0 - alpha) * f32::from(*c)).round_ties_even() as u8;
+            *c = (alpha * f32::from(heat_c) + (1.0 - alpha) * f32::from(*c)).round_ties_even() as u8;
         }
     }
     out
@@ -153,30 +131,20 @@ mod tests {
 
     /// The painted pixels of a black image, sorted.
     fn painted(img: &RgbImage) -> Vec<(u32, u32)> {
-        img.enumerate_pixels()
-            .filter(|(_, _, p)| p.0 != [0; 3])
-            .map(|(x, y, _)| (x, y))
-            .collect()
+        img.enumerate_pixels().filter(|(_, _, p)| p.0 != [0; 3]).map(|(x, y, _)| (x, y)).collect()
     }
 
     fn square_mask(size: u32, from: u32, to: u32) -> Vec<bool> {
-        (0..size * size)
-            .map(|i| (from..=to).contains(&(i % size)) && (from..=to).contains(&(i / size)))
-            .collect()
+        (0..size * size).map(|i| (from..=to).contains(&(i % size)) && (from..=to).contains(&(i / size))).collect()
     }
 
     #[test]
     fn blending_follows_add_weighted() {
-        let image =
-            RgbImage::from_raw(2, 2, vec![10, 20, 30, 200, 100, 50, 0, 0, 0, 255, 255, 255])
-                .unwrap();
+        let image = RgbImage::from_raw(2, 2, vec![10, 20, 30, 200, 100, 50, 0, 0, 0, 255, 255, 255]).unwrap();
         // Heat 0, 1, 0.5 and 0.25 give jet(0), jet(255), jet(127), jet(63).
         let out = blend_heat(&image, &[0.0, 1.0, 0.5, 0.25], 0.4);
         assert_eq!(jet(63), [0, 124, 255]);
-        assert_eq!(
-            out.into_raw(),
-            vec![6, 12, 69, 171, 60, 30, 50, 102, 52, 153, 203, 255]
-        );
+        assert_eq!(out.into_raw(), vec![6, 12, 69, 171, 60, 30, 50, 102, 52, 153, 203, 255]);
     }
 
     #[test]
@@ -200,10 +168,8 @@ mod tests {
         let mut img = RgbImage::new(9, 9);
         render_mask_outline(&mut img, &square_mask(9, 1, 7), [0, 255, 0], 2);
         let ring = |v: u32| v <= 2 || v >= 6;
-        let expected: Vec<(u32, u32)> = (1..=7)
-            .flat_map(|y| (1..=7).map(move |x| (x, y)))
-            .filter(|&(x, y)| ring(x) || ring(y))
-            .collect();
+        let expected: Vec<(u32, u32)> =
+            (1..=7).flat_map(|y| (1..=7).map(move |x| (x, y))).filter(|&(x, y)| ring(x) || ring(y)).collect();
         let mut got = painted(&img);
         got.sort_by_key(|&(x, y)| (y, x));
         assert_eq!(got, expected);
@@ -222,20 +188,13 @@ mod tests {
     fn overlay_outlines_the_region_and_captions_the_verdict() {
         let image = RgbImage::from_pixel(64, 64, Rgb([90, 90, 90]));
         // Hot square at x, y in 40..=55, away from the caption.
-        let heat: Vec<f32> = square_mask(64, 40, 55)
-            .iter()
-            .map(|&m| if m { 0.9 } else { 0.1 })
-            .collect();
+        let heat: Vec<f32> = square_mask(64, 40, 55).iter().map(|&m| if m { 0.9 } else { 0.1 }).collect();
         let style = OverlayStyle::default();
         let out = render_overlay(&image, &heat, true, 0.87, &style);
         assert_eq!(out.get_pixel(40, 47).0, style.outline);
         assert_eq!(out.get_pixel(55, 55).0, style.outline);
         assert_ne!(out.get_pixel(47, 47).0, style.outline);
-        let cold = blend_heat(
-            &RgbImage::from_pixel(1, 1, Rgb([90, 90, 90])),
-            &[0.1],
-            style.alpha,
-        );
+        let cold = blend_heat(&RgbImage::from_pixel(1, 1, Rgb([90, 90, 90])), &[0.1], style.alpha);
         assert_eq!(out.get_pixel(39, 47), cold.get_pixel(0, 0));
         assert_eq!(out.get_pixel(0, 0).0, ANOMALY_BOX);
         let normal = render_overlay(&image, &heat, false, 0.07, &style);

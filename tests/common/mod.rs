@@ -54,6 +54,9 @@ impl Drop for TempDir {
     }
 }
 
+/// (name, shape, values) of f32 tensors.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// Writes the hashed test weights of `arch` (torchvision names, BatchNorm unfolded) as a
 /// safetensors file, by recording every tensor the backbone asks for.
 pub fn write_hashed_weights(arch: patchcore::backbone::Architecture, path: &std::path::Path) {
@@ -61,7 +64,7 @@ pub fn write_hashed_weights(arch: patchcore::backbone::Architecture, path: &std:
     use patchcore::backbone::{Backbone, ConvOrigin};
     use std::cell::RefCell;
 
-    struct Recorder(RefCell<Vec<(String, Vec<usize>, Vec<f32>)>>);
+    struct Recorder(RefCell<NamedTensors>);
     impl WeightSource for Recorder {
         fn tensor(&self, name: &str, shape: &[usize]) -> patchcore::Result<Vec<f32>> {
             let v = HashedWeights.tensor(name, shape)?;
@@ -84,11 +87,14 @@ pub fn write_f32_safetensors(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|((n, s, _), b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
         .collect();
     std::fs::write(path, safetensors::serialize(views, metadata).unwrap()).unwrap();
 }

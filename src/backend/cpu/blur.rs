@@ -31,7 +31,7 @@ pub fn anomaly_map(scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> R
         [b, h, w] => [b, h, w],
         _ => return Err(Error::Backend(format!("anomaly_map: expected [B, h, w] scores, got {:?}", scores.shape))),
     };
-    if !(sigma > 0.0) || out_h == 0 || out_w == 0 || h == 0 || w == 0 {
+    if sigma.is_nan() || sigma <= 0.0 || out_h == 0 || out_w == 0 || h == 0 || w == 0 {
         return Err(Error::Backend(format!("anomaly_map: sigma {sigma}, {h}x{w} -> {out_h}x{out_w} is invalid")));
     }
     let taps = gaussian_taps(sigma);

@@ -22,34 +22,17 @@ pub fn conv2d(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Resu
             return Err(Error::Backend(format!("conv2d: residual {:?} does not match output {out_shape:?}", r.shape)));
         }
     }
-    let plane = ho * wo;
-    let per_image = s.out_channels * plane;
-    let mut out = vec![0.0f32; b * per_image];
-    // Bias and residual first: the product then accumulates onto them.
-    for (i, image_out) in out.chunks_mut(per_image).enumerate() {
-        for (oc, chan) in image_out.chunks_mut(plane).enumerate() {
-            match residual {
-                Some(r) => {
-                    let src = &r.data[i * per_image + oc * plane..][..plane];
-                    chan.iter_mut().zip(src).for_each(|(o, &v)| *o = v + conv.bias[oc]);
-                }
-                None => chan.fill(conv.bias[oc]),
-            }
-        }
-    }
-    let geometry = Geometry { c, h, w, ho, wo, pad_top, pad_left, k: s.kernel, stride: s.stride };
+    let g = Geometry { c, h, w, ho, wo, pad_top, pad_left, k: s.kernel, stride: s.stride };
     let depthwise = s.groups == c && s.groups == s.out_channels && s.groups > 1;
-    for (i, image_out) in out.chunks_mut(per_image).enumerate() {
-        let image = &x.data[i * c * h * w..(i + 1) * c * h * w];
-        if depthwise {
-            depthwise_direct(image, &conv.weight, &geometry, image_out);
-        } else {
-            grouped_gemm(image, conv, &geometry, image_out);
-        }
-    }
-    activate(&mut out, s.activation);
+    let mut out = if depthwise { depthwise_direct(x, &conv.weight, &g) } else { batched_gemm(x, conv, &g) };
+    epilogue(&mut out, conv, residual, ho * wo);
     Ok(Tensor::new(out_shape, out))
 }
+
+/// Input floats per im2col buffer: images are gathered into one product until this is
+/// reached (small late-layer grids make thin products that parallelise badly one by one),
+/// while keeping the buffer around 64 MB.
+const COLS_BUDGET: usize = 16 << 20;
 
 struct Geometry {
     c: usize,
@@ -64,83 +47,133 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// The input coordinate read by output coordinate `o` at tap `t`, if inside the image.
-    #[inline]
-    fn source(o: usize, t: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
-        (o * stride + t).checked_sub(pad).filter(|&v| v < size)
+    /// The output range [lo, hi) whose input coordinate o * stride + t - pad lies in [0, size).
+    fn valid(&self, t: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
+        let lo = pad.saturating_sub(t).div_ceil(self.stride);
+        let hi = (size + pad).saturating_sub(t).div_ceil(self.stride);
+        (lo.min(out), hi.min(out).max(lo.min(out)))
     }
 }
 
-fn grouped_gemm(image: &[f32], conv: &ConvWeights, g: &Geometry, out: &mut [f32]) {
+/// The product W[og x kk] * cols[kk x (images * plane)] per group, into [B, OC, plane].
+fn batched_gemm(x: &Tensor, conv: &ConvWeights, g: &Geometry) -> Vec<f32> {
     let s = &conv.spec;
-    let cg = g.c / s.groups;
-    let og = s.out_channels / s.groups;
-    let plane = g.ho * g.wo;
+    let b = x.shape[0];
+    let (cg, og, plane) = (g.c / s.groups, s.out_channels / s.groups, g.ho * g.wo);
     let kk = cg * g.k * g.k;
+    let per_chunk = (COLS_BUDGET / (kk * plane).max(1)).clamp(1, b);
+    let mut out = vec![0.0f32; b * s.out_channels * plane];
     let pointwise = g.k == 1 && g.stride == 1 && g.pad_top == 0 && g.pad_left == 0;
-    let mut cols = if pointwise { Vec::new() } else { vec![0.0f32; kk * plane] };
-    for grp in 0..s.groups {
-        let input = &image[grp * cg * g.h * g.w..(grp + 1) * cg * g.h * g.w];
-        let rhs: &[f32] = if pointwise {
-            input
-        } else {
-            im2col(input, cg, g, &mut cols);
-            &cols
-        };
-        let weights = &conv.weight[grp * og * kk..(grp + 1) * og * kk];
-        sgemm(og, plane, kk, weights, rhs, false, &mut out[grp * og * plane..(grp + 1) * og * plane], true, true);
+    let batched = per_chunk > 1;
+    let mut cols = if pointwise && !batched { Vec::new() } else { vec![0.0f32; kk * per_chunk * plane] };
+    let mut product = if batched { vec![0.0f32; og * per_chunk * plane] } else { Vec::new() };
+    for first in (0..b).step_by(per_chunk) {
+        let n_img = per_chunk.min(b - first);
+        let n = n_img * plane;
+        for grp in 0..s.groups {
+            let group_input = |i: usize| &x.data[((first + i) * g.c + grp * cg) * g.h * g.w..][..cg * g.h * g.w];
+            let weights = &conv.weight[grp * og * kk..(grp + 1) * og * kk];
+            // One image: no gather, and the product lands in place. A 1x1 stride-1 convolution
+            // of one image reads its input as is.
+            let rhs: &[f32] = if pointwise && n_img == 1 {
+                group_input(0)
+            } else {
+                for i in 0..n_img {
+                    im2col(group_input(i), cg, g, &mut cols[..kk * n], n, i * plane);
+                }
+                &cols[..kk * n]
+            };
+            if n_img == 1 {
+                let dst = &mut out[(first * s.out_channels + grp * og) * plane..][..og * plane];
+                sgemm(og, n, kk, weights, rhs, false, dst, false, true);
+                continue;
+            }
+            sgemm(og, n, kk, weights, rhs, false, &mut product[..og * n], false, true);
+            // [og, images * plane] -> [image][grp * og + o][plane]
+            for i in 0..n_img {
+                for o in 0..og {
+                    let dst = &mut out[((first + i) * s.out_channels + grp * og + o) * plane..][..plane];
+                    dst.copy_from_slice(&product[o * n + i * plane..][..plane]);
+                }
+            }
+        }
     }
+    out
 }
 
-/// cols[(ci * k + ky) * k + kx][oy * wo + ox] = input[ci][oy*s + ky - pad][ox*s + kx - pad] (0 outside).
-fn im2col(input: &[f32], channels: usize, g: &Geometry, cols: &mut [f32]) {
-    let plane = g.ho * g.wo;
-    cols[..channels * g.k * g.k * plane].par_chunks_mut(plane).enumerate().for_each(|(row, col)| {
+/// Writes one image's im2col rows into columns [col0, col0 + plane) of a buffer whose rows
+/// are `stride` long: row (ci * k + ky) * k + kx holds input[ci][oy*s + ky - pad][ox*s + kx - pad],
+/// zero outside the image.
+fn im2col(input: &[f32], channels: usize, g: &Geometry, cols: &mut [f32], row_len: usize, col0: usize) {
+    cols[..channels * g.k * g.k * row_len].par_chunks_mut(row_len).enumerate().for_each(|(row, line)| {
         let ci = row / (g.k * g.k);
         let (ky, kx) = ((row / g.k) % g.k, row % g.k);
         let src = &input[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        let (y_lo, y_hi) = g.valid(ky, g.pad_top, g.h, g.ho);
+        let (x_lo, x_hi) = g.valid(kx, g.pad_left, g.w, g.wo);
+        let dst = &mut line[col0..col0 + g.ho * g.wo];
         for oy in 0..g.ho {
-            let dst = &mut col[oy * g.wo..(oy + 1) * g.wo];
-            match Geometry::source(oy, ky, g.stride, g.pad_top, g.h) {
-                None => dst.fill(0.0),
-                Some(iy) => {
-                    let line = &src[iy * g.w..(iy + 1) * g.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        *d = Geometry::source(ox, kx, g.stride, g.pad_left, g.w).map_or(0.0, |ix| line[ix]);
-                    }
+            let d = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+            if oy < y_lo || oy >= y_hi {
+                d.fill(0.0);
+                continue;
+            }
+            let iy = oy * g.stride + ky - g.pad_top;
+            d[..x_lo].fill(0.0);
+            d[x_hi..].fill(0.0);
+            let ix0 = x_lo * g.stride + kx - g.pad_left;
+            let srow = &src[iy * g.w..(iy + 1) * g.w];
+            if g.stride == 1 {
+                d[x_lo..x_hi].copy_from_slice(&srow[ix0..ix0 + (x_hi - x_lo)]);
+            } else {
+                for (j, v) in d[x_lo..x_hi].iter_mut().enumerate() {
+                    *v = srow[ix0 + j * g.stride];
                 }
             }
         }
     });
 }
 
-fn depthwise_direct(image: &[f32], weight: &[f32], g: &Geometry, out: &mut [f32]) {
+fn depthwise_direct(x: &Tensor, weight: &[f32], g: &Geometry) -> Vec<f32> {
     let plane = g.ho * g.wo;
-    out.par_chunks_mut(plane).enumerate().for_each(|(ch, dst)| {
-        let src = &image[ch * g.h * g.w..(ch + 1) * g.h * g.w];
+    let mut out = vec![0.0f32; x.shape[0] * g.c * plane];
+    out.par_chunks_mut(plane).enumerate().for_each(|(bc, dst)| {
+        let ch = bc % g.c;
+        let src = &x.data[bc * g.h * g.w..(bc + 1) * g.h * g.w];
         let taps = &weight[ch * g.k * g.k..(ch + 1) * g.k * g.k];
         for ky in 0..g.k {
+            let (y_lo, y_hi) = g.valid(ky, g.pad_top, g.h, g.ho);
             for kx in 0..g.k {
+                let (x_lo, x_hi) = g.valid(kx, g.pad_left, g.w, g.wo);
                 let wv = taps[ky * g.k + kx];
-                for oy in 0..g.ho {
-                    let Some(iy) = Geometry::source(oy, ky, g.stride, g.pad_top, g.h) else { continue };
-                    let line = &src[iy * g.w..(iy + 1) * g.w];
+                for oy in y_lo..y_hi {
+                    let line = &src[(oy * g.stride + ky - g.pad_top) * g.w..][..g.w];
                     let row = &mut dst[oy * g.wo..(oy + 1) * g.wo];
-                    for (ox, d) in row.iter_mut().enumerate() {
-                        if let Some(ix) = Geometry::source(ox, kx, g.stride, g.pad_left, g.w) {
-                            *d += wv * line[ix];
-                        }
+                    for ox in x_lo..x_hi {
+                        row[ox] += wv * line[ox * g.stride + kx - g.pad_left];
                     }
                 }
             }
         }
     });
+    out
 }
 
-fn activate(data: &mut [f32], activation: Activation) {
-    match activation {
-        Activation::None => {}
-        Activation::Relu => data.par_iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Relu6 => data.par_iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-    }
+/// out = activation(out + bias + residual), one pass.
+fn epilogue(out: &mut [f32], conv: &ConvWeights, residual: Option<&Tensor>, plane: usize) {
+    let channels = conv.spec.out_channels;
+    let activation = conv.spec.activation;
+    out.par_chunks_mut(plane).enumerate().for_each(|(bc, chan)| {
+        let bias = conv.bias[bc % channels];
+        let res = residual.map(|r| &r.data[bc * plane..(bc + 1) * plane]);
+        for (i, v) in chan.iter_mut().enumerate() {
+            let mut y = *v + bias + res.map_or(0.0, |r| r[i]);
+            y = match activation {
+                Activation::None => y,
+                Activation::Relu => y.max(0.0),
+                Activation::Relu6 => y.clamp(0.0, 6.0),
+            };
+            *v = y;
+        }
+    });
 }

@@ -3,7 +3,7 @@
 /// dst[m x n] = (accumulate ? dst : 0) + a[m x k] * b[k x n], all row-major and contiguous.
 /// `b_transposed` reads b as n x k instead (b[j, p] at b[j * k + p]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm(
+pub fn sgemm(
     m: usize,
     n: usize,
     k: usize,

@@ -11,6 +11,7 @@ mod pool;
 
 pub use blur::gaussian_taps;
 pub use knn::squared_norms;
+pub use matmul::sgemm;
 
 use super::{Backend, ConvWeights};
 use crate::error::{Error, Result};

@@ -1,0 +1,102 @@
+//! Backbone forward, embedding and predict end to end on the CPU backend, with the hashed
+//! test weights (the numbers do not depend on the weight values). Run:
+//! `cargo bench --bench pipeline` (add a name to run one: `-- forward`).
+
+mod common;
+
+use common::{median_seconds, sgemm_gflops, wanted};
+use patchcore::backbone::weights::HashedWeights;
+use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
+use patchcore::backend::flops::FlopCounter;
+use patchcore::backend::{Backend, CpuBackend};
+use patchcore::data::image::Preprocess;
+use patchcore::patchcore::{FitOptions, PatchCore};
+use patchcore::rng::SplitMix64;
+use patchcore::Tensor;
+
+fn input(batch: usize, side: usize) -> Tensor {
+    let mut rng = SplitMix64::new(3);
+    Tensor::new(vec![batch, 3, side, side], (0..batch * 3 * side * side).map(|_| rng.normal() as f32).collect())
+}
+
+fn conv_flops(arch: Architecture, x: &Tensor) -> f64 {
+    let counter = FlopCounter::default();
+    let net = Backbone::load(&counter, arch, ConvOrigin::Torchvision(&HashedWeights)).expect("weights");
+    net.forward(&counter, &x.shape).expect("shapes");
+    counter.flops() as f64
+}
+
+fn main() {
+    println!("threads: {}", rayon::current_num_threads());
+    let reference = sgemm_gflops(256, 4096, 1152, 5);
+    println!("plain sgemm 256x4096x1152 (layer3-sized conv at 512 px): {reference:.1} GFLOP/s");
+    let backend = CpuBackend;
+    for (arch, side, batch) in [
+        (Architecture::Resnet18, 256, 1),
+        (Architecture::Resnet18, 512, 1),
+        (Architecture::Resnet18, 256, 8),
+        (Architecture::WideResnet50_2, 256, 1),
+    ] {
+        let name = format!("forward {arch} {side}px batch {batch}");
+        if !wanted(&name) {
+            continue;
+        }
+        let x = input(batch, side);
+        let net = Backbone::load(&backend, arch, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+        let t = median_seconds(5, || {
+            net.forward(&backend, &x).unwrap();
+        });
+        let gflops = conv_flops(arch, &x) / t / 1e9;
+        println!(
+            "{name}: {:.1} ms/image, {gflops:.1} GFLOP/s over its convolutions ({:.0}% of plain sgemm)",
+            t * 1e3 / batch as f64,
+            100.0 * gflops / reference
+        );
+    }
+    if wanted("embed") {
+        let net = Backbone::load(&backend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+        for side in [256, 512] {
+            let features = net.forward(&backend, &input(1, side)).unwrap();
+            let t = median_seconds(10, || {
+                backend.embed(&[&features[0], &features[1]]).unwrap();
+            });
+            println!("embed resnet18 {side}px: {:.2} ms/image", t * 1e3);
+        }
+    }
+    if wanted("predict") {
+        predict_end_to_end();
+    }
+}
+
+/// Fit on 16 synthetic 256 px images with ratio 1 (a 16,384-row bank, the size of a 10%
+/// coreset of 160 images), then time predict on batches of 1 and 8.
+fn predict_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("patchcore-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = SplitMix64::new(11);
+    let mut paths = Vec::new();
+    let mut images = Vec::new();
+    for i in 0..16 {
+        let img = image::RgbImage::from_fn(256, 256, |x, y| {
+            let v = 128.0 + 60.0 * ((x as f32 * 0.3).sin() * (y as f32 * 0.2).cos()) + 20.0 * rng.next_f64() as f32;
+            image::Rgb([v as u8, (v * 0.8) as u8, (v * 0.6) as u8])
+        });
+        let path = dir.join(format!("{i}.png"));
+        img.save(&path).unwrap();
+        paths.push(path);
+        images.push(img);
+    }
+    let options =
+        FitOptions { preprocess: Preprocess::imagenet(256, None).unwrap(), ratio: 1.0, ..FitOptions::default() };
+    let backbone =
+        Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+    let model = PatchCore::fit(CpuBackend, backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();
+    println!("predict bank: {} rows x {}", model.meta().bank_rows, model.meta().embedding_dim);
+    for batch in [1, 8] {
+        let t = median_seconds(3, || {
+            model.predict(&images[..batch]).unwrap();
+        });
+        println!("predict resnet18 256px batch {batch}: {:.1} ms/image", t * 1e3 / batch as f64);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
