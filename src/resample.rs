@@ -98,10 +98,13 @@ mod tests {
 
     #[test]
     fn antialias_weights_sum_to_one_and_cover_the_scale() {
-        for span in antialias_spans(100, 7) {
+        // 100 -> 7: the triangle spans +-14.3 source pixels, clipped at the borders.
+        let spans = antialias_spans(100, 7);
+        for (i, span) in spans.iter().enumerate() {
             let total: f32 = span.weights.iter().sum();
             assert!((total - 1.0).abs() < 1e-6);
-            assert!(span.weights.len() >= 28 && span.weights.len() <= 31, "{}", span.weights.len());
+            let expected = if i == 0 || i == 6 { 21..=22 } else { 28..=30 };
+            assert!(expected.contains(&span.weights.len()), "span {i}: {} taps", span.weights.len());
         }
     }
 }
