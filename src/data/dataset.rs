@@ -81,3 +81,66 @@ pub fn list_labelled(dir: &Path) -> Result<Vec<Sample>> {
     }
     Ok(samples)
 }
+
+/// An MVTec-AD-shaped category folder: `train/good/`, `test/good/` and `test/<defect>/`,
+/// masks in `ground_truth/<defect>/<name>_mask.png`.
+#[derive(Clone, Debug)]
+pub struct Category {
+    pub name: String,
+    pub root: PathBuf,
+    pub train: Vec<PathBuf>,
+    pub test: Vec<Sample>,
+}
+
+impl Category {
+    /// Opens and checks a category folder. Missing folders, and masks whose image does not
+    /// exist, are errors that say what is missing where. Defect images without masks are
+    /// allowed (evaluated at image level only).
+    pub fn open(root: &Path) -> Result<Category> {
+        for needed in ["train/good", "test/good"] {
+            if !root.join(needed).is_dir() {
+                return Err(Error::dataset(
+                    root,
+                    format!("not an MVTec-style category: `{needed}/` is missing (expected train/good, test/good, test/<defect>, ground_truth/<defect>)"),
+                ));
+            }
+        }
+        let train = list_training_images(&root.join("train/good"))?;
+        let test = list_labelled(&root.join("test"))?;
+        let truth = root.join("ground_truth");
+        if truth.is_dir() {
+            for defect in std::fs::read_dir(&truth).map_err(|e| Error::io(&truth, e))? {
+                let defect = defect.map_err(|e| Error::io(&truth, e))?.path();
+                if !defect.is_dir() {
+                    continue;
+                }
+                for mask in list_images(&defect)? {
+                    if !test.iter().any(|s| s.mask.as_deref() == Some(mask.as_path())) {
+                        return Err(Error::dataset(
+                            &mask,
+                            "mask without an image: expected test/<defect>/<name>.png beside ground_truth/<defect>/<name>_mask.png",
+                        ));
+                    }
+                }
+            }
+        }
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "category".into());
+        Ok(Category { name, root: root.to_path_buf(), train, test })
+    }
+
+    /// The category folders directly inside `root` (those with `train/good/`), sorted.
+    pub fn find_all(root: &Path) -> Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+            let path = entry.map_err(|e| Error::io(root, e))?.path();
+            if path.join("train/good").is_dir() {
+                found.push(path);
+            }
+        }
+        if found.is_empty() {
+            return Err(Error::dataset(root, "no category folders here (folders with train/good/ inside)"));
+        }
+        found.sort();
+        Ok(found)
+    }
+}

@@ -1,4 +1,5 @@
 //! Evaluation: thresholds, normalisation and the metrics (AUROC, F1, AUPRO).
 
+pub mod evaluate;
 pub mod metrics;
 pub mod threshold;

@@ -9,8 +9,9 @@ pub mod score;
 use crate::backbone::{Architecture, Backbone};
 use crate::backend::Backend;
 use crate::data::dataset::Sample;
-use crate::data::image::{load_mask, load_rgb, Preprocess};
+use crate::data::image::{load_rgb, Preprocess};
 use crate::error::{Error, Result};
+use crate::eval::evaluate::evaluate;
 use crate::eval::threshold::{f1_adaptive_threshold, Normalization};
 use crate::tensor::Tensor;
 use image::RgbImage;
@@ -249,32 +250,18 @@ impl<B: Backend> PatchCore<B> {
     /// Pixel thresholds use the images with masks (and good images, whose mask is empty);
     /// with no mask at all the pixel threshold is the image threshold, as anomalib does.
     fn thresholds_from_labelled(&mut self, samples: &[Sample], batch: usize, progress: Progress<'_>) -> Result<()> {
-        let mut scores = Vec::new();
-        let mut labels = Vec::new();
-        let mut pixels = Vec::new();
-        let mut pixel_labels = Vec::new();
-        let mut all_pixels = Vec::new();
-        let mut masked = 0;
-        for (i, chunk) in samples.chunks(batch).enumerate() {
-            let images = chunk.iter().map(|s| load_rgb(&s.path)).collect::<Result<Vec<_>>>()?;
-            let raw = self.score_images(&images)?;
-            for ((sample, image), r) in chunk.iter().zip(&images).zip(raw) {
-                scores.push(r.score);
-                labels.push(sample.anomalous);
-                let truth = match (&sample.mask, sample.anomalous) {
-                    (Some(m), _) => Some(self.meta.preprocess.mask(&load_mask(m, image.width(), image.height())?)),
-                    (None, false) => Some(vec![false; r.map.len()]),
-                    (None, true) => None,
-                };
-                if let Some(t) = truth {
-                    masked += sample.anomalous as usize;
-                    pixels.extend_from_slice(&r.map);
-                    pixel_labels.extend(t);
-                }
-                all_pixels.extend(r.map);
+        let scored = evaluate(self, samples, batch, progress, &mut |_, _| Ok(()))?.images;
+        let scores: Vec<f32> = scored.iter().map(|s| s.prediction.score).collect();
+        let labels: Vec<bool> = scored.iter().map(|s| s.sample.anomalous).collect();
+        let (mut pixels, mut pixel_labels, mut all_pixels) = (Vec::new(), Vec::new(), Vec::new());
+        for s in &scored {
+            if let Some(truth) = &s.truth {
+                pixels.extend_from_slice(&s.prediction.map);
+                pixel_labels.extend_from_slice(truth);
             }
-            progress("thresholds", (i * batch + chunk.len()).min(samples.len()), samples.len());
+            all_pixels.extend_from_slice(&s.prediction.map);
         }
+        let masked = scored.iter().filter(|s| s.sample.anomalous && s.truth.is_some()).count();
         let image_t = f1_adaptive_threshold(&scores, &labels)
             .ok_or_else(|| Error::option("validation set", "no images to set thresholds from"))?;
         let pixel_t =
