@@ -58,9 +58,21 @@ Files written:
                               made deterministic, see legacy_save_deterministic).
   checkpoint_nested.pth       {"state_dict": <same dict>, "epoch": 3}, zip format.
   checkpoint_expected.safetensors  contiguous clones of every tensor of that dict.
+  efficientnet_lite0.safetensors   EfficientNet-Lite0 (plain PyTorch below, efficientnet_pytorch
+                              names, TF "same" padding, BN eps 1e-3) with hashed weights: input
+                              (the resnet18 one), block4 [2,40,8,12], block10 [2,112,4,6].
+  efficientnet_bundled.safetensors block4 [1,40,16,16], block10 [1,112,8,8] of chelsea.png
+                              resized to 128x128 (antialiased bilinear, TF normalisation
+                              (x*255-127)/128) through weights/efficientnet_lite0.safetensors.
+  efficientnet_classes.json   logits and top-5 of chelsea.png and coffee.png at 224x224 through
+                              the full pretrained classifier. Only written when PATCHCORE_EFFNET_PTH
+                              names efficientnet-lite0-57934424.pth (scripts/make_bundled_weights.sh
+                              downloads it); otherwise the committed file is left as it is.
 """
 
 import collections
+import hashlib
+import json
 import math
 import os
 import sys
@@ -70,7 +82,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torchvision.transforms.v2 import functional as TF
 
 OUT = os.path.join("tests", "fixtures")
@@ -372,6 +384,147 @@ def checkpoint_fixtures(r18):
     return {"checkpoint_expected.safetensors": expected}
 
 
+# --------------------------------------------------------------------------- efficientnet-lite0
+# (kernel, stride, expand, out, repeats); the stride applies to a stage's first block only.
+EFFNET_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                 (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+EFFNET_PTH_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+class TfSameConv(torch.nn.Conv2d):
+    """Conv2d with TensorFlow "same" padding: pad_total = max((ceil(i/s)-1)*s + k - i, 0),
+    the smaller half on top/left."""
+
+    def forward(self, x):
+        k, s = self.kernel_size[0], self.stride[0]
+        th, tw = (max((math.ceil(i / s) - 1) * s + k - i, 0) for i in x.shape[-2:])
+        return super().forward(F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2)))
+
+
+def effnet_bn(c):
+    return torch.nn.BatchNorm2d(c, eps=1e-3)
+
+
+class MBConv(torch.nn.Module):
+    def __init__(self, k, stride, expand, cin, cout):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = TfSameConv(cin, mid, 1, bias=False)
+            self._bn0 = effnet_bn(mid)
+        self._depthwise_conv = TfSameConv(mid, mid, k, stride, groups=mid, bias=False)
+        self._bn1 = effnet_bn(mid)
+        self._project_conv = TfSameConv(mid, cout, 1, bias=False)
+        self._bn2 = effnet_bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        h = x
+        if hasattr(self, "_expand_conv"):
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+class EfficientNetLite0(torch.nn.Module):
+    """EfficientNet-Lite0 with efficientnet_pytorch's state_dict names, no squeeze-excitation,
+    ReLU6 everywhere; dropout is omitted (eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self._conv_stem = TfSameConv(3, 32, 3, 2, bias=False)
+        self._bn0 = effnet_bn(32)
+        blocks, cin = [], 32
+        for k, stride, expand, cout, n in EFFNET_STAGES:
+            for i in range(n):
+                blocks.append(MBConv(k, stride if i == 0 else 1, expand, cin, cout))
+                cin = cout
+        self._blocks = torch.nn.ModuleList(blocks)
+        self._conv_head = TfSameConv(320, 1280, 1, bias=False)
+        self._bn1 = effnet_bn(1280)
+        self._fc = torch.nn.Linear(1280, 1000)
+
+    @torch.no_grad()
+    def features(self, x):
+        """The outputs of blocks 4 and 10, what PatchCore takes."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        out = []
+        for i, block in enumerate(self._blocks[:11]):
+            x = block(x)
+            if i in (4, 10):
+                out.append(x)
+        return out
+
+    @torch.no_grad()
+    def classify(self, x):
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean((2, 3)))
+
+
+def effnet_input(png, size):
+    """[1, 3, size, size]: the picture resized like patchcore's Preprocess (antialiased
+    bilinear on [0, 1] floats), TF-normalised: (x*255 - 127)/128."""
+    img = np.array(Image.open(os.path.join(OUT, png)).convert("RGB"))
+    t = torch.from_numpy(img).permute(2, 0, 1).to(torch.float32) / 255.0
+    t = TF.resize(t, [size, size], antialias=True)
+    return TF.normalize(t, mean=[127 / 255] * 3, std=[128 / 255] * 3).unsqueeze(0)
+
+
+def efficientnet_fixtures():
+    outputs = {}
+    hashed = EfficientNetLite0()
+    hashed.load_state_dict(deterministic_state_dict(hashed))
+    hashed.eval()
+    x = hash_tensor("input", (2, 3, 64, 96), 4.0)
+    b4, b10 = hashed.features(x)
+    out = {"input": x, "block4": b4.contiguous(), "block10": b10.contiguous()}
+    save_file(out, os.path.join(OUT, "efficientnet_lite0.safetensors"))
+    outputs["efficientnet_lite0.safetensors"] = out
+
+    # The committed bundled weights (blocks 0..10 only), on a real picture.
+    bundled = EfficientNetLite0()
+    weights = load_file(os.path.join("weights", "efficientnet_lite0.safetensors"))
+    missing, unexpected = bundled.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()},
+                                                  strict=False)
+
+    def needed(k):  # what blocks 4 and 10 depend on; the converter drops the BN counters
+        in_blocks = k.startswith("_blocks.") and int(k.split(".")[1]) <= 10
+        return (in_blocks or k.startswith(("_conv_stem.", "_bn0."))) and not k.endswith("num_batches_tracked")
+
+    assert not unexpected and not any(needed(k) for k in missing), (unexpected, missing)
+    bundled.eval()
+    b4, b10 = bundled.features(effnet_input("chelsea.png", 128))
+    out = {"block4": b4.contiguous(), "block10": b10.contiguous()}
+    save_file(out, os.path.join(OUT, "efficientnet_bundled.safetensors"))
+    outputs["efficientnet_bundled.safetensors"] = out
+
+    pth = os.environ.get("PATCHCORE_EFFNET_PTH")
+    if not pth:
+        print("note: PATCHCORE_EFFNET_PTH is not set: efficientnet_classes.json left as it is")
+        return outputs
+    with open(pth, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == EFFNET_PTH_SHA256, f"{pth}: not the 0.1.0 checkpoint"
+    full = EfficientNetLite0()
+    full.load_state_dict(torch.load(pth, weights_only=True))  # strict: every name must match
+    full.eval()
+    classes = {"checkpoint_sha256": EFFNET_PTH_SHA256, "size": 224, "images": {}}
+    for png in ["chelsea.png", "coffee.png"]:
+        logits = full.classify(effnet_input(png, 224))[0]
+        classes["images"][png] = {
+            "top5": logits.topk(5).indices.tolist(),
+            "logits": [float(v) for v in logits.tolist()],
+        }
+        print(f"{png}: top-5 {classes['images'][png]['top5']}, logits {logits.topk(6).values.tolist()}")
+    with open(os.path.join(OUT, "efficientnet_classes.json"), "w") as f:
+        json.dump(classes, f, indent=1)
+        f.write("\n")
+    return outputs
+
+
 def main():
     if not os.path.isdir(os.path.join("tests", "fixtures")) and not os.path.isfile("Cargo.toml"):
         sys.exit("run from the repository root")
@@ -385,6 +538,7 @@ def main():
     outputs.update(o)
     outputs.update(preprocess_fixtures())
     outputs.update(checkpoint_fixtures(r18))
+    outputs.update(efficientnet_fixtures())
 
     # ---- self-check ----
     print("hash check: u('input', 0..3) =", hash_uniform("input", 4).tolist(),

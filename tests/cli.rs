@@ -96,6 +96,60 @@ fn fit_then_predict_writes_json_lines_and_overlays() {
         let img = image::open(overlays.join(name)).unwrap();
         assert_eq!((img.width(), img.height()), (64, 64));
     }
+
+    // eval on the same category: metrics, overlays (original | overlay) and a report.
+    let report = dir.path().join("report");
+    let o = patchcore(&["eval", "--model", s(&model), "--data", s(&data), "--out", s(&report), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(result["metrics"]["image_auroc"].as_f64(), Some(1.0), "{result}");
+    let pixel = result["metrics"]["pixel_auroc"].as_f64().unwrap();
+    assert!(pixel > 0.8, "pixel AUROC {pixel}");
+    let side = image::open(report.join("cat/square/000.png")).unwrap();
+    assert_eq!((side.width(), side.height()), (64 + 4 + 64, 64));
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("cat/square/000.png") && html.contains("Image AUROC"));
+}
+
+#[test]
+fn eval_and_benchmark_refuse_folders_that_are_not_mvtec_shaped() {
+    let dir = TempDir::new("cli-layout");
+    let data = dir.path().join("cat");
+    synthetic_category(&data, 64, 2, 1);
+    let weights = dir.path().join("w.safetensors");
+    write_hashed_weights(Architecture::Resnet18, &weights);
+    let bench = |root: &Path| {
+        patchcore(&[
+            "benchmark",
+            "--data",
+            s(root),
+            "--backbone",
+            "resnet18",
+            "--weights",
+            s(&weights),
+            "--size",
+            "64",
+            "--out",
+            s(&dir.path().join("bench")),
+        ])
+    };
+    // A stray mask without its image.
+    std::fs::copy(data.join("ground_truth/square/000_mask.png"), data.join("ground_truth/square/009_mask.png"))
+        .unwrap();
+    let o = bench(dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("009_mask.png: mask without an image"), "{}", stderr(&o));
+    std::fs::remove_file(data.join("ground_truth/square/009_mask.png")).unwrap();
+    // A mask of the wrong size.
+    image::GrayImage::new(32, 32).save(data.join("ground_truth/square/000_mask.png")).unwrap();
+    let o = bench(dir.path());
+    assert!(stderr(&o).contains("000_mask.png: mask is 32x32 but its image is 64x64"), "{}", stderr(&o));
+    // No train/good.
+    std::fs::remove_dir_all(data.join("train")).unwrap();
+    let o = patchcore(&["eval", "--model", s(&weights), "--data", s(&data)]);
+    assert!(stderr(&o).contains("`train/good/` is missing"), "{}", stderr(&o));
+    let o = bench(dir.path());
+    assert!(stderr(&o).contains("no category folders here"), "{}", stderr(&o));
 }
 
 #[test]

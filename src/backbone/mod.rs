@@ -1,11 +1,13 @@
 //! The feature extractors PatchCore runs to its chosen layers, built on the [`Backend`].
 
+pub mod efficientnet;
 mod resnet;
 pub mod weights;
 
 use crate::backend::{Backend, ConvSpec, ConvWeights};
 use crate::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::error::{Error, Result};
+use efficientnet::EfficientNet;
 use resnet::{Depth, ResNet};
 use weights::WeightSource;
 
@@ -19,6 +21,10 @@ pub enum Architecture {
     #[value(name = "wide_resnet50_2")]
     #[serde(rename = "wide_resnet50_2")]
     WideResnet50_2,
+    /// The bundled backbone (weights/efficientnet_lite0.safetensors).
+    #[value(name = "efficientnet_lite0")]
+    #[serde(rename = "efficientnet_lite0")]
+    EfficientnetLite0,
 }
 
 impl Architecture {
@@ -26,12 +32,17 @@ impl Architecture {
         match self {
             Architecture::Resnet18 => "resnet18",
             Architecture::WideResnet50_2 => "wide_resnet50_2",
+            Architecture::EfficientnetLite0 => "efficientnet_lite0",
         }
     }
 
     /// The layers whose features PatchCore concatenates, shallow first.
     pub fn layers(self) -> [&'static str; 2] {
-        ["layer2", "layer3"]
+        match self {
+            Architecture::Resnet18 | Architecture::WideResnet50_2 => ["layer2", "layer3"],
+            // 0-indexed `_blocks.N`: the last 40-channel and the last 112-channel block.
+            Architecture::EfficientnetLite0 => ["blocks.4", "blocks.10"],
+        }
     }
 
     /// Channels of each feature layer.
@@ -39,6 +50,7 @@ impl Architecture {
         match self {
             Architecture::Resnet18 => [128, 256],
             Architecture::WideResnet50_2 => [512, 1024],
+            Architecture::EfficientnetLite0 => [40, 112],
         }
     }
 
@@ -53,12 +65,20 @@ impl Architecture {
 
     /// The input normalisation (mean, std) its weights were trained with, on [0, 1] pixels.
     pub fn normalization(self) -> ([f32; 3], [f32; 3]) {
-        (IMAGENET_MEAN, IMAGENET_STD)
+        match self {
+            Architecture::Resnet18 | Architecture::WideResnet50_2 => (IMAGENET_MEAN, IMAGENET_STD),
+            // TensorFlow's (x * 255 - 127) / 128, as the Lite weights were trained.
+            Architecture::EfficientnetLite0 => ([127.0 / 255.0; 3], [128.0 / 255.0; 3]),
+        }
     }
 
     /// The BatchNorm epsilon its weights were trained with.
     pub fn bn_eps(self) -> f64 {
-        1e-5
+        match self {
+            Architecture::Resnet18 | Architecture::WideResnet50_2 => 1e-5,
+            // TensorFlow's BatchNorm default.
+            Architecture::EfficientnetLite0 => 1e-3,
+        }
     }
 }
 
@@ -74,7 +94,11 @@ impl std::str::FromStr for Architecture {
         match s {
             "resnet18" => Ok(Architecture::Resnet18),
             "wide_resnet50_2" => Ok(Architecture::WideResnet50_2),
-            _ => Err(Error::option("backbone", format!("`{s}`: expected resnet18 or wide_resnet50_2"))),
+            "efficientnet_lite0" => Ok(Architecture::EfficientnetLite0),
+            _ => Err(Error::option(
+                "backbone",
+                format!("`{s}`: expected resnet18, wide_resnet50_2 or efficientnet_lite0"),
+            )),
         }
     }
 }
@@ -95,7 +119,11 @@ pub struct ConvLoader<'a, B: Backend> {
     folded: Vec<(String, ConvWeights)>,
 }
 
-impl<B: Backend> ConvLoader<'_, B> {
+impl<'a, B: Backend> ConvLoader<'a, B> {
+    pub fn new(backend: &'a B, origin: ConvOrigin<'a>, arch: Architecture) -> Self {
+        ConvLoader { backend, origin, eps: arch.bn_eps(), folded: Vec::new() }
+    }
+
     pub fn conv(&mut self, conv: &str, bn: &str, spec: ConvSpec) -> Result<B::Conv> {
         let weights = match &self.origin {
             ConvOrigin::Torchvision(source) => weights::load_folded(*source, conv, bn, spec, self.eps)?,
@@ -109,6 +137,7 @@ impl<B: Backend> ConvLoader<'_, B> {
 
 enum Net<B: Backend> {
     ResNet(ResNet<B>),
+    EfficientNet(EfficientNet<B>),
 }
 
 /// A loaded backbone, ready to run on its backend.
@@ -120,10 +149,11 @@ pub struct Backbone<B: Backend> {
 
 impl<B: Backend> Backbone<B> {
     pub fn load(backend: &B, arch: Architecture, origin: ConvOrigin<'_>) -> Result<Self> {
-        let mut loader = ConvLoader { backend, origin, eps: arch.bn_eps(), folded: Vec::new() };
+        let mut loader = ConvLoader::new(backend, origin, arch);
         let net = match arch {
             Architecture::Resnet18 => Net::ResNet(ResNet::load(Depth::Basic, &mut loader)?),
             Architecture::WideResnet50_2 => Net::ResNet(ResNet::load(Depth::WideBottleneck, &mut loader)?),
+            Architecture::EfficientnetLite0 => Net::EfficientNet(EfficientNet::load(&mut loader, false)?),
         };
         Ok(Backbone { arch, net, folded: loader.folded })
     }
@@ -136,6 +166,7 @@ impl<B: Backend> Backbone<B> {
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
         match &self.net {
             Net::ResNet(net) => net.forward(backend, x),
+            Net::EfficientNet(net) => net.forward(backend, x),
         }
     }
 

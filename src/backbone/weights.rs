@@ -16,11 +16,31 @@ pub trait WeightSource {
     fn origin(&self) -> &Path;
 }
 
-/// A safetensors file, memory-mapped: nothing is read until a tensor is asked for.
+/// A safetensors file, memory-mapped (nothing is read until a tensor is asked for), or the
+/// bundled weights compiled into the binary.
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
 }
+
+enum Bytes {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Static(s) => s,
+        }
+    }
+}
+
+/// EfficientNet-Lite0's ImageNet weights up to block 10 (weights/NOTICE says where they come
+/// from), compiled in so that `patchcore fit` works with nothing else.
+static BUNDLED_EFFICIENTNET_LITE0: &[u8] = include_bytes!("../../weights/efficientnet_lite0.safetensors");
 
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
@@ -28,9 +48,17 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; a file changed under us yields wrong numbers or an
         // error from the header checks, never unsoundness in this crate's own code.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let this = SafetensorsFile { path: path.to_path_buf(), map };
+        let this = SafetensorsFile { path: path.to_path_buf(), map: Bytes::Mapped(map) };
         this.parse()?;
         Ok(this)
+    }
+
+    /// The bundled EfficientNet-Lite0 weights.
+    pub fn bundled_efficientnet_lite0() -> Self {
+        SafetensorsFile {
+            path: PathBuf::from("<bundled weights/efficientnet_lite0.safetensors>"),
+            map: Bytes::Static(BUNDLED_EFFICIENTNET_LITE0),
+        }
     }
 
     /// The parsed file. Re-parsing the header is cheap next to reading the tensors.

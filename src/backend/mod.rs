@@ -36,7 +36,7 @@ impl Padding {
             Padding::Symmetric(p) => ((input + 2 * p).saturating_sub(kernel) / stride + 1, p),
             Padding::TfSame => {
                 let out = input.div_ceil(stride);
-                let total = ((out - 1) * stride + kernel).saturating_sub(input);
+                let total = (out.saturating_sub(1) * stride + kernel).saturating_sub(input);
                 (out, total / 2)
             }
         }

@@ -1,8 +1,12 @@
 //! The `patchcore` command line: argument parsing, progress bars and output formats. Each
 //! subcommand lives in its own file and calls the library.
 
+mod benchmark;
+mod category;
 mod convert;
+mod eval;
 mod fit;
+mod options;
 mod predict;
 
 use crate::backend::{cuda, CpuBackend, DeviceChoice};
@@ -23,6 +27,10 @@ enum Command {
     Fit(fit::Args),
     /// Score images with a fitted model: one JSON line per image, overlays with --out.
     Predict(predict::Args),
+    /// Evaluate a model on an MVTec-style category: AUROC, F1, AUPRO, overlays, a report.
+    Eval(eval::Args),
+    /// Fit and evaluate every category of an MVTec-style root; the seed's tables.
+    Benchmark(benchmark::Args),
     /// Convert a PyTorch checkpoint (.pth, zip or legacy) to safetensors, without Python.
     Convert(convert::Args),
 }
@@ -32,6 +40,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Fit(args) => fit::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Benchmark(args) => benchmark::run(args),
         Command::Convert(args) => convert::run(args),
     }
 }

@@ -3,10 +3,8 @@ use crate::backend::DeviceChoice;
 use crate::data::dataset::list_images;
 use crate::data::image::load_rgb;
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
-use crate::patchcore::{map_to_image, PatchCore, Prediction};
-use crate::render::{render_overlay, OverlayStyle};
-use image::RgbImage;
+use crate::patchcore::PatchCore;
+use crate::render::{prediction_overlay, write_png};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -83,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
             );
             if let Some(dir) = &args.out {
                 let target = unique_name(dir, path, &mut names);
-                write_overlay(&model, image, &pred, &target)?;
+                write_png(&target, &prediction_overlay(image, &pred, model.meta(), None))?;
             }
         }
         bars.update("predict", (i * args.batch + chunk.len()).min(paths.len()), paths.len());
@@ -108,21 +106,4 @@ fn unique_name(dir: &Path, path: &Path, taken: &mut HashSet<PathBuf>) -> PathBuf
         n += 1;
     }
     candidate
-}
-
-fn write_overlay<B: crate::backend::Backend>(
-    model: &PatchCore<B>,
-    image: &RgbImage,
-    pred: &Prediction,
-    target: &Path,
-) -> Result<()> {
-    let meta = model.meta();
-    let raw = map_to_image(&pred.map, &meta.preprocess, image.width(), image.height());
-    let heat: Vec<f32> = raw.iter().map(|&v| meta.pixel.apply(v)).collect();
-    let overlay = render_overlay(image, &heat, pred.anomalous, pred.normalized, &OverlayStyle::default());
-    let mut png = Vec::new();
-    overlay
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| Error::image(target, format!("cannot encode the overlay: {e}")))?;
-    write_atomic(target, &png)
 }

@@ -177,7 +177,7 @@ pub struct ImageResult<'a> {
 /// on these images: AUROC with one class only, F1 with no anomalous sample (sklearn would warn
 /// and report 0), pixel metrics with no image that has a map and a known mask, AUPRO with no
 /// defect region or no normal pixel.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Metrics {
     pub image_auroc: Option<f64>,
     pub pixel_auroc: Option<f64>,

@@ -2,4 +2,5 @@
 
 pub mod evaluate;
 pub mod metrics;
+pub mod table;
 pub mod threshold;

@@ -11,7 +11,10 @@
 mod colormap;
 mod font;
 mod overlay;
+mod prediction;
+pub mod report;
 
 pub use colormap::{jet, JET};
 pub use font::{draw_text, draw_text_boxed, text_size};
 pub use overlay::{blend_heat, render_mask_outline, render_overlay, OverlayStyle};
+pub use prediction::{prediction_overlay, side_by_side, write_png, TRUTH_COLOUR};

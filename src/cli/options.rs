@@ -1,0 +1,69 @@
+//! Argument groups shared by several subcommands.
+
+use crate::backbone::weights::SafetensorsFile;
+use crate::backbone::Architecture;
+use crate::data::image::Preprocess;
+use crate::error::{Error, Result};
+use crate::patchcore::FitOptions;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackboneArgs {
+    /// The backbone; efficientnet_lite0 is bundled (ImageNet weights, no download needed).
+    #[arg(long, value_enum, default_value = "efficientnet_lite0")]
+    pub backbone: Architecture,
+    /// Backbone weights as safetensors with torchvision / efficientnet_pytorch names
+    /// (`patchcore convert` makes them). Optional for the bundled backbone.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+}
+
+impl BackboneArgs {
+    pub fn source(&self) -> Result<SafetensorsFile> {
+        match (&self.weights, self.backbone) {
+            (Some(path), _) => SafetensorsFile::open(path),
+            (None, Architecture::EfficientnetLite0) => Ok(SafetensorsFile::bundled_efficientnet_lite0()),
+            (None, other) => Err(Error::option(
+                "--weights",
+                format!("{other} has no bundled weights: convert torchvision's checkpoint with `patchcore convert` and pass it"),
+            )),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FitArgs {
+    /// Images are resized to this square side.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Center crop after resizing (224 with --size 256 is the paper's setting).
+    #[arg(long)]
+    pub crop: Option<usize>,
+    /// Fraction of patch embeddings kept in the memory bank, in (0, 1].
+    #[arg(long, default_value_t = 0.1)]
+    pub ratio: f64,
+    /// Seed of the coreset's random projection and start point.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Neighbours in the image score's reweighting (paper Eq. 7); 1 gives the plain maximum.
+    #[arg(long, default_value_t = 9)]
+    pub num_neighbors: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+impl FitArgs {
+    /// The options, checked, for `arch`'s input normalisation.
+    pub fn options(&self, arch: Architecture) -> Result<FitOptions> {
+        let options = FitOptions {
+            preprocess: Preprocess::for_backbone(arch, self.size, self.crop)?,
+            ratio: self.ratio,
+            seed: self.seed,
+            num_neighbors: self.num_neighbors,
+            batch: self.batch,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+}
