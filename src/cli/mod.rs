@@ -4,10 +4,12 @@
 mod benchmark;
 mod category;
 mod convert;
+mod demo;
 mod eval;
 mod fit;
 mod options;
 mod predict;
+mod synth;
 
 use crate::backend::{cuda, CpuBackend, DeviceChoice};
 use crate::error::Result;
@@ -31,6 +33,10 @@ enum Command {
     Eval(eval::Args),
     /// Fit and evaluate every category of an MVTec-style root; the seed's tables.
     Benchmark(benchmark::Args),
+    /// Write a synthetic MVTec-layout dataset.
+    Synth(synth::Args),
+    /// Generate data, fit, evaluate, write overlays and a report: the whole job, no arguments.
+    Demo(demo::Args),
     /// Convert a PyTorch checkpoint (.pth, zip or legacy) to safetensors, without Python.
     Convert(convert::Args),
 }
@@ -42,6 +48,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Benchmark(args) => benchmark::run(args),
+        Command::Synth(args) => synth::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Convert(args) => convert::run(args),
     }
 }

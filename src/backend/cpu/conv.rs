@@ -24,15 +24,20 @@ pub fn conv2d(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Resu
     }
     let g = Geometry { c, h, w, ho, wo, pad_top, pad_left, k: s.kernel, stride: s.stride };
     let depthwise = s.groups == c && s.groups == s.out_channels && s.groups > 1;
-    let mut out = if depthwise { depthwise_direct(x, &conv.weight, &g) } else { batched_gemm(x, conv, &g) };
-    epilogue(&mut out, conv, residual, ho * wo);
+    let out = if depthwise {
+        let mut out = depthwise_direct(x, &conv.weight, &g);
+        epilogue(&mut out, conv, residual, ho * wo);
+        out
+    } else {
+        banded_gemm(x, conv, residual, &g)
+    };
     Ok(Tensor::new(out_shape, out))
 }
 
-/// Input floats per im2col buffer: images are gathered into one product until this is
-/// reached (small late-layer grids make thin products that parallelise badly one by one),
-/// while keeping the buffer around 64 MB.
-const COLS_BUDGET: usize = 16 << 20;
+/// Floats of one im2col band: 8 MB, so the band the product reads stays in cache. A band is a
+/// run of output positions, which may span images: late layers with small grids then still
+/// make wide products, and early layers with large grids never build a huge buffer.
+const BAND_FLOATS: usize = 2 << 20;
 
 struct Geometry {
     c: usize,
@@ -55,80 +60,74 @@ impl Geometry {
     }
 }
 
-/// The product W[og x kk] * cols[kk x (images * plane)] per group, into [B, OC, plane].
-fn batched_gemm(x: &Tensor, conv: &ConvWeights, g: &Geometry) -> Vec<f32> {
+/// For each group and each band of output positions (over the whole batch): im2col the band,
+/// multiply W[og x kk] by it, and write activation(product + bias + residual) into place.
+fn banded_gemm(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>, g: &Geometry) -> Vec<f32> {
     let s = &conv.spec;
     let b = x.shape[0];
     let (cg, og, plane) = (g.c / s.groups, s.out_channels / s.groups, g.ho * g.wo);
     let kk = cg * g.k * g.k;
-    let per_chunk = (COLS_BUDGET / (kk * plane).max(1)).clamp(1, b);
+    let total = b * plane;
+    let band = (BAND_FLOATS / kk).max(256).min(total.max(1));
     let mut out = vec![0.0f32; b * s.out_channels * plane];
-    let pointwise = g.k == 1 && g.stride == 1 && g.pad_top == 0 && g.pad_left == 0;
-    let batched = per_chunk > 1;
-    let mut cols = if pointwise && !batched { Vec::new() } else { vec![0.0f32; kk * per_chunk * plane] };
-    let mut product = if batched { vec![0.0f32; og * per_chunk * plane] } else { Vec::new() };
-    for first in (0..b).step_by(per_chunk) {
-        let n_img = per_chunk.min(b - first);
-        let n = n_img * plane;
-        for grp in 0..s.groups {
-            let group_input = |i: usize| &x.data[((first + i) * g.c + grp * cg) * g.h * g.w..][..cg * g.h * g.w];
-            let weights = &conv.weight[grp * og * kk..(grp + 1) * og * kk];
-            // One image: no gather, and the product lands in place. A 1x1 stride-1 convolution
-            // of one image reads its input as is.
-            let rhs: &[f32] = if pointwise && n_img == 1 {
-                group_input(0)
-            } else {
-                for i in 0..n_img {
-                    im2col(group_input(i), cg, g, &mut cols[..kk * n], n, i * plane);
+    let mut cols = vec![0.0f32; kk * band];
+    let mut product = vec![0.0f32; og * band];
+    for grp in 0..s.groups {
+        let weights = &conv.weight[grp * og * kk..(grp + 1) * og * kk];
+        for start in (0..total).step_by(band) {
+            let n = band.min(total - start);
+            im2col(x, grp * cg, cg, g, &mut cols[..kk * n], start);
+            sgemm(og, n, kk, weights, &cols[..kk * n], false, &mut product[..og * n], false, true);
+            let range = start..start + n;
+            out.par_chunks_mut(plane).enumerate().for_each(|(bc, dst)| {
+                let (image, channel) = (bc / s.out_channels, bc % s.out_channels);
+                let Some(o) = channel.checked_sub(grp * og).filter(|&o| o < og) else { return };
+                // This plane's positions that fall in the band.
+                let lo = range.start.max(image * plane);
+                let hi = range.end.min((image + 1) * plane);
+                if lo >= hi {
+                    return;
                 }
-                &cols[..kk * n]
-            };
-            if n_img == 1 {
-                let dst = &mut out[(first * s.out_channels + grp * og) * plane..][..og * plane];
-                sgemm(og, n, kk, weights, rhs, false, dst, false, true);
-                continue;
-            }
-            sgemm(og, n, kk, weights, rhs, false, &mut product[..og * n], false, true);
-            // [og, images * plane] -> [image][grp * og + o][plane]
-            for i in 0..n_img {
-                for o in 0..og {
-                    let dst = &mut out[((first + i) * s.out_channels + grp * og + o) * plane..][..plane];
-                    dst.copy_from_slice(&product[o * n + i * plane..][..plane]);
+                let src = &product[o * n + lo - start..o * n + hi - start];
+                let res = residual.map(|r| &r.data[bc * plane + lo - image * plane..bc * plane + hi - image * plane]);
+                let d = &mut dst[lo - image * plane..hi - image * plane];
+                for (i, (v, &p)) in d.iter_mut().zip(src).enumerate() {
+                    *v = finish(p, conv.bias[channel], res.map_or(0.0, |r| r[i]), s.activation);
                 }
-            }
+            });
         }
     }
     out
 }
 
-/// Writes one image's im2col rows into columns [col0, col0 + plane) of a buffer whose rows
-/// are `stride` long: row (ci * k + ky) * k + kx holds input[ci][oy*s + ky - pad][ox*s + kx - pad],
-/// zero outside the image.
-fn im2col(input: &[f32], channels: usize, g: &Geometry, cols: &mut [f32], row_len: usize, col0: usize) {
-    cols[..channels * g.k * g.k * row_len].par_chunks_mut(row_len).enumerate().for_each(|(row, line)| {
-        let ci = row / (g.k * g.k);
+/// im2col of the output positions [start, start + n) of the whole batch (position = image *
+/// plane + oy * wo + ox) for input channels [c0, c0 + channels): row (ci * k + ky) * k + kx of
+/// `cols` holds input[image][c0 + ci][oy*s + ky - pad][ox*s + kx - pad], zero outside the image.
+fn im2col(x: &Tensor, c0: usize, channels: usize, g: &Geometry, cols: &mut [f32], start: usize) {
+    let plane = g.ho * g.wo;
+    let n = cols.len() / (channels * g.k * g.k);
+    cols.par_chunks_mut(n).enumerate().for_each(|(row, line)| {
+        let ci = c0 + row / (g.k * g.k);
         let (ky, kx) = ((row / g.k) % g.k, row % g.k);
-        let src = &input[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         let (y_lo, y_hi) = g.valid(ky, g.pad_top, g.h, g.ho);
         let (x_lo, x_hi) = g.valid(kx, g.pad_left, g.w, g.wo);
-        let dst = &mut line[col0..col0 + g.ho * g.wo];
-        for oy in 0..g.ho {
-            let d = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+        let mut j = 0;
+        while j < n {
+            // One output row (or the part of it inside the band) at a time.
+            let pos = start + j;
+            let (image, oy, ox0) = (pos / plane, (pos % plane) / g.wo, pos % g.wo);
+            let len = (g.wo - ox0).min(n - j);
+            let d = &mut line[j..j + len];
+            j += len;
             if oy < y_lo || oy >= y_hi {
                 d.fill(0.0);
                 continue;
             }
             let iy = oy * g.stride + ky - g.pad_top;
-            d[..x_lo].fill(0.0);
-            d[x_hi..].fill(0.0);
-            let ix0 = x_lo * g.stride + kx - g.pad_left;
-            let srow = &src[iy * g.w..(iy + 1) * g.w];
-            if g.stride == 1 {
-                d[x_lo..x_hi].copy_from_slice(&srow[ix0..ix0 + (x_hi - x_lo)]);
-            } else {
-                for (j, v) in d[x_lo..x_hi].iter_mut().enumerate() {
-                    *v = srow[ix0 + j * g.stride];
-                }
+            let src = &x.data[((image * g.c + ci) * g.h + iy) * g.w..][..g.w];
+            for (t, v) in d.iter_mut().enumerate() {
+                let ox = ox0 + t;
+                *v = if ox >= x_lo && ox < x_hi { src[ox * g.stride + kx - g.pad_left] } else { 0.0 };
             }
         }
     });
@@ -159,21 +158,24 @@ fn depthwise_direct(x: &Tensor, weight: &[f32], g: &Geometry) -> Vec<f32> {
     out
 }
 
-/// out = activation(out + bias + residual), one pass.
+/// activation(v + bias + residual): the epilogue every convolution output goes through.
+#[inline]
+fn finish(v: f32, bias: f32, residual: f32, activation: Activation) -> f32 {
+    let y = v + bias + residual;
+    match activation {
+        Activation::None => y,
+        Activation::Relu => y.max(0.0),
+        Activation::Relu6 => y.clamp(0.0, 6.0),
+    }
+}
+
+/// out = activation(out + bias + residual) in place (the depthwise path).
 fn epilogue(out: &mut [f32], conv: &ConvWeights, residual: Option<&Tensor>, plane: usize) {
     let channels = conv.spec.out_channels;
-    let activation = conv.spec.activation;
     out.par_chunks_mut(plane).enumerate().for_each(|(bc, chan)| {
-        let bias = conv.bias[bc % channels];
         let res = residual.map(|r| &r.data[bc * plane..(bc + 1) * plane]);
         for (i, v) in chan.iter_mut().enumerate() {
-            let mut y = *v + bias + res.map_or(0.0, |r| r[i]);
-            y = match activation {
-                Activation::None => y,
-                Activation::Relu => y.max(0.0),
-                Activation::Relu6 => y.clamp(0.0, 6.0),
-            };
-            *v = y;
+            *v = finish(*v, conv.bias[bc % channels], res.map_or(0.0, |r| r[i]), conv.spec.activation);
         }
     });
 }
