@@ -133,6 +133,13 @@ fn eval_and_benchmark_refuse_folders_that_are_not_mvtec_shaped() {
             s(&dir.path().join("bench")),
         ])
     };
+    let o = bench(dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tables = String::from_utf8_lossy(&o.stdout);
+    assert!(tables.contains("### Image-Level AUC") && tables.contains("| PatchCore |"), "{tables}");
+    let csv = std::fs::read_to_string(dir.path().join("bench/benchmark.csv")).unwrap();
+    assert!(csv.starts_with("category,image_auroc") && csv.contains("\ncat,"), "{csv}");
+    assert!(dir.path().join("bench/report.html").is_file());
     // A stray mask without its image.
     std::fs::copy(data.join("ground_truth/square/000_mask.png"), data.join("ground_truth/square/009_mask.png"))
         .unwrap();
