@@ -9,6 +9,7 @@ pub mod convert;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod ffi;
 pub mod io;
 pub mod patchcore;
 pub mod render;
