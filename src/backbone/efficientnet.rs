@@ -3,7 +3,7 @@
 //! the classifier are only loaded by [`classify`], which exists to check the weights.
 
 use super::weights::WeightSource;
-use super::{Architecture, ConvLoader, ConvOrigin};
+use super::{run_stages, Architecture, ConvLoader, ConvOrigin, Stage};
 use crate::backend::{Activation, Backend, ConvSpec, ConvWeights, Padding};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -87,23 +87,13 @@ impl<B: Backend> EfficientNet<B> {
     /// The outputs of blocks 4 and 10; later blocks, even if loaded, are not run.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
         let stem = backend.conv2d(x, &self.stem, None)?;
-        let shallow = run_blocks(backend, &self.blocks[..=TAPS[0]], &stem)?;
-        let deep = run_blocks(backend, &self.blocks[TAPS[0] + 1..=TAPS[1]], &shallow)?;
+        let shallow = run_stages(backend, &self.blocks[..=TAPS[0]], &stem)?;
+        let deep = run_stages(backend, &self.blocks[TAPS[0] + 1..=TAPS[1]], &shallow)?;
         Ok(vec![shallow, deep])
     }
 }
 
-/// Runs a non-empty run of blocks.
-fn run_blocks<B: Backend>(backend: &B, blocks: &[MbConv<B>], x: &B::Tensor) -> Result<B::Tensor> {
-    let (first, rest) = blocks.split_first().expect("a run of blocks is never empty");
-    let mut h = first.forward(backend, x)?;
-    for block in rest {
-        h = block.forward(backend, &h)?;
-    }
-    Ok(h)
-}
-
-impl<B: Backend> MbConv<B> {
+impl<B: Backend> Stage<B> for MbConv<B> {
     fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let expanded = self.expand.as_ref().map(|c| backend.conv2d(x, c, None)).transpose()?;
         let h = backend.conv2d(expanded.as_ref().unwrap_or(x), &self.depthwise, None)?;
@@ -121,7 +111,7 @@ pub fn classify<B: Backend>(backend: &B, source: &dyn WeightSource, x: &B::Tenso
         load.conv("_conv_head", "_bn1", spec(STAGES[STAGES.len() - 1].3, HEAD_CHANNELS, 1, 1, 1, Activation::Relu6))?;
 
     let stem = backend.conv2d(x, &net.stem, None)?;
-    let h = run_blocks(backend, &net.blocks, &stem)?;
+    let h = run_stages(backend, &net.blocks, &stem)?;
     let features = backend.download(&backend.conv2d(&h, &head, None)?)?;
     let [b, c, fh, fw] = features.dims4()?;
     let pooled = features.data.chunks(fh * fw).map(|plane| plane.iter().sum::<f32>() / plane.len() as f32).collect();

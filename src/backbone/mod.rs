@@ -103,6 +103,21 @@ impl std::str::FromStr for Architecture {
     }
 }
 
+/// A residual block: one step of a backbone's chain.
+trait Stage<B: Backend> {
+    fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor>;
+}
+
+/// Runs a non-empty chain of blocks.
+fn run_stages<B: Backend, S: Stage<B>>(backend: &B, stages: &[S], x: &B::Tensor) -> Result<B::Tensor> {
+    let (first, rest) = stages.split_first().expect("a chain of blocks is never empty");
+    let mut h = first.forward(backend, x)?;
+    for stage in rest {
+        h = stage.forward(backend, &h)?;
+    }
+    Ok(h)
+}
+
 /// Where the convolutions come from: torchvision weights with BatchNorm to fold, or a model
 /// file's already folded ones.
 pub enum ConvOrigin<'a> {

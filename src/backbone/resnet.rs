@@ -1,7 +1,7 @@
 //! ResNet-18 and Wide-ResNet-50-2 (torchvision layout, parameter names and strides), run to
 //! layer3. layer4 and fc are never loaded or computed.
 
-use super::ConvLoader;
+use super::{run_stages, ConvLoader, Stage};
 use crate::backend::{Activation, Backend, ConvSpec, Padding};
 use crate::error::Result;
 
@@ -91,23 +91,14 @@ impl<B: Backend> ResNet<B> {
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
         let stem = backend.conv2d(x, &self.stem, None)?;
         let pooled = backend.max_pool(&stem, 3, 2, 1)?;
-        let layer1 = run_layer(backend, &self.layers[0], &pooled)?;
-        let layer2 = run_layer(backend, &self.layers[1], &layer1)?;
-        let layer3 = run_layer(backend, &self.layers[2], &layer2)?;
+        let layer1 = run_stages(backend, &self.layers[0], &pooled)?;
+        let layer2 = run_stages(backend, &self.layers[1], &layer1)?;
+        let layer3 = run_stages(backend, &self.layers[2], &layer2)?;
         Ok(vec![layer2, layer3])
     }
 }
 
-fn run_layer<B: Backend>(backend: &B, blocks: &[Block<B>], x: &B::Tensor) -> Result<B::Tensor> {
-    let (first, rest) = blocks.split_first().expect("a layer has at least one block");
-    let mut h = first.forward(backend, x)?;
-    for block in rest {
-        h = block.forward(backend, &h)?;
-    }
-    Ok(h)
-}
-
-impl<B: Backend> Block<B> {
+impl<B: Backend> Stage<B> for Block<B> {
     fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let identity = self.downsample.as_ref().map(|d| backend.conv2d(x, d, None)).transpose()?;
         let residual = identity.as_ref().unwrap_or(x);
