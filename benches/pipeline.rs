@@ -53,6 +53,9 @@ fn main() {
             100.0 * gflops / reference
         );
     }
+    if wanted("convs") {
+        conv_shapes();
+    }
     if wanted("embed") {
         let net = Backbone::load(&backend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
         for side in [256, 512] {
@@ -65,6 +68,46 @@ fn main() {
     }
     if wanted("predict") {
         predict_end_to_end();
+    }
+}
+
+/// ResNet-18's convolution shapes at 512 px, batch 1: our conv2d (im2col + product + epilogue)
+/// against plain sgemm on the product it performs, to separate the shape's own efficiency
+/// from what the convolution adds.
+fn conv_shapes() {
+    use patchcore::backend::{Activation, ConvSpec, ConvWeights, Padding};
+    for (name, cin, cout, k, stride, side) in [
+        ("stem 7x7/2", 3, 64, 7, 2, 512),
+        ("layer1 3x3", 64, 64, 3, 1, 128),
+        ("layer2 3x3", 128, 128, 3, 1, 64),
+        ("layer3 3x3", 256, 256, 3, 1, 32),
+    ] {
+        let spec = ConvSpec {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: k,
+            stride,
+            padding: Padding::Symmetric(k / 2),
+            groups: 1,
+            activation: Activation::Relu,
+        };
+        let conv = ConvWeights { spec, weight: vec![0.01; cout * cin * k * k], bias: vec![0.0; cout] };
+        let x = input(1, side).data.into_iter().cycle().take(cin * side * side).collect::<Vec<f32>>();
+        let x = Tensor::new(vec![1, cin, side, side], x);
+        let t = median_seconds(5, || {
+            CpuBackend.conv2d(&x, &conv, None).unwrap();
+        });
+        let out = side / stride;
+        let flops = 2.0 * (cout * cin * k * k * out * out) as f64;
+        let plain = sgemm_gflops(cout, out * out, cin * k * k, 5);
+        let swapped = sgemm_gflops(out * out, cout, cin * k * k, 5);
+        println!("  swapped {}x{cout}x{}: {swapped:.1}", out * out, cin * k * k);
+        println!(
+            "conv {name} at {side}px: {:.1} GFLOP/s; plain sgemm {cout}x{}x{}: {plain:.1} GFLOP/s",
+            flops / t / 1e9,
+            out * out,
+            cin * k * k
+        );
     }
 }
 
