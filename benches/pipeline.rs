@@ -101,7 +101,11 @@ fn conv_shapes() {
         let flops = 2.0 * (cout * cin * k * k * out * out) as f64;
         let plain = sgemm_gflops(cout, out * out, cin * k * k, 5);
         let swapped = sgemm_gflops(out * out, cout, cin * k * k, 5);
-        println!("  swapped {}x{cout}x{}: {swapped:.1}", out * out, cin * k * k);
+        println!(
+            "  plain sgemm transposed (positions x channels) {}x{cout}x{}: {swapped:.1} GFLOP/s",
+            out * out,
+            cin * k * k
+        );
         println!(
             "conv {name} at {side}px: {:.1} GFLOP/s; plain sgemm {cout}x{}x{}: {plain:.1} GFLOP/s",
             flops / t / 1e9,
