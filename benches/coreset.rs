@@ -17,6 +17,7 @@
 //! minutes. Filter with e.g. `cargo bench --bench coreset -- structured_100000_to_10000/384`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use patchcore::backend::cpu::l2_distance;
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
@@ -67,33 +68,6 @@ fn structured(n: usize, dim: usize, seed: u64) -> Vec<f32> {
 fn isotropic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
     (0..n * dim).map(|_| rng.normal() as f32).collect()
-}
-
-/// The kernel's distance arithmetic (its `l2_distance` is private to the crate): squares summed in
-/// 16 lanes, element j into lane j % 16, then the lanes pairwise. The same bits, so the brute force
-/// below makes the same selection.
-fn l2_distance(x: &[f32], y: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let tail = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for ((s, &p), &q) in acc.iter_mut().zip(a).zip(b) {
-            *s += (p - q) * (p - q);
-        }
-    }
-    for ((s, &p), &q) in acc.iter_mut().zip(tail.0).zip(tail.1) {
-        *s += (p - q) * (p - q);
-    }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        let (lo, hi) = acc.split_at_mut(width);
-        for (s, &t) in lo.iter_mut().zip(&*hi) {
-            *s += t;
-        }
-    }
-    acc[0].sqrt()
 }
 
 /// The textbook loop as fast as it goes without pruning: one parallel pass per selection that

@@ -10,6 +10,7 @@ mod matmul;
 mod pool;
 
 pub use blur::gaussian_taps;
+pub use coreset::l2_distance;
 pub use knn::squared_norms;
 pub use matmul::sgemm;
 
