@@ -62,7 +62,9 @@ fn backend_for(device: DeviceChoice) -> Result<CpuBackend> {
         DeviceChoice::Cuda(n) => cuda::probe(n).map(|_| CpuBackend),
         DeviceChoice::Auto => {
             if let Err(e) = cuda::probe(0) {
-                eprintln!("note: using the CPU ({e})");
+                // Once per process: `demo` and `benchmark` ask for a backend per category.
+                static NOTICE: std::sync::Once = std::sync::Once::new();
+                NOTICE.call_once(|| eprintln!("note: using the CPU ({e})"));
             }
             Ok(CpuBackend)
         }
