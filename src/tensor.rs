@@ -30,18 +30,12 @@ impl Tensor {
 
     /// The shape as NCHW, or an error naming what it is instead.
     pub fn dims4(&self) -> Result<[usize; 4]> {
-        match self.shape[..] {
-            [n, c, h, w] => Ok([n, c, h, w]),
-            _ => Err(Error::Backend(format!("expected an NCHW tensor, got shape {:?}", self.shape))),
-        }
+        dims(&self.shape)
     }
 
     /// The shape as rows x columns.
     pub fn dims2(&self) -> Result<[usize; 2]> {
-        match self.shape[..] {
-            [r, c] => Ok([r, c]),
-            _ => Err(Error::Backend(format!("expected a 2-D tensor, got shape {:?}", self.shape))),
-        }
+        dims(&self.shape)
     }
 
     /// Rows `rows` of a 2-D tensor, in that order.
@@ -57,4 +51,10 @@ impl Tensor {
         }
         Ok(Tensor::new(vec![rows.len(), d], data))
     }
+}
+
+/// A shape as exactly `N` dimensions (NCHW for 4, rows x columns for 2), or an error naming
+/// what it is instead. Shared by every backend's tensors.
+pub fn dims<const N: usize>(shape: &[usize]) -> Result<[usize; N]> {
+    shape.try_into().map_err(|_| Error::Backend(format!("expected a {N}-D tensor, got shape {shape:?}")))
 }

@@ -1,7 +1,10 @@
 //! The compute backends. The PatchCore stages and the backbones call only the [`Backend`]
 //! trait, so they never know which device runs them. `cpu` is always built and is the
 //! numerical reference; `cuda` is a stub that explains itself unless the feature is on.
+//! `AnyBackend` is the one the CLI and the C ABI hold: whichever `--device` chose.
 
+mod any;
+pub mod checks;
 pub mod cpu;
 pub mod cuda;
 pub mod flops;
@@ -9,10 +12,12 @@ pub mod flops;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+pub use any::{AnyBackend, AnyBank, AnyConv, AnyTensor};
 pub use cpu::CpuBackend;
+pub use cuda::{CudaBackend, Precision};
 
 /// The activation applied after a convolution's bias (and residual).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Activation {
     None,
     Relu,
@@ -20,7 +25,7 @@ pub enum Activation {
 }
 
 /// How a convolution pads its input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Padding {
     /// The same number of zeros on every side (PyTorch `padding=p`).
     Symmetric(usize),
@@ -44,7 +49,7 @@ impl Padding {
 }
 
 /// The shape and behaviour of one convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvSpec {
     pub in_channels: usize,
     pub out_channels: usize,

@@ -1,9 +1,8 @@
 use super::category::{evaluate_category, fit_category};
-use super::options::{BackboneArgs, FitArgs};
+use super::options::{BackboneArgs, DeviceArgs, FitArgs};
 use super::{backend_for, Bars};
 use crate::backbone::weights::WeightSource;
 use crate::backbone::Architecture;
-use crate::backend::DeviceChoice;
 use crate::data::dataset::Category;
 use crate::error::{Error, Result};
 use crate::eval::table::{csv, seed_tables};
@@ -24,9 +23,8 @@ pub struct Args {
     /// Where benchmark.csv, benchmark.json, overlays and report.html go.
     #[arg(long, default_value = "benchmark-out")]
     out: PathBuf,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Fit + eval over every category found; the seed's tables as Markdown on stdout.
@@ -51,7 +49,7 @@ pub fn run_categories(
     arch: Architecture,
     weights: &dyn WeightSource,
     options: &FitOptions,
-    device: DeviceChoice,
+    device: DeviceArgs,
     out: &Path,
 ) -> Result<Vec<CategoryReport>> {
     let mut bars = Bars::new();

@@ -1,7 +1,8 @@
 use super::benchmark::{run_categories, write_outputs};
+use super::options::DeviceArgs;
 use crate::backbone::weights::SafetensorsFile;
 use crate::backbone::Architecture;
-use crate::backend::DeviceChoice;
+use crate::backend::{DeviceChoice, Precision};
 use crate::data::synth::{generate, SynthOptions, CATEGORIES};
 use crate::error::Result;
 use crate::eval::table::metrics_table;
@@ -40,7 +41,8 @@ pub fn run(args: Args) -> Result<()> {
         preprocess: crate::data::image::Preprocess::for_backbone(arch, 256, None)?,
         ..FitOptions::default()
     };
-    let reports = run_categories(&dirs, arch, &weights, &fit, args.device, &args.out)?;
+    let device = DeviceArgs { device: args.device, precision: Precision::F32 };
+    let reports = run_categories(&dirs, arch, &weights, &fit, device, &args.out)?;
     let rows: Vec<_> = reports.iter().map(|r| (r.name.clone(), r.metrics)).collect();
     let stage = |i: usize| reports.iter().map(|r| format!("{:.1}", r.timings[i].1)).collect::<Vec<_>>();
     println!("\n{}", metrics_table(&rows, &[("fit (s)", stage(0)), ("evaluate (s)", stage(1))]));

@@ -1,6 +1,6 @@
 use super::category::evaluate_category;
+use super::options::DeviceArgs;
 use super::{backend_for, Bars};
-use crate::backend::DeviceChoice;
 use crate::data::dataset::Category;
 use crate::error::Result;
 use crate::eval::table::metrics_table;
@@ -22,9 +22,8 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Print the metrics as one JSON object.
     #[arg(long)]
     json: bool,

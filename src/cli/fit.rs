@@ -1,7 +1,6 @@
-use super::options::{BackboneArgs, FitArgs};
+use super::options::{BackboneArgs, DeviceArgs, FitArgs};
 use super::{backend_for, Bars};
 use crate::backbone::{Backbone, ConvOrigin};
-use crate::backend::DeviceChoice;
 use crate::data::dataset::{list_labelled, list_training_images};
 use crate::error::Result;
 use crate::patchcore::PatchCore;
@@ -24,9 +23,8 @@ pub struct Args {
     out: PathBuf,
     #[command(flatten)]
     fit: FitArgs,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,

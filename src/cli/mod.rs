@@ -11,10 +11,11 @@ mod options;
 mod predict;
 mod synth;
 
-use crate::backend::{cuda, CpuBackend, DeviceChoice};
+use crate::backend::AnyBackend;
 use crate::error::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use options::DeviceArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "patchcore", version, about = "PatchCore industrial anomaly detection")]
@@ -54,21 +55,13 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The backend for `--device`. Only the CPU backend exists in this build: `auto` says so
-/// once, `cuda` fails with the reason.
-fn backend_for(device: DeviceChoice) -> Result<CpuBackend> {
-    match device {
-        DeviceChoice::Cpu => Ok(CpuBackend),
-        DeviceChoice::Cuda(n) => cuda::probe(n).map(|_| CpuBackend),
-        DeviceChoice::Auto => {
-            if let Err(e) = cuda::probe(0) {
-                // Once per process: `demo` and `benchmark` ask for a backend per category.
-                static NOTICE: std::sync::Once = std::sync::Once::new();
-                NOTICE.call_once(|| eprintln!("note: using the CPU ({e})"));
-            }
-            Ok(CpuBackend)
-        }
-    }
+/// The backend for `--device`: `cuda` fails with the reason CUDA is unusable, `auto` falls
+/// back to the CPU and says why, once per process (`demo` and `benchmark` ask per category).
+fn backend_for(args: DeviceArgs) -> Result<AnyBackend> {
+    AnyBackend::open(args.device, args.precision, |e| {
+        static NOTICE: std::sync::Once = std::sync::Once::new();
+        NOTICE.call_once(|| eprintln!("note: using the CPU ({e})"));
+    })
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal), driven by the library's

@@ -2,10 +2,23 @@
 
 use crate::backbone::weights::SafetensorsFile;
 use crate::backbone::Architecture;
+use crate::backend::{DeviceChoice, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::patchcore::FitOptions;
 use std::path::PathBuf;
+
+/// Where to run, for the commands that take a model or fit one.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// cpu, cuda, cuda:N or auto (CUDA when usable, else the CPU with a notice).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// GPU arithmetic: f32 (exact, matches the CPU to 1e-4), tf32 or f16 (tensor cores,
+    /// faster, looser). Ignored on the CPU.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackboneArgs {

@@ -1,5 +1,5 @@
+use super::options::DeviceArgs;
 use super::{backend_for, Bars};
-use crate::backend::DeviceChoice;
 use crate::data::dataset::list_images;
 use crate::data::image::load_rgb;
 use crate::error::{Error, Result};
@@ -22,9 +22,8 @@ pub struct Args {
     /// Images per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Every image named or inside a named folder, in the given order (folders sorted).

@@ -4,7 +4,7 @@
 //! alias a model loaded later at the same address (which a pointer-based handle would).
 
 use super::{Failure, FfiResult, PatchcoreStatus};
-use crate::backend::CpuBackend;
+use crate::backend::AnyBackend;
 use crate::patchcore::PatchCore;
 use std::collections::BTreeMap;
 use std::ffi::CStr;
@@ -19,7 +19,7 @@ pub struct PatchcoreModel {
 
 /// What a handle stands for.
 pub(crate) struct Model {
-    pub core: PatchCore<CpuBackend>,
+    pub core: PatchCore<AnyBackend>,
     /// The device the model runs on, as `patchcore_model_info` reports it.
     pub device: &'static CStr,
 }

@@ -4,7 +4,7 @@ use super::handle::{lookup, register, release, Model, PatchcoreModel};
 use super::pixels::{PatchcoreImage, Pixels};
 use super::{c_path, c_str, guard, Failure, FfiResult, PatchcoreStatus};
 use crate::backbone::Architecture;
-use crate::backend::{cuda, CpuBackend, DeviceChoice};
+use crate::backend::{AnyBackend, DeviceChoice, Precision};
 use crate::patchcore::{map_to_image, PatchCore, Prediction};
 use std::ffi::{c_char, CStr};
 
@@ -93,18 +93,15 @@ pub unsafe extern "C" fn patchcore_load(
         let choice: DeviceChoice = device
             .parse()
             .map_err(|_| Failure::invalid(format!("device `{device}`: expected cpu, cuda, cuda:N or auto")))?;
-        let backend = match choice {
-            DeviceChoice::Cpu | DeviceChoice::Auto => CpuBackend,
-            DeviceChoice::Cuda(n) => {
-                cuda::probe(n)?;
-                return Err(Failure::new(
-                    PatchcoreStatus::PATCHCORE_BACKEND,
-                    "the C ABI runs models on the CPU only so far: pass \"cpu\" or \"auto\"",
-                ));
-            }
+        // "auto" falls back to the CPU silently: the host reads the device back from the
+        // model info. The GPU computes in exact f32 (the C ABI offers no precision choice).
+        let backend = AnyBackend::open(choice, Precision::F32, |_| {})?;
+        let device = match backend {
+            AnyBackend::Cpu(_) => c"cpu",
+            AnyBackend::Cuda(_) => c"cuda",
         };
         let core = PatchCore::load(backend, &path)?;
-        let handle = register(Model { core, device: c"cpu" });
+        let handle = register(Model { core, device });
         // SAFETY: as above.
         unsafe { out.write(handle) };
         Ok(())

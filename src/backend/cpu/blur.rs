@@ -1,7 +1,8 @@
 //! The anomaly map on the CPU: nearest upsample of the patch scores, then a separable
 //! Gaussian blur with reflect padding.
 
-use crate::error::{Error, Result};
+use crate::backend::checks::map_args;
+use crate::error::Result;
 use crate::resample::nearest_index;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -27,13 +28,7 @@ fn reflect(i: i64, n: usize) -> usize {
 }
 
 pub fn anomaly_map(scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor> {
-    let [b, h, w] = match scores.shape[..] {
-        [b, h, w] => [b, h, w],
-        _ => return Err(Error::Backend(format!("anomaly_map: expected [B, h, w] scores, got {:?}", scores.shape))),
-    };
-    if sigma.is_nan() || sigma <= 0.0 || out_h == 0 || out_w == 0 || h == 0 || w == 0 {
-        return Err(Error::Backend(format!("anomaly_map: sigma {sigma}, {h}x{w} -> {out_h}x{out_w} is invalid")));
-    }
+    let [b, h, w] = map_args(&scores.shape, out_h, out_w, sigma)?;
     let taps = gaussian_taps(sigma);
     let radius = (taps.len() / 2) as i64;
     let ny = nearest_index(h, out_h);

@@ -3,25 +3,19 @@
 //! channel per group) skip im2col: a direct loop is cheaper than a product with one row.
 
 use super::matmul::{sgemm_views, View};
+use crate::backend::checks::conv_output;
 use crate::backend::{Activation, ConvWeights};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 pub fn conv2d(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Result<Tensor> {
-    let [b, c, h, w] = x.dims4()?;
     let s = &conv.spec;
-    if c != s.in_channels {
-        return Err(Error::Backend(format!("conv2d: input has {c} channels, the weights expect {}", s.in_channels)));
-    }
-    let (ho, pad_top) = s.padding.resolve(h, s.kernel, s.stride);
-    let (wo, pad_left) = s.padding.resolve(w, s.kernel, s.stride);
-    let out_shape = vec![b, s.out_channels, ho, wo];
-    if let Some(r) = residual {
-        if r.shape != out_shape {
-            return Err(Error::Backend(format!("conv2d: residual {:?} does not match output {out_shape:?}", r.shape)));
-        }
-    }
+    let out_shape = conv_output(s, &x.shape, residual.map(|r| &r.shape[..]))?;
+    let [_, c, h, w] = x.dims4()?;
+    let [_, _, ho, wo] = out_shape;
+    let (_, pad_top) = s.padding.resolve(h, s.kernel, s.stride);
+    let (_, pad_left) = s.padding.resolve(w, s.kernel, s.stride);
     let g = Geometry { c, h, w, ho, wo, pad_top, pad_left, k: s.kernel, stride: s.stride };
     let depthwise = s.groups == c && s.groups == s.out_channels && s.groups > 1;
     let out = if depthwise {
@@ -31,7 +25,7 @@ pub fn conv2d(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Resu
     } else {
         banded_gemm(x, conv, residual, &g)
     };
-    Ok(Tensor::new(out_shape, out))
+    Ok(Tensor::new(out_shape.to_vec(), out))
 }
 
 /// Floats of one im2col band: 8 MB, so the band the product reads stays in cache. A band is a

@@ -1,6 +1,7 @@
 //! PatchCore's neighbourhood-aware patch embedding on the CPU.
 
-use crate::error::{Error, Result};
+use crate::backend::checks::embed_args;
+use crate::error::Result;
 use crate::resample::resize_bilinear;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -22,20 +23,13 @@ fn avg_pool3(plane: &[f32], h: usize, w: usize, out: &mut [f32]) {
 }
 
 pub fn embed(layers: &[&Tensor]) -> Result<Tensor> {
-    let first = layers.first().ok_or_else(|| Error::Backend("embed: no feature maps".into()))?;
-    let [b, _, gh, gw] = first.dims4()?;
-    let mut dims = Vec::with_capacity(layers.len());
-    for layer in layers {
-        let [lb, c, h, w] = layer.dims4()?;
-        if lb != b {
-            return Err(Error::Backend(format!("embed: batch sizes differ ({lb} vs {b})")));
-        }
-        dims.push((c, h, w));
-    }
-    let total: usize = dims.iter().map(|d| d.0).sum();
+    let shapes: Vec<&[usize]> = layers.iter().map(|l| &l.shape[..]).collect();
+    let dims = embed_args(&shapes)?;
+    let [b, _, gh, gw] = dims[0];
+    let total: usize = dims.iter().map(|d| d[1]).sum();
     let mut rows = vec![0.0f32; b * gh * gw * total];
     let mut offset = 0;
-    for (layer, &(c, h, w)) in layers.iter().zip(&dims) {
+    for (layer, &[_, c, h, w]) in layers.iter().zip(&dims) {
         // Pool and resize each channel plane, then scatter it into its column of the rows.
         let planes: Vec<Vec<f32>> = layer
             .data

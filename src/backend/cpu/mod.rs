@@ -14,8 +14,9 @@ pub use coreset::l2_distance;
 pub use knn::squared_norms;
 pub use matmul::sgemm;
 
+use super::checks::{coreset_args, knn_args};
 use super::{Backend, ConvWeights};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug, Default)]
@@ -70,22 +71,13 @@ impl Backend for CpuBackend {
     }
 
     fn knn(&self, queries: &Tensor, bank: &CpuBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
-        let [_, d] = queries.dims2()?;
         let [m, bank_d] = bank.rows.dims2()?;
-        if d != bank_d {
-            return Err(Error::Backend(format!("knn: queries have {d} dims, the bank {bank_d}")));
-        }
-        if k == 0 || k > m {
-            return Err(Error::Backend(format!("knn: k = {k} must be in 1..={m} (the bank size)")));
-        }
+        let [_, d] = knn_args(&queries.shape, m, bank_d, k)?;
         Ok(knn::knn_topk(&queries.data, &bank.rows.data, &bank.sq_norms, d, k))
     }
 
     fn coreset(&self, rows: &Tensor, n_select: usize, start: usize) -> Result<Vec<u32>> {
-        let [n, d] = rows.dims2()?;
-        if n_select > n || start >= n {
-            return Err(Error::Backend(format!("coreset: cannot select {n_select} of {n} rows from start {start}")));
-        }
+        let [_, d] = coreset_args(&rows.shape, n_select, start)?;
         Ok(coreset::greedy_coreset(&rows.data, d, n_select, start))
     }
 

@@ -1,17 +1,14 @@
 //! Max pooling (ResNet's stem).
 
-use crate::error::{Error, Result};
+use crate::backend::checks::pool_output;
+use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Max pooling with implicit -inf padding, as torch.nn.MaxPool2d.
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let [b, c, h, w] = x.dims4()?;
-    if kernel == 0 || stride == 0 || h + 2 * padding < kernel || w + 2 * padding < kernel {
-        return Err(Error::Backend(format!("max_pool: kernel {kernel} stride {stride} does not fit {h}x{w}")));
-    }
-    let ho = (h + 2 * padding - kernel) / stride + 1;
-    let wo = (w + 2 * padding - kernel) / stride + 1;
+    let [b, c, ho, wo] = pool_output(&x.shape, kernel, stride, padding)?;
+    let [_, _, h, w] = x.dims4()?;
     let mut out = vec![0.0f32; b * c * ho * wo];
     out.par_chunks_mut(ho * wo).zip(x.data.par_chunks(h * w)).for_each(|(dst, src)| {
         for oy in 0..ho {

@@ -1,0 +1,191 @@
+//! The backend `--device` chose, as one type: the CLI, the C ABI and the tests hold an
+//! `AnyBackend` instead of being generic, and its tensors remember which device they live on.
+//! Without the `cuda` feature the CUDA variants are uninhabited and cost nothing.
+
+use super::{Backend, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Precision};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+// One lives per model, so the size of the CUDA variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
+pub enum AnyBackend {
+    Cpu(CpuBackend),
+    Cuda(CudaBackend),
+}
+
+pub enum AnyTensor {
+    Cpu(<CpuBackend as Backend>::Tensor),
+    Cuda(<CudaBackend as Backend>::Tensor),
+}
+
+pub enum AnyConv {
+    Cpu(<CpuBackend as Backend>::Conv),
+    Cuda(<CudaBackend as Backend>::Conv),
+}
+
+pub enum AnyBank {
+    Cpu(<CpuBackend as Backend>::Bank),
+    Cuda(<CudaBackend as Backend>::Bank),
+}
+
+impl AnyBackend {
+    /// The backend for `device`. `Auto` takes CUDA device 0 when it works and otherwise the
+    /// CPU, calling `notice` with the reason; `Cuda(n)` fails with the reason.
+    pub fn open(device: DeviceChoice, precision: Precision, notice: impl FnOnce(&Error)) -> Result<Self> {
+        match device {
+            DeviceChoice::Cpu => Ok(AnyBackend::Cpu(CpuBackend)),
+            DeviceChoice::Cuda(n) => CudaBackend::new(n, precision).map(AnyBackend::Cuda),
+            DeviceChoice::Auto => Ok(match CudaBackend::new(0, precision) {
+                Ok(cuda) => AnyBackend::Cuda(cuda),
+                Err(e) => {
+                    notice(&e);
+                    AnyBackend::Cpu(CpuBackend)
+                }
+            }),
+        }
+    }
+}
+
+impl AnyTensor {
+    /// A tensor knows its own shape, whichever backend asks.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            AnyTensor::Cpu(t) => &t.shape,
+            AnyTensor::Cuda(t) => cuda_shape(t),
+        }
+    }
+}
+
+/// A tensor, convolution or bank of one backend handed to another: a programming error, but
+/// reported, never a panic.
+fn mixed(what: &str) -> Error {
+    Error::Backend(format!("{what}: operands live on different devices"))
+}
+
+impl Backend for AnyBackend {
+    type Tensor = AnyTensor;
+    type Conv = AnyConv;
+    type Bank = AnyBank;
+
+    fn describe(&self) -> String {
+        match self {
+            AnyBackend::Cpu(b) => b.describe(),
+            AnyBackend::Cuda(b) => b.describe(),
+        }
+    }
+
+    fn upload(&self, tensor: &Tensor) -> Result<AnyTensor> {
+        match self {
+            AnyBackend::Cpu(b) => b.upload(tensor).map(AnyTensor::Cpu),
+            AnyBackend::Cuda(b) => b.upload(tensor).map(AnyTensor::Cuda),
+        }
+    }
+
+    fn download(&self, tensor: &AnyTensor) -> Result<Tensor> {
+        match (self, tensor) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(t)) => b.download(t),
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(t)) => b.download(t),
+            _ => Err(mixed("download")),
+        }
+    }
+
+    fn shape<'a>(&self, tensor: &'a AnyTensor) -> &'a [usize] {
+        tensor.shape()
+    }
+
+    fn prepare_conv(&self, weights: &ConvWeights) -> Result<AnyConv> {
+        match self {
+            AnyBackend::Cpu(b) => b.prepare_conv(weights).map(AnyConv::Cpu),
+            AnyBackend::Cuda(b) => b.prepare_conv(weights).map(AnyConv::Cuda),
+        }
+    }
+
+    fn conv2d(&self, x: &AnyTensor, conv: &AnyConv, residual: Option<&AnyTensor>) -> Result<AnyTensor> {
+        match (self, x, conv, residual) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(x), AnyConv::Cpu(c), None) => b.conv2d(x, c, None).map(AnyTensor::Cpu),
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(x), AnyConv::Cpu(c), Some(AnyTensor::Cpu(r))) => {
+                b.conv2d(x, c, Some(r)).map(AnyTensor::Cpu)
+            }
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(x), AnyConv::Cuda(c), None) => {
+                b.conv2d(x, c, None).map(AnyTensor::Cuda)
+            }
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(x), AnyConv::Cuda(c), Some(AnyTensor::Cuda(r))) => {
+                b.conv2d(x, c, Some(r)).map(AnyTensor::Cuda)
+            }
+            _ => Err(mixed("conv2d")),
+        }
+    }
+
+    fn max_pool(&self, x: &AnyTensor, kernel: usize, stride: usize, padding: usize) -> Result<AnyTensor> {
+        match (self, x) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(x)) => b.max_pool(x, kernel, stride, padding).map(AnyTensor::Cpu),
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(x)) => b.max_pool(x, kernel, stride, padding).map(AnyTensor::Cuda),
+            _ => Err(mixed("max_pool")),
+        }
+    }
+
+    fn embed(&self, layers: &[&AnyTensor]) -> Result<AnyTensor> {
+        match self {
+            AnyBackend::Cpu(b) => {
+                let layers = layers
+                    .iter()
+                    .map(|l| match l {
+                        AnyTensor::Cpu(t) => Ok(t),
+                        _ => Err(mixed("embed")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                b.embed(&layers).map(AnyTensor::Cpu)
+            }
+            AnyBackend::Cuda(b) => {
+                let layers = layers
+                    .iter()
+                    .map(|l| match l {
+                        AnyTensor::Cuda(t) => Ok(t),
+                        _ => Err(mixed("embed")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                b.embed(&layers).map(AnyTensor::Cuda)
+            }
+        }
+    }
+
+    fn prepare_bank(&self, rows: &Tensor) -> Result<AnyBank> {
+        match self {
+            AnyBackend::Cpu(b) => b.prepare_bank(rows).map(AnyBank::Cpu),
+            AnyBackend::Cuda(b) => b.prepare_bank(rows).map(AnyBank::Cuda),
+        }
+    }
+
+    fn knn(&self, queries: &AnyTensor, bank: &AnyBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+        match (self, queries, bank) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(q), AnyBank::Cpu(m)) => b.knn(q, m, k),
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(q), AnyBank::Cuda(m)) => b.knn(q, m, k),
+            _ => Err(mixed("knn")),
+        }
+    }
+
+    fn coreset(&self, rows: &AnyTensor, n_select: usize, start: usize) -> Result<Vec<u32>> {
+        match (self, rows) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(r)) => b.coreset(r, n_select, start),
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(r)) => b.coreset(r, n_select, start),
+            _ => Err(mixed("coreset")),
+        }
+    }
+
+    fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor> {
+        match self {
+            AnyBackend::Cpu(b) => b.anomaly_map(scores, out_h, out_w, sigma),
+            AnyBackend::Cuda(b) => b.anomaly_map(scores, out_h, out_w, sigma),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_shape(t: &<CudaBackend as Backend>::Tensor) -> &[usize] {
+    t.shape()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_shape(t: &<CudaBackend as Backend>::Tensor) -> &[usize] {
+    match *t {}
+}

@@ -1,0 +1,470 @@
+//! The CUDA backend proper: one context, one stream, our kernels and cuDNN. Everything between
+//! `upload` and the small results of `knn`, `coreset` and `anomaly_map` stays on the device and
+//! is ordered by the stream alone, so no call waits for the GPU except those that return data.
+
+use super::dnn::{alloc_error, ConvCall, Dnn};
+use super::kernels::{Kernels, KnnPartial};
+use super::launch::{
+    conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, ExplicitPad, GRID_CAP, MAX_BLUR_RADIUS,
+};
+use super::{probe, Precision};
+use crate::backend::checks::{conv_output, coreset_args, embed_args, knn_args, map_args, pool_output};
+use crate::backend::cpu::{gaussian_taps, squared_norms};
+use crate::backend::{Activation, Backend, ConvSpec, ConvWeights};
+use crate::error::{Error, Result};
+use crate::tensor::{dims, Tensor};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError, PushKernelArg};
+use half::f16;
+use std::sync::{Arc, Mutex};
+
+/// An activation or a rows x dims matrix in device memory.
+pub struct CudaTensor {
+    shape: Vec<usize>,
+    data: CudaSlice<f32>,
+}
+
+impl CudaTensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// A convolution's folded weights and bias in device memory.
+pub struct CudaConv {
+    spec: ConvSpec,
+    weight: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+}
+
+/// The memory bank in the precision the distance kernel reads, with f32 squared norms computed
+/// on the host exactly as the CPU backend does.
+pub struct CudaBank {
+    rows: usize,
+    dims: usize,
+    data: BankRows,
+    norms: CudaSlice<f32>,
+}
+
+enum BankRows {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+}
+
+pub struct CudaBackend {
+    ordinal: usize,
+    name: String,
+    sm_count: usize,
+    precision: Precision,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    dnn: Mutex<Dnn>,
+    // Dropped last: the context outlives every buffer and module made in it.
+    _ctx: Arc<CudaContext>,
+}
+
+fn driver_error(what: &'static str) -> impl Fn(DriverError) -> Error {
+    move |e| Error::Backend(format!("CUDA {what}: {e}"))
+}
+
+/// The kernel parameter for an absent pointer (`residual` of `bias_act`).
+const NULL: u64 = 0;
+
+impl CudaBackend {
+    /// Device `ordinal`, after `probe` has confirmed the libraries and the device exist.
+    pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
+        probe(ordinal)?;
+        let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
+        // SAFETY: the backend uses one stream, so the stream alone orders every use of every
+        // buffer; cudarc's cross-stream events would only add a record/wait per launch.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver_error("stream"))?;
+        let kernels = Kernels::load(&ctx)?;
+        let dnn = Dnn::new(stream.clone(), precision != Precision::F32)?;
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_error("device attribute"))? as usize;
+        let name = ctx.name().map_err(driver_error("device name"))?;
+        Ok(CudaBackend { ordinal, name, sm_count, precision, stream, kernels, dnn: Mutex::new(dnn), _ctx: ctx })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The stream every operation runs on (benches time it and put cuBLAS on it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for everything queued so far.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver_error("synchronize"))
+    }
+
+    fn alloc<T: cudarc::driver::DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller's kernel writes all `len` elements before anything reads them.
+        unsafe { self.stream.alloc::<T>(len) }.map_err(alloc_error)
+    }
+
+    fn download_vec<T: cudarc::driver::DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>> {
+        let host = self.stream.clone_dtoh(data).map_err(driver_error("copy to host"))?;
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    /// Copies an NCHW tensor into a zero-padded buffer (TF-same's asymmetric padding).
+    fn pad(&self, x: &CudaSlice<f32>, [b, c, h, w]: [usize; 4], e: ExplicitPad) -> Result<CudaSlice<f32>> {
+        let total = b * c * e.height * e.width;
+        fits_i32("pad", &[total])?;
+        let mut out = self.alloc::<f32>(total)?;
+        let (planes, h, w, top, left, ph, pw) =
+            ((b * c) as i32, h as i32, w as i32, e.top as i32, e.left as i32, e.height as i32, e.width as i32);
+        let f = &self.kernels.pad_nchw;
+        // SAFETY: pad_nchw's contract (kernels/conv.cu): x is planes x h x w, out planes x ph x pw.
+        unsafe {
+            self.stream
+                .launch_builder(f)
+                .arg(x)
+                .arg(&planes)
+                .arg(&h)
+                .arg(&w)
+                .arg(&top)
+                .arg(&left)
+                .arg(&ph)
+                .arg(&pw)
+                .arg(&mut out)
+                .launch(grid_stride(total, GRID_CAP, 0))
+        }
+        .map_err(driver_error("pad_nchw launch"))?;
+        Ok(out)
+    }
+
+    /// y = activation(y + bias + residual) in place: the epilogue cuDNN could not fuse.
+    fn bias_act(
+        &self,
+        y: &mut CudaSlice<f32>,
+        conv: &CudaConv,
+        residual: Option<&CudaTensor>,
+        out: [usize; 4],
+    ) -> Result<()> {
+        let [b, c, h, w] = out;
+        let act: i32 = match conv.spec.activation {
+            Activation::None => 0,
+            Activation::Relu => 1,
+            Activation::Relu6 => 2,
+        };
+        let (b, c, hw) = (b as i32, c as i32, (h * w) as i32);
+        let f = &self.kernels.bias_act;
+        // SAFETY: bias_act's contract (kernels/conv.cu): y and residual are b x c x hw, bias c;
+        // a null residual is skipped.
+        unsafe {
+            let mut launch = self.stream.launch_builder(f);
+            launch.arg(y).arg(&conv.bias);
+            match residual {
+                Some(r) => launch.arg(&r.data),
+                None => launch.arg(&NULL),
+            };
+            launch.arg(&b).arg(&c).arg(&hw).arg(&act).launch(grid_stride(out.iter().product(), GRID_CAP, 0))
+        }
+        .map_err(driver_error("bias_act launch"))?;
+        Ok(())
+    }
+
+    /// One squared norm per row, accumulated in f64 like the CPU's `squared_norms`.
+    fn row_norms(&self, rows: &CudaSlice<f32>, n: usize, d: usize) -> Result<CudaSlice<f32>> {
+        let mut norms = self.alloc::<f32>(n)?;
+        let (n32, d32) = (n as i32, d as i32);
+        // SAFETY: squared_norms' contract (kernels/knn.cu): rows is n x d, norms n.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.squared_norms)
+                .arg(rows)
+                .arg(&n32)
+                .arg(&d32)
+                .arg(&mut norms)
+                .launch(norms_config(n))
+        }
+        .map_err(driver_error("squared_norms launch"))?;
+        Ok(norms)
+    }
+
+    fn to_f16(&self, src: &CudaSlice<f32>) -> Result<CudaSlice<f16>> {
+        let n = src.len();
+        let mut dst = self.alloc::<f16>(n)?;
+        let n64 = n as i64;
+        // SAFETY: to_f16's contract (kernels/knn.cu): n elements each side, grid-stride.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.to_f16)
+                .arg(src)
+                .arg(&mut dst)
+                .arg(&n64)
+                .launch(grid_stride(n, 4096, 0))
+        }
+        .map_err(driver_error("to_f16 launch"))?;
+        Ok(dst)
+    }
+
+    fn knn_kernels(&self) -> &KnnPartial {
+        match self.precision {
+            Precision::F32 => &self.kernels.knn_f32,
+            Precision::Tf32 => &self.kernels.knn_tf32,
+            Precision::F16 => &self.kernels.knn_f16,
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Conv = CudaConv;
+    type Bank = CudaBank;
+
+    fn describe(&self) -> String {
+        format!("cuda:{} {} ({} SMs, {:?})", self.ordinal, self.name, self.sm_count, self.precision)
+    }
+
+    fn upload(&self, tensor: &Tensor) -> Result<CudaTensor> {
+        let data = self.stream.clone_htod(&tensor.data).map_err(driver_error("copy to device"))?;
+        Ok(CudaTensor { shape: tensor.shape.clone(), data })
+    }
+
+    fn download(&self, tensor: &CudaTensor) -> Result<Tensor> {
+        Ok(Tensor::new(tensor.shape.clone(), self.download_vec(&tensor.data)?))
+    }
+
+    fn shape<'a>(&self, tensor: &'a CudaTensor) -> &'a [usize] {
+        &tensor.shape
+    }
+
+    fn prepare_conv(&self, weights: &ConvWeights) -> Result<CudaConv> {
+        let weight = self.stream.clone_htod(&weights.weight).map_err(driver_error("copy to device"))?;
+        let bias = self.stream.clone_htod(&weights.bias).map_err(driver_error("copy to device"))?;
+        Ok(CudaConv { spec: weights.spec, weight, bias })
+    }
+
+    fn conv2d(&self, x: &CudaTensor, conv: &CudaConv, residual: Option<&CudaTensor>) -> Result<CudaTensor> {
+        let out = conv_output(&conv.spec, &x.shape, residual.map(|r| &r.shape[..]))?;
+        fits_i32("conv2d", &[x.data.len(), out.iter().product()])?;
+        let x_dims = dims::<4>(&x.shape)?;
+        let plan = conv_plan(&conv.spec, x_dims);
+        let padded = plan.explicit.map(|e| self.pad(&x.data, x_dims, e)).transpose()?;
+        let (input, input_dims) = match (&padded, plan.explicit) {
+            (Some(p), Some(e)) => (p, [x_dims[0], x_dims[1], e.height, e.width]),
+            _ => (&x.data, x_dims),
+        };
+        let call = ConvCall {
+            spec: &conv.spec,
+            x_dims: input_dims,
+            pad: plan.pad,
+            out,
+            x: input,
+            weight: &conv.weight,
+            bias: &conv.bias,
+            residual: residual.map(|r| &r.data),
+        };
+        let (mut y, fused) =
+            self.dnn.lock().map_err(|_| Error::Backend("an earlier cuDNN call panicked".into()))?.conv(&call)?;
+        if !fused {
+            self.bias_act(&mut y, conv, residual, out)?;
+        }
+        Ok(CudaTensor { shape: out.to_vec(), data: y })
+    }
+
+    fn max_pool(&self, x: &CudaTensor, kernel: usize, stride: usize, padding: usize) -> Result<CudaTensor> {
+        let out = pool_output(&x.shape, kernel, stride, padding)?;
+        fits_i32("max_pool", &[x.data.len()])?;
+        let mut dnn = self.dnn.lock().map_err(|_| Error::Backend("an earlier cuDNN call panicked".into()))?;
+        let data = dnn.max_pool(&x.data, dims::<4>(&x.shape)?, out, (kernel, stride, padding))?;
+        Ok(CudaTensor { shape: out.to_vec(), data })
+    }
+
+    fn embed(&self, layers: &[&CudaTensor]) -> Result<CudaTensor> {
+        let shapes: Vec<&[usize]> = layers.iter().map(|l| &l.shape[..]).collect();
+        let dims = embed_args(&shapes)?;
+        let [b, _, gh, gw] = dims[0];
+        let width: usize = dims.iter().map(|d| d[1]).sum();
+        fits_i32("embed", &[b * gh * gw * width])?;
+        // Every column is written: the layers' channel ranges tile [0, width).
+        let mut rows = self.alloc::<f32>(b * gh * gw * width)?;
+        let mut offset = 0;
+        for (layer, &[_, c, h, w]) in layers.iter().zip(&dims) {
+            let args = [b, c, h, w, gh, gw, width, offset].map(|v| v as i32);
+            // SAFETY: embed_layer's contract (kernels/embed.cu): feat is b x c x h x w, rows is
+            // (b * gh * gw) x width, and this layer writes columns offset..offset + c.
+            unsafe {
+                let mut launch = self.stream.launch_builder(&self.kernels.embed_layer);
+                launch.arg(&layer.data);
+                for a in &args {
+                    launch.arg(a);
+                }
+                launch.arg(&mut rows).launch(grid_stride(b * gh * gw * c, GRID_CAP, 0))
+            }
+            .map_err(driver_error("embed_layer launch"))?;
+            offset += c;
+        }
+        Ok(CudaTensor { shape: vec![b * gh * gw, width], data: rows })
+    }
+
+    fn prepare_bank(&self, rows: &Tensor) -> Result<CudaBank> {
+        let [m, d] = rows.dims2()?;
+        fits_i32("bank", &[m * d])?;
+        let norms = self.stream.clone_htod(&squared_norms(&rows.data, d)).map_err(driver_error("copy to device"))?;
+        let data = match self.precision {
+            Precision::F16 => {
+                let half: Vec<f16> = rows.data.iter().map(|&v| f16::from_f32(v)).collect();
+                BankRows::F16(self.stream.clone_htod(&half).map_err(driver_error("copy to device"))?)
+            }
+            _ => BankRows::F32(self.stream.clone_htod(&rows.data).map_err(driver_error("copy to device"))?),
+        };
+        Ok(CudaBank { rows: m, dims: d, data, norms })
+    }
+
+    fn knn(&self, queries: &CudaTensor, bank: &CudaBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+        let [nq, d] = knn_args(&queries.shape, bank.rows, bank.dims, k)?;
+        if nq == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let plan = knn_plan(nq, bank.rows, d, k, self.sm_count)?;
+        let q_norms = self.row_norms(&queries.data, nq, d)?;
+        let mut cand_d = self.alloc::<f32>(nq * plan.per_query)?;
+        let mut cand_i = self.alloc::<u32>(nq * plan.per_query)?;
+        let kernels = self.knn_kernels();
+        let f = if k == 1 { &kernels.k1 } else { &kernels.k16 };
+        let ints = [nq, bank.rows, d, k, plan.chunk].map(|v| v as i32);
+        let [nq32, m32, d32, k32, chunk32] = ints;
+        let queries16 = match bank.data {
+            BankRows::F16(_) => Some(self.to_f16(&queries.data)?),
+            BankRows::F32(_) => None,
+        };
+        // SAFETY: knn.cu's partial contract: queries nq x d (f16 when the bank is), q_norms nq,
+        // bank m x d, norms m, and nq x per_query candidate slots each side.
+        unsafe {
+            let mut launch = self.stream.launch_builder(f);
+            match (&queries16, &bank.data) {
+                (Some(q), BankRows::F16(rows)) => launch.arg(q).arg(&q_norms).arg(&nq32).arg(rows),
+                (None, BankRows::F32(rows)) => launch.arg(&queries.data).arg(&q_norms).arg(&nq32).arg(rows),
+                _ => unreachable!("queries16 exists exactly when the bank is f16"),
+            };
+            launch.arg(&bank.norms).arg(&m32).arg(&d32).arg(&k32).arg(&chunk32).arg(&mut cand_d).arg(&mut cand_i);
+            launch.launch(plan.partial)
+        }
+        .map_err(driver_error("knn partial launch"))?;
+        let mut out_d = self.alloc::<f32>(nq * k)?;
+        let mut out_i = self.alloc::<u32>(nq * k)?;
+        let per_query = plan.per_query as i32;
+        // SAFETY: knn_merge's contract: nq x per_query candidates in, nq x k results out.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.knn_merge)
+                .arg(&cand_d)
+                .arg(&cand_i)
+                .arg(&nq32)
+                .arg(&per_query)
+                .arg(&k32)
+                .arg(&mut out_d)
+                .arg(&mut out_i)
+                .launch(plan.merge)
+        }
+        .map_err(driver_error("knn merge launch"))?;
+        Ok((self.download_vec(&out_d)?, self.download_vec(&out_i)?))
+    }
+
+    fn coreset(&self, rows: &CudaTensor, n_select: usize, start: usize) -> Result<Vec<u32>> {
+        let [n, d] = coreset_args(&rows.shape, n_select, start)?;
+        if n_select == 0 {
+            return Ok(Vec::new());
+        }
+        let config = coreset_config(n, d, self.sm_count)?;
+        let blocks = config.grid_dim.0 as usize;
+        let mut min_dist = self.alloc::<f32>(n)?;
+        let (n64, inf) = (n as i64, f32::INFINITY);
+        // SAFETY: fill_f32's contract (kernels/coreset.cu): n elements, grid-stride.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.fill_f32)
+                .arg(&mut min_dist)
+                .arg(&n64)
+                .arg(&inf)
+                .launch(grid_stride(n, 4096, 0))
+        }
+        .map_err(driver_error("fill_f32 launch"))?;
+        let mut selected = self.stream.alloc_zeros::<u32>(n_select).map_err(alloc_error)?;
+        let mut block_d = self.alloc::<f32>(blocks)?;
+        let mut block_i = self.alloc::<u32>(blocks)?;
+        let mut counter = self.stream.alloc_zeros::<u32>(1).map_err(alloc_error)?;
+        let rows16 = match self.precision {
+            Precision::F16 => Some(self.to_f16(&rows.data)?),
+            _ => None,
+        };
+        let (n32, d32, start32) = (n as i32, d as i32, start as u32);
+        // One launch per selection, queued without waiting: the kernel reads its centre from
+        // `selected`, where the previous launch's last block wrote it.
+        for step in 0..n_select as i32 {
+            // SAFETY: coreset_step's contract (kernels/coreset.cu): rows n x d, min_dist n,
+            // selected n_select, block_d/block_i one per block, counter zeroed once above.
+            unsafe {
+                let mut launch = match &rows16 {
+                    Some(r) => {
+                        let mut l = self.stream.launch_builder(&self.kernels.coreset_step_f16);
+                        l.arg(r);
+                        l
+                    }
+                    None => {
+                        let mut l = self.stream.launch_builder(&self.kernels.coreset_step_f32);
+                        l.arg(&rows.data);
+                        l
+                    }
+                };
+                launch
+                    .arg(&n32)
+                    .arg(&d32)
+                    .arg(&start32)
+                    .arg(&step)
+                    .arg(&mut min_dist)
+                    .arg(&mut selected)
+                    .arg(&mut block_d)
+                    .arg(&mut block_i)
+                    .arg(&mut counter)
+                    .launch(config)
+            }
+            .map_err(driver_error("coreset_step launch"))?;
+        }
+        self.download_vec(&selected)
+    }
+
+    fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor> {
+        let [b, h, w] = map_args(&scores.shape, out_h, out_w, sigma)?;
+        let taps = gaussian_taps(sigma);
+        let radius = taps.len() / 2;
+        if radius > MAX_BLUR_RADIUS {
+            return Err(Error::Backend(format!(
+                "anomaly_map: sigma {sigma} needs a {radius}-pixel radius; the CUDA blur takes at most {MAX_BLUR_RADIUS}"
+            )));
+        }
+        let total = b * out_h * out_w;
+        fits_i32("anomaly_map", &[total, scores.data.len()])?;
+        let grid = self.stream.clone_htod(&scores.data).map_err(driver_error("copy to device"))?;
+        let taps_d = self.stream.clone_htod(&taps).map_err(driver_error("copy to device"))?;
+        let mut tmp = self.alloc::<f32>(total)?;
+        let mut out = self.alloc::<f32>(total)?;
+        let config = grid_stride(total, GRID_CAP, (taps.len() * 4) as u32);
+        let [b32, h32, w32, oh32, ow32, r32] = [b, h, w, out_h, out_w, radius].map(|v| v as i32);
+        // SAFETY: blur.cu's contract: scores b x h x w, taps 2 * radius + 1 (in the dynamic
+        // shared memory the config reserves), tmp and out b x out_h x out_w.
+        unsafe {
+            let rows = &self.kernels.blur_rows;
+            let mut launch = self.stream.launch_builder(rows);
+            launch.arg(&grid).arg(&b32).arg(&h32).arg(&w32).arg(&oh32).arg(&ow32).arg(&taps_d).arg(&r32);
+            launch.arg(&mut tmp).launch(config)
+        }
+        .map_err(driver_error("blur_rows launch"))?;
+        // SAFETY: as above.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.blur_cols);
+            launch.arg(&tmp).arg(&b32).arg(&oh32).arg(&ow32).arg(&taps_d).arg(&r32).arg(&mut out).launch(config)
+        }
+        .map_err(driver_error("blur_cols launch"))?;
+        Ok(Tensor::new(vec![b, out_h, out_w], self.download_vec(&out)?))
+    }
+}

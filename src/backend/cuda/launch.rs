@@ -1,0 +1,228 @@
+//! Launch geometry for kernels/*.cu, kept apart from the launches so that it is tested without a
+//! GPU. Each constant mirrors the kernel contract written at the top of the .cu file it names;
+//! each size that a kernel indexes with a 32-bit `int` is checked to fit here, before launch.
+
+use super::super::{ConvSpec, Padding};
+use crate::error::{Error, Result};
+use cudarc::driver::LaunchConfig;
+
+/// Threads per block of every element-wise and grid-stride kernel.
+pub const BLOCK: u32 = 256;
+/// The grid cap of grid-stride kernels: the loop covers the rest, so a cap only trades blocks
+/// for iterations; 65,535 keeps any grid valid on every GPU generation.
+pub const GRID_CAP: u32 = 65_535;
+/// knn.cu: queries per block, bank rows per tile (a split is a whole number of them), candidate
+/// lists kept per (query, split), threads per block, and queries per merge block.
+pub const KNN_TILE_Q: usize = 64;
+pub const KNN_TILE_M: usize = 64;
+pub const KNN_LISTS: usize = 4;
+pub const KNN_MERGE_BLOCK: u32 = 128;
+/// The largest k knn.cu's register-resident lists hold.
+pub const KNN_MAX_K: usize = 16;
+/// coreset.cu: rows per block per grid-stride step (a half-warp per row).
+pub const CORESET_ROWS_PER_BLOCK: usize = 16;
+/// blur.cu keeps the taps in shared memory: 2 * 256 + 1 of them at most (sigma <= 63).
+pub const MAX_BLUR_RADIUS: usize = 256;
+/// knn.cu's `squared_norms`: one warp per row, 8 rows per block.
+pub const NORM_ROWS_PER_BLOCK: usize = 8;
+
+/// Refuses sizes a kernel would index past `i32::MAX` with.
+pub fn fits_i32(what: &str, values: &[usize]) -> Result<()> {
+    match values.iter().find(|&&v| v > i32::MAX as usize) {
+        None => Ok(()),
+        Some(v) => Err(Error::Backend(format!(
+            "{what}: {v} elements is more than one launch indexes (2^31 - 1); split the batch"
+        ))),
+    }
+}
+
+/// A grid-stride launch over `total` items: one thread per item up to `cap` blocks.
+pub fn grid_stride(total: usize, cap: u32, shared_mem_bytes: u32) -> LaunchConfig {
+    let blocks = total.div_ceil(BLOCK as usize).clamp(1, cap as usize) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes }
+}
+
+/// `squared_norms`: a warp per row.
+pub fn norms_config(rows: usize) -> LaunchConfig {
+    let blocks = rows.div_ceil(NORM_ROWS_PER_BLOCK).max(1) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// How one kNN call is cut up: query blocks x bank splits for the partial top-k, then a merge.
+#[derive(Clone, Copy, Debug)]
+pub struct KnnPlan {
+    pub partial: LaunchConfig,
+    /// Bank rows per split, a multiple of KNN_TILE_M; splits * chunk >= m.
+    pub chunk: usize,
+    pub splits: usize,
+    /// Candidates per query the merge reads: splits * KNN_LISTS * k.
+    pub per_query: usize,
+    pub merge: LaunchConfig,
+}
+
+/// Splits the bank until about `4 * sm_count` blocks are in flight: a small query batch (one
+/// image is 1,024 queries, 16 blocks) would otherwise leave most of an H200's 132 SMs idle,
+/// while every split adds `KNN_LISTS * k` candidates per query for the merge to read.
+pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, sm_count: usize) -> Result<KnnPlan> {
+    if nq == 0 || m == 0 || d == 0 || k == 0 || k > KNN_MAX_K.min(m) {
+        return Err(Error::Backend(format!(
+            "knn: {nq} queries, {m} bank rows, {d} dims, k = {k}: need all non-zero and k <= {KNN_MAX_K} on CUDA"
+        )));
+    }
+    let query_blocks = nq.div_ceil(KNN_TILE_Q);
+    let bank_tiles = m.div_ceil(KNN_TILE_M);
+    let wanted = (4 * sm_count.max(1)).div_ceil(query_blocks).clamp(1, bank_tiles);
+    let chunk = bank_tiles.div_ceil(wanted) * KNN_TILE_M;
+    let splits = m.div_ceil(chunk);
+    let per_query = splits * KNN_LISTS * k;
+    fits_i32("knn", &[nq * d, m * d, nq * per_query, query_blocks])?;
+    Ok(KnnPlan {
+        partial: LaunchConfig {
+            grid_dim: (query_blocks as u32, splits as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        chunk,
+        splits,
+        per_query,
+        merge: LaunchConfig {
+            grid_dim: (nq.div_ceil(KNN_MERGE_BLOCK as usize) as u32, 1, 1),
+            block_dim: (KNN_MERGE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        },
+    })
+}
+
+/// `coreset_step_*`: a few blocks per SM stream the rows; more blocks would only lengthen the
+/// last block's reduction over all block results.
+pub fn coreset_config(n: usize, d: usize, sm_count: usize) -> Result<LaunchConfig> {
+    fits_i32("coreset", &[n * d])?;
+    let blocks = n.div_ceil(CORESET_ROWS_PER_BLOCK).clamp(1, 4 * sm_count.max(1)) as u32;
+    Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// Zero padding that cuDNN cannot express (it pads both sides alike): TF-same with an odd total
+/// puts the extra pixel at the bottom/right, so the input is copied into a padded buffer first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExplicitPad {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// How a convolution runs on cuDNN: its output shape, the symmetric padding cuDNN applies, and
+/// the explicit padding copy when one is needed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvPlan {
+    pub out: [usize; 4],
+    pub pad: [usize; 2],
+    pub explicit: Option<ExplicitPad>,
+}
+
+pub fn conv_plan(spec: &ConvSpec, x: [usize; 4]) -> ConvPlan {
+    let [b, _, h, w] = x;
+    let (ho, top) = spec.padding.resolve(h, spec.kernel, spec.stride);
+    let (wo, left) = spec.padding.resolve(w, spec.kernel, spec.stride);
+    let out = [b, spec.out_channels, ho, wo];
+    // Total padding along an axis, from the output size (TF-same can need none: saturate).
+    let total = |o: usize, i: usize| ((o - 1) * spec.stride + spec.kernel).saturating_sub(i);
+    let (total_h, total_w) = (total(ho, h), total(wo, w));
+    let symmetric = match spec.padding {
+        Padding::Symmetric(_) => true,
+        Padding::TfSame => total_h == 2 * top && total_w == 2 * left,
+    };
+    if symmetric {
+        ConvPlan { out, pad: [top, left], explicit: None }
+    } else {
+        let explicit = ExplicitPad { top, left, height: h + total_h, width: w + total_w };
+        ConvPlan { out, pad: [0, 0], explicit: Some(explicit) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Activation;
+
+    fn spec(kernel: usize, stride: usize, padding: Padding) -> ConvSpec {
+        ConvSpec { in_channels: 8, out_channels: 16, kernel, stride, padding, groups: 1, activation: Activation::Relu }
+    }
+
+    /// cuDNN's output size for symmetric padding `pad`.
+    fn cudnn_out(input: usize, pad: usize, kernel: usize, stride: usize) -> usize {
+        (input + 2 * pad - kernel) / stride + 1
+    }
+
+    #[test]
+    fn conv_plans_reproduce_the_padding_rule_through_cudnn_arithmetic() {
+        for padding in [Padding::TfSame, Padding::Symmetric(0), Padding::Symmetric(1), Padding::Symmetric(3)] {
+            for (kernel, stride) in [(1, 1), (1, 2), (3, 1), (3, 2), (5, 1), (5, 2), (7, 2)] {
+                for size in [1usize, 2, 7, 8, 13, 14, 224, 225] {
+                    if let Padding::Symmetric(p) = padding {
+                        if size + 2 * p < kernel {
+                            continue;
+                        }
+                    }
+                    let s = spec(kernel, stride, padding);
+                    let plan = conv_plan(&s, [2, 8, size, size + 1]);
+                    let (h, w) = plan.explicit.map_or((size, size + 1), |e| (e.height, e.width));
+                    let got = [cudnn_out(h, plan.pad[0], kernel, stride), cudnn_out(w, plan.pad[1], kernel, stride)];
+                    assert_eq!(got, [plan.out[2], plan.out[3]], "{padding:?} k{kernel} s{stride} {size}");
+                    if let Some(e) = plan.explicit {
+                        // The copy keeps the image at (top, left) and pads the rest with zeros.
+                        assert!(e.top + size <= e.height && e.left + size < e.width);
+                        assert!(e.height - size - e.top >= e.top, "the extra pixel goes bottom/right");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tf_same_pads_explicitly_only_when_the_total_is_odd() {
+        // EfficientNet-Lite's stem: 3x3 stride 2 on 224 -> 112 needs 1 pixel, bottom/right.
+        let plan = conv_plan(&spec(3, 2, Padding::TfSame), [1, 8, 224, 224]);
+        assert_eq!(plan.out, [1, 16, 112, 112]);
+        assert_eq!(plan.explicit, Some(ExplicitPad { top: 0, left: 0, height: 225, width: 225 }));
+        // 3x3 stride 1 needs 1 on each side: cuDNN's own padding.
+        let plan = conv_plan(&spec(3, 1, Padding::TfSame), [1, 8, 56, 56]);
+        assert_eq!((plan.pad, plan.explicit), ([1, 1], None));
+    }
+
+    #[test]
+    fn knn_plan_covers_the_bank_once_and_fills_the_gpu() {
+        for (nq, m, k) in [(1, 1, 1), (1024, 21_401, 9), (4096, 13_107, 1), (65, 64, 16), (32_768, 21_401, 9)] {
+            let plan = knn_plan(nq, m, 384, k, 132).unwrap();
+            assert_eq!(plan.chunk % KNN_TILE_M, 0);
+            assert!(plan.splits * plan.chunk >= m && (plan.splits - 1) * plan.chunk < m, "no empty split");
+            assert!(plan.partial.grid_dim.0 as usize * KNN_TILE_Q >= nq);
+            assert_eq!(plan.partial.grid_dim.1 as usize, plan.splits);
+            assert_eq!(plan.per_query, plan.splits * KNN_LISTS * k);
+            assert!(plan.merge.grid_dim.0 as usize * KNN_MERGE_BLOCK as usize >= nq);
+            let blocks = plan.partial.grid_dim.0 as usize * plan.splits;
+            assert!(blocks >= (4 * 132).min(nq.div_ceil(64) * m.div_ceil(64)) / 2, "{nq}x{m}: {blocks} blocks");
+        }
+    }
+
+    #[test]
+    fn knn_plan_refuses_what_the_kernels_cannot_do() {
+        assert!(knn_plan(10, 100, 8, 17, 132).unwrap_err().to_string().contains("k <= 16"));
+        assert!(knn_plan(10, 5, 8, 6, 132).is_err());
+        assert!(knn_plan(0, 5, 8, 1, 132).is_err());
+        let err = knn_plan(3_000_000, 100, 1536, 1, 132).unwrap_err().to_string();
+        assert!(err.contains("split the batch"), "{err}");
+    }
+
+    #[test]
+    fn grids_are_capped_and_never_empty() {
+        assert_eq!(grid_stride(0, GRID_CAP, 0).grid_dim.0, 1);
+        assert_eq!(grid_stride(257, GRID_CAP, 0).grid_dim.0, 2);
+        assert_eq!(grid_stride(usize::MAX / 2, GRID_CAP, 0).grid_dim.0, GRID_CAP);
+        assert_eq!(norms_config(17).grid_dim.0, 3);
+        let c = coreset_config(1_000_000, 341, 132).unwrap();
+        assert_eq!(c.grid_dim.0, 528);
+        assert_eq!(coreset_config(20, 4, 132).unwrap().grid_dim.0, 2);
+        assert!(coreset_config(2_000_000, 1536, 132).is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! The CUDA backend: cuDNN convolutions, our kernels (kernels/*.cu, compiled to PTX by build.rs)
+//! for the embedding, the distance top-k, the coreset and the map, all on one stream. Built only
+//! with the `cuda` feature; the libraries are loaded at run time, and `probe` checks for each
+//! before anything touches them (cudarc panics on a missing library).
+//! Without the feature, `stub` stands in and explains how to get the real one.
+
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+mod dnn;
+#[cfg(feature = "cuda")]
+mod kernels;
+#[cfg(feature = "cuda")]
+pub mod launch;
+#[cfg(feature = "cuda")]
+mod probe;
+#[cfg(not(feature = "cuda"))]
+mod stub;
+
+#[cfg(feature = "cuda")]
+pub use device::{CudaBackend, CudaBank, CudaConv, CudaTensor};
+#[cfg(feature = "cuda")]
+pub use probe::probe;
+#[cfg(not(feature = "cuda"))]
+pub use stub::{probe, CudaBackend};
+
+use crate::error::{Error, Result};
+
+/// The arithmetic the GPU may use. `F32` is exact f32 everywhere and matches the CPU backend to
+/// 1e-4; the others trade that for tensor-core speed, and are opt-in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 FMA: cuDNN without tensor-core math, the SIMT distance kernel.
+    #[default]
+    F32,
+    /// TF32 tensor cores (10-bit mantissa, f32 accumulation) for convolutions and distances.
+    Tf32,
+    /// TF32 convolutions; the memory bank, queries and coreset rows in f16, accumulated in f32.
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(Error::option("--precision", format!("`{s}`: expected f32, tf32 or f16"))),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The CUDA backend's place in a build without the `cuda` feature: a backend that cannot be
+//! constructed, and a probe that says how to get the real one instead of failing deeper.
+
+use super::Precision;
+use crate::backend::{Backend, ConvWeights};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use std::convert::Infallible;
+
+/// Why CUDA cannot be used from this build.
+fn unavailable() -> Error {
+    Error::Backend("this build of patchcore has no CUDA backend: rebuild with `--features cuda`".into())
+}
+
+/// Probes for a usable GPU; without the feature there never is one.
+pub fn probe(_ordinal: usize) -> Result<()> {
+    Err(unavailable())
+}
+
+/// Uninhabited: without the feature no value of it exists, so every method is unreachable and
+/// the code that dispatches over backends needs no `cfg`.
+pub enum CudaBackend {}
+
+impl CudaBackend {
+    pub fn new(_ordinal: usize, _precision: Precision) -> Result<Self> {
+        Err(unavailable())
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = Infallible;
+    type Conv = Infallible;
+    type Bank = Infallible;
+
+    fn describe(&self) -> String {
+        match *self {}
+    }
+    fn upload(&self, _: &Tensor) -> Result<Infallible> {
+        match *self {}
+    }
+    fn download(&self, _: &Infallible) -> Result<Tensor> {
+        match *self {}
+    }
+    fn shape<'a>(&self, _: &'a Infallible) -> &'a [usize] {
+        match *self {}
+    }
+    fn prepare_conv(&self, _: &ConvWeights) -> Result<Infallible> {
+        match *self {}
+    }
+    fn conv2d(&self, _: &Infallible, _: &Infallible, _: Option<&Infallible>) -> Result<Infallible> {
+        match *self {}
+    }
+    fn max_pool(&self, _: &Infallible, _: usize, _: usize, _: usize) -> Result<Infallible> {
+        match *self {}
+    }
+    fn embed(&self, _: &[&Infallible]) -> Result<Infallible> {
+        match *self {}
+    }
+    fn prepare_bank(&self, _: &Tensor) -> Result<Infallible> {
+        match *self {}
+    }
+    fn knn(&self, _: &Infallible, _: &Infallible, _: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+        match *self {}
+    }
+    fn coreset(&self, _: &Infallible, _: usize, _: usize) -> Result<Vec<u32>> {
+        match *self {}
+    }
+    fn anomaly_map(&self, _: &Tensor, _: usize, _: usize, _: f32) -> Result<Tensor> {
+        match *self {}
+    }
+}
