@@ -1,0 +1,462 @@
+//! Every backend operation against a float64 reference written here, once, run on each backend
+//! this build and machine have: the CPU always; CUDA in f32, tf32 and f16 when built with
+//! `--features cuda` and a GPU is present. Without a GPU the CUDA cases print why and are
+//! left out, unless PATCHCORE_REQUIRE_GPU=1 (scripts/gpu-check.sh sets it): then a missing
+//! GPU fails the run instead of passing it silently.
+//!
+//! Tolerance: relative error (max |got - want| / max |want|) at most 1e-4 for exact f32
+//! arithmetic; 5e-3 for convolutions and distances on TF32 tensor cores (10-bit mantissa,
+//! relative rounding 2^-11 per product) and f16 bank rows (the same 11 significant bits).
+
+mod common;
+
+use common::{rel_err, TempDir};
+use patchcore::backbone::weights::SafetensorsFile;
+use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
+use patchcore::backend::cpu::l2_distance;
+use patchcore::backend::{
+    Activation, AnyBackend, Backend, ConvSpec, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Padding, Precision,
+};
+use patchcore::data::dataset::Category;
+use patchcore::data::image::{load_rgb, Preprocess};
+use patchcore::data::synth::{generate, SynthOptions};
+use patchcore::eval::evaluate::evaluate;
+use patchcore::patchcore::{FitOptions, PatchCore};
+use patchcore::rng::SplitMix64;
+use patchcore::Tensor;
+
+const EXACT: f64 = 1e-4;
+const TENSOR_CORES: f64 = 5e-3;
+
+struct Case {
+    name: &'static str,
+    backend: AnyBackend,
+    /// The bound for convolutions and distances; every other operation is exact f32 everywhere.
+    products: f64,
+    /// Coreset rows in f32, so the selection must equal the CPU's exactly.
+    exact_coreset: bool,
+    /// The GPU arithmetic (None on the CPU).
+    precision: Option<Precision>,
+}
+
+fn require_gpu() -> bool {
+    std::env::var("PATCHCORE_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+fn cases() -> Vec<Case> {
+    let cpu = AnyBackend::Cpu(CpuBackend);
+    let mut cases = vec![Case { name: "cpu", backend: cpu, products: EXACT, exact_coreset: true, precision: None }];
+    for (name, precision, products) in [
+        ("cuda f32", Precision::F32, EXACT),
+        ("cuda tf32", Precision::Tf32, TENSOR_CORES),
+        ("cuda f16", Precision::F16, TENSOR_CORES),
+    ] {
+        match CudaBackend::new(0, precision) {
+            Ok(b) => cases.push(Case {
+                name,
+                backend: AnyBackend::Cuda(b),
+                products,
+                exact_coreset: precision != Precision::F16,
+                precision: Some(precision),
+            }),
+            Err(e) if require_gpu() => panic!("PATCHCORE_REQUIRE_GPU=1 but CUDA is unusable: {e}"),
+            Err(e) => {
+                eprintln!("skipping {name}: {e}");
+                break;
+            }
+        }
+    }
+    cases
+}
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = SplitMix64::new(seed);
+    let n = shape.iter().product();
+    Tensor::new(shape.to_vec(), (0..n).map(|_| rng.normal() as f32).collect())
+}
+
+fn check(case: &Case, what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    let e = rel_err(got, &want);
+    assert!(e <= tol, "{}: {what}: relative error {e:.2e} > {tol:.0e}", case.name);
+}
+
+// ---- convolution ------------------------------------------------------------------------
+
+fn conv_reference(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Vec<f64> {
+    let [b, c, h, w] = x.dims4().unwrap();
+    let s = &conv.spec;
+    let (ho, top) = s.padding.resolve(h, s.kernel, s.stride);
+    let (wo, left) = s.padding.resolve(w, s.kernel, s.stride);
+    let (cg, og) = (c / s.groups, s.out_channels / s.groups);
+    let mut out = Vec::with_capacity(b * s.out_channels * ho * wo);
+    for n in 0..b {
+        for o in 0..s.out_channels {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut sum = conv.bias[o] as f64;
+                    for ci in 0..cg {
+                        for ky in 0..s.kernel {
+                            for kx in 0..s.kernel {
+                                let iy = (oy * s.stride + ky) as isize - top as isize;
+                                let ix = (ox * s.stride + kx) as isize - left as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * c + (o / og) * cg + ci) * h + iy as usize) * w + ix as usize;
+                                let wi = ((o * cg + ci) * s.kernel + ky) * s.kernel + kx;
+                                sum += x.data[xi] as f64 * conv.weight[wi] as f64;
+                            }
+                        }
+                    }
+                    if let Some(r) = residual {
+                        sum += r.data[((n * s.out_channels + o) * ho + oy) * wo + ox] as f64;
+                    }
+                    out.push(match s.activation {
+                        Activation::None => sum,
+                        Activation::Relu => sum.max(0.0),
+                        Activation::Relu6 => sum.clamp(0.0, 6.0),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn conv2d_matches_float64_on_every_backend() {
+    // ResNet's stem, a residual 3x3, a strided 1x1 downsample, EfficientNet's TF-same strided
+    // stem (asymmetric padding), depthwise 3x3/5x5 with ReLU6, a grouped 3x3.
+    let specs = [
+        (64, 8, 7, 2, Padding::Symmetric(3), 1, Activation::Relu, false),
+        (8, 8, 3, 1, Padding::Symmetric(1), 1, Activation::Relu, true),
+        (8, 16, 1, 2, Padding::Symmetric(0), 1, Activation::None, false),
+        (3, 8, 3, 2, Padding::TfSame, 1, Activation::Relu6, false),
+        (8, 8, 3, 2, Padding::TfSame, 8, Activation::Relu6, false),
+        (8, 8, 5, 1, Padding::TfSame, 8, Activation::None, true),
+        (8, 12, 3, 1, Padding::Symmetric(1), 4, Activation::Relu, false),
+    ];
+    for case in cases() {
+        let b = &case.backend;
+        for (i, &(in_c, out_c, kernel, stride, padding, groups, activation, with_residual)) in specs.iter().enumerate()
+        {
+            let in_c = if i == 0 { 3 } else { in_c };
+            let spec = ConvSpec { in_channels: in_c, out_channels: out_c, kernel, stride, padding, groups, activation };
+            let x = random(&[2, in_c, 17, 22], 10 + i as u64);
+            let weights = ConvWeights {
+                spec,
+                weight: random(&spec.weight_shape(), 20 + i as u64).data.iter().map(|v| v * 0.2).collect(),
+                bias: random(&[out_c], 30 + i as u64).data,
+            };
+            let (ho, _) = padding.resolve(17, kernel, stride);
+            let (wo, _) = padding.resolve(22, kernel, stride);
+            let residual = with_residual.then(|| random(&[2, out_c, ho, wo], 40 + i as u64));
+            let want = conv_reference(&x, &weights, residual.as_ref());
+            let conv = b.prepare_conv(&weights).unwrap();
+            let r = residual.as_ref().map(|r| b.upload(r).unwrap());
+            let y = b.conv2d(&b.upload(&x).unwrap(), &conv, r.as_ref()).unwrap();
+            assert_eq!(y.shape(), &[2, out_c, ho, wo][..], "{}: conv {i} shape", case.name);
+            check(&case, &format!("conv {i} {spec:?}"), &b.download(&y).unwrap().data, &want, case.products);
+        }
+    }
+}
+
+#[test]
+fn max_pool_matches_float64_on_every_backend() {
+    let x = random(&[2, 3, 15, 20], 1);
+    let (ho, wo): (usize, usize) = ((15 + 2 - 3) / 2 + 1, (20 + 2 - 3) / 2 + 1);
+    let mut want = Vec::new();
+    for plane in x.data.chunks(15 * 20) {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut m = f64::NEG_INFINITY;
+                for y in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(15) {
+                    for xx in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(20) {
+                        m = m.max(plane[y * 20 + xx] as f64);
+                    }
+                }
+                want.push(m);
+            }
+        }
+    }
+    for case in cases() {
+        let b = &case.backend;
+        let y = b.max_pool(&b.upload(&x).unwrap(), 3, 2, 1).unwrap();
+        assert_eq!(y.shape(), &[2, 3, ho, wo][..]);
+        check(&case, "max_pool", &b.download(&y).unwrap().data, &want, EXACT);
+    }
+}
+
+// ---- embedding --------------------------------------------------------------------------
+
+/// 3x3 average pool (zeros counted, / 9), then bilinear with align_corners = false, in f64.
+fn pooled_resized(x: &Tensor, gh: usize, gw: usize) -> Vec<Vec<f64>> {
+    let [_, _, h, w] = x.dims4().unwrap();
+    let taps = |input: usize, output: usize| -> Vec<(usize, usize, f64)> {
+        (0..output)
+            .map(|dst| {
+                let src = ((dst as f64 + 0.5) * input as f64 / output as f64 - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(input - 1);
+                (i0, (i0 + 1).min(input - 1), src - i0 as f64)
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(h, gh), taps(w, gw));
+    x.data
+        .chunks(h * w)
+        .map(|plane| {
+            let at = |y: isize, x: isize| {
+                if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                    0.0
+                } else {
+                    plane[y as usize * w + x as usize] as f64
+                }
+            };
+            let pooled: Vec<f64> = (0..h * w)
+                .map(|p| {
+                    let (y, x) = ((p / w) as isize, (p % w) as isize);
+                    (-1..=1)
+                        .flat_map(|dy| (-1..=1).map(move |dx| (dy, dx)))
+                        .map(|(dy, dx)| at(y + dy, x + dx))
+                        .sum::<f64>()
+                        / 9.0
+                })
+                .collect();
+            let mut out = Vec::with_capacity(gh * gw);
+            for &(y0, y1, wy) in &ty {
+                for &(x0, x1, wx) in &tx {
+                    let top = (1.0 - wx) * pooled[y0 * w + x0] + wx * pooled[y0 * w + x1];
+                    let bottom = (1.0 - wx) * pooled[y1 * w + x0] + wx * pooled[y1 * w + x1];
+                    out.push((1.0 - wy) * top + wy * bottom);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn embed_matches_float64_on_every_backend() {
+    let (l2, l3) = (random(&[2, 8, 9, 12], 3), random(&[2, 16, 5, 6], 4));
+    let (gh, gw, width) = (9, 12, 24);
+    let (p2, p3) = (pooled_resized(&l2, gh, gw), pooled_resized(&l3, gh, gw));
+    let mut want = vec![0.0f64; 2 * gh * gw * width];
+    for (offset, planes, c) in [(0, &p2, 8), (8, &p3, 16)] {
+        for (bc, plane) in planes.iter().enumerate() {
+            let (img, ch) = (bc / c, bc % c);
+            for (p, &v) in plane.iter().enumerate() {
+                want[(img * gh * gw + p) * width + offset + ch] = v;
+            }
+        }
+    }
+    for case in cases() {
+        let b = &case.backend;
+        let rows = b.embed(&[&b.upload(&l2).unwrap(), &b.upload(&l3).unwrap()]).unwrap();
+        assert_eq!(rows.shape(), &[2 * gh * gw, width][..]);
+        check(&case, "embed", &b.download(&rows).unwrap().data, &want, EXACT);
+    }
+}
+
+// ---- nearest neighbours -----------------------------------------------------------------
+
+#[test]
+fn knn_matches_float64_on_every_backend() {
+    let (queries, bank) = (random(&[300, 72], 5), random(&[1000, 72], 6));
+    let exact: Vec<Vec<f64>> = queries
+        .data
+        .chunks(72)
+        .map(|q| {
+            bank.data
+                .chunks(72)
+                .map(|m| q.iter().zip(m).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt())
+                .collect()
+        })
+        .collect();
+    for case in cases() {
+        let b = &case.backend;
+        let (q, m) = (b.upload(&queries).unwrap(), b.prepare_bank(&bank).unwrap());
+        for k in [1, 9, 16] {
+            let (dist, idx) = b.knn(&q, &m, k).unwrap();
+            assert_eq!((dist.len(), idx.len()), (300 * k, 300 * k));
+            let mut want = Vec::with_capacity(300 * k);
+            let mut of_returned = Vec::with_capacity(300 * k);
+            for (qi, row) in exact.iter().enumerate() {
+                let mut sorted = row.clone();
+                sorted.sort_by(f64::total_cmp);
+                want.extend_from_slice(&sorted[..k]);
+                of_returned.extend(idx[qi * k..(qi + 1) * k].iter().map(|&j| row[j as usize]));
+            }
+            check(&case, &format!("knn k={k} distances"), &dist, &want, case.products);
+            // The indices name rows at the distances returned (so they are right up to ties).
+            check(&case, &format!("knn k={k} indices"), &dist, &of_returned, case.products);
+        }
+        assert!(b.knn(&q, &m, 0).is_err() && b.knn(&q, &m, 1001).is_err());
+    }
+}
+
+// ---- coreset ----------------------------------------------------------------------------
+
+/// The textbook greedy k-center loop with the CPU's own f32 distance.
+fn textbook_coreset(rows: &Tensor, n_select: usize, start: usize) -> Vec<u32> {
+    let [n, d] = rows.dims2().unwrap();
+    let row = |i: usize| &rows.data[i * d..(i + 1) * d];
+    let mut min_d = vec![f32::INFINITY; n];
+    let (mut centre, mut selected) = (start, Vec::new());
+    for _ in 0..n_select {
+        for (i, m) in min_d.iter_mut().enumerate() {
+            *m = m.min(l2_distance(row(i), row(centre)));
+        }
+        // The first maximum: ties go to the lower index.
+        centre = (0..n).fold(0, |best, i| if min_d[i] > min_d[best] { i } else { best });
+        selected.push(centre as u32);
+    }
+    selected
+}
+
+fn covering_radius(rows: &Tensor, selected: &[u32]) -> f32 {
+    let bank = CpuBackend.prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
+    CpuBackend.knn(rows, &bank, 1).unwrap().0.into_iter().fold(0.0, f32::max)
+}
+
+#[test]
+fn coreset_selects_as_the_textbook_loop_on_every_backend() {
+    let rows = random(&[3000, 41], 7);
+    let want = textbook_coreset(&rows, 300, 17);
+    for case in cases() {
+        let b = &case.backend;
+        let got = b.coreset(&b.upload(&rows).unwrap(), 300, 17).unwrap();
+        if case.exact_coreset {
+            assert_eq!(got, want, "{}: the selection differs from the textbook loop", case.name);
+        } else {
+            let (r_got, r_want) = (covering_radius(&rows, &got), covering_radius(&rows, &want));
+            assert!(r_got <= 1.10 * r_want, "{}: covering radius {r_got} vs {r_want}", case.name);
+        }
+        assert!(b.coreset(&b.upload(&rows).unwrap(), 3001, 0).is_err());
+        assert!(b.coreset(&b.upload(&rows).unwrap(), 1, 3000).is_err());
+    }
+}
+
+// ---- anomaly map ------------------------------------------------------------------------
+
+#[test]
+fn anomaly_map_matches_float64_on_every_backend() {
+    let scores = random(&[2, 5, 7], 8);
+    let (oh, ow, sigma) = (40usize, 56usize, 4.0f64);
+    let radius = (4.0 * sigma + 0.5) as isize;
+    let raw: Vec<f64> = (-radius..=radius).map(|x| (-((x * x) as f64) / (2.0 * sigma * sigma)).exp()).collect();
+    let taps: Vec<f64> = raw.iter().map(|v| v / raw.iter().sum::<f64>()).collect();
+    let reflect = |i: isize, n: usize| {
+        let period = 2 * (n as isize - 1);
+        let m = i.rem_euclid(period);
+        (if m >= n as isize { period - m } else { m }) as usize
+    };
+    let mut want = Vec::new();
+    for grid in scores.data.chunks(5 * 7) {
+        let up = |y: usize, x: usize| grid[(y * 5 / oh) * 7 + x * 7 / ow] as f64;
+        let rows: Vec<f64> = (0..oh * ow)
+            .map(|p| {
+                let (y, x) = (p / ow, p % ow);
+                taps.iter().enumerate().map(|(t, k)| k * up(y, reflect(x as isize + t as isize - radius, ow))).sum()
+            })
+            .collect();
+        for p in 0..oh * ow {
+            let (y, x) = (p / ow, p % ow);
+            want.push(
+                taps.iter()
+                    .enumerate()
+                    .map(|(t, k)| k * rows[reflect(y as isize + t as isize - radius, oh) * ow + x])
+                    .sum::<f64>(),
+            );
+        }
+    }
+    for case in cases() {
+        let map = case.backend.anomaly_map(&scores, oh, ow, sigma as f32).unwrap();
+        assert_eq!(map.shape, vec![2, oh, ow]);
+        check(&case, "anomaly_map", &map.data, &want, EXACT);
+    }
+}
+
+// ---- the whole pipeline -----------------------------------------------------------------
+
+/// A model fitted on the CPU, loaded on each backend, scores the same images alike; a model
+/// fitted on each backend separates the defects as well as the CPU's.
+#[test]
+fn pipeline_matches_the_cpu_on_every_backend() {
+    let dir = TempDir::new("backends-pipeline");
+    let synth = SynthOptions { size: 96, train: 8, test_good: 3, test_per_defect: 2, seed: 3 };
+    let root = generate(dir.path(), "washer", &synth).unwrap().root;
+    let category = Category::open(&root).unwrap();
+    let arch = Architecture::EfficientnetLite0;
+    let weights = SafetensorsFile::bundled_efficientnet_lite0();
+    let options = FitOptions { preprocess: Preprocess::for_backbone(arch, 96, None).unwrap(), ..FitOptions::default() };
+    let fit = |backend: AnyBackend| {
+        let backbone = Backbone::load(&backend, arch, ConvOrigin::Torchvision(&weights)).unwrap();
+        PatchCore::fit(backend, backbone, &category.train, Some(&category.test), &options, &mut |_, _, _| {}).unwrap()
+    };
+    let reference = fit(AnyBackend::Cpu(CpuBackend));
+    let model_path = dir.path().join("cpu.patchcore");
+    reference.save(&model_path).unwrap();
+    let images: Vec<_> = category.test.iter().map(|s| load_rgb(&s.path).unwrap()).collect();
+    let want = reference.score_images(&images).unwrap();
+    for case in cases().into_iter().filter(|c| c.name != "cpu") {
+        // Tensor-core errors compound through ~20 convolutions before the distances: 2e-2.
+        let tol = if case.products == EXACT { EXACT } else { 2e-2 };
+        let name = case.name;
+        let loaded = PatchCore::load(case.backend, &model_path).unwrap();
+        let got = loaded.score_images(&images).unwrap();
+        let (gs, ws): (Vec<f32>, Vec<f32>) = got.iter().zip(&want).map(|(g, w)| (g.score, w.score)).unzip();
+        let e = rel_err(&gs, &ws);
+        assert!(e <= tol, "{}: image scores relative error {e:.2e}", name);
+        for (g, w) in got.iter().zip(&want) {
+            let e = rel_err(&g.map, &w.map);
+            assert!(e <= tol, "{}: anomaly map relative error {e:.2e}", name);
+        }
+        let precision = case.precision.expect("a GPU case");
+        let backend = match CudaBackend::new(0, precision) {
+            Ok(b) => AnyBackend::Cuda(b),
+            Err(e) => panic!("{}: a second backend on the same GPU: {e}", name),
+        };
+        let own = fit(backend);
+        let auroc =
+            evaluate(&own, &category.test, 4, &mut |_, _, _| {}, &mut |_, _| Ok(())).unwrap().metrics.image_auroc;
+        assert!(auroc.unwrap() > 0.9, "{}: image AUROC {auroc:?} of a model fitted on it", name);
+    }
+}
+
+// ---- choosing a device ------------------------------------------------------------------
+
+#[test]
+fn an_unusable_gpu_is_reported_and_auto_falls_back_to_the_cpu() {
+    let mut notice = None;
+    let auto = AnyBackend::open(DeviceChoice::Auto, Precision::F32, |e| notice = Some(e.to_string())).unwrap();
+    match (auto, CudaBackend::new(0, Precision::F32)) {
+        (AnyBackend::Cuda(_), Ok(_)) => assert!(cfg!(feature = "cuda") && notice.is_none()),
+        (AnyBackend::Cpu(_), Err(e)) => {
+            assert!(!require_gpu(), "PATCHCORE_REQUIRE_GPU=1 but {e}");
+            let e = e.to_string();
+            assert_eq!(notice.as_deref(), Some(e.as_str()), "auto says why it uses the CPU");
+            if cfg!(feature = "cuda") {
+                let named = ["libcuda", "libcublas", "libcudnn", "device", "driver"].iter().any(|w| e.contains(w));
+                assert!(e.contains("CUDA") && named, "the reason names what is missing: {e}");
+            } else {
+                assert!(e.contains("--features cuda"), "{e}");
+            }
+            let explicit = AnyBackend::open(DeviceChoice::Cuda(0), Precision::F32, |_| panic!("no fallback")).err();
+            assert_eq!(explicit.map(|e| e.to_string()), Some(e), "--device cuda fails with the same reason");
+        }
+        _ => panic!("auto and an explicit CUDA backend disagree about the GPU"),
+    }
+}
+
+#[test]
+fn a_missing_device_ordinal_is_refused() {
+    match CudaBackend::new(4096, Precision::F32) {
+        Ok(_) => panic!("no machine has 4097 GPUs"),
+        Err(e) if cfg!(feature = "cuda") && CudaBackend::new(0, Precision::F32).is_ok() => {
+            assert!(e.to_string().contains("device 4096 does not exist"), "{e}");
+        }
+        // Without a usable GPU the probe's reason comes first, the same for any ordinal.
+        Err(e) => assert_eq!(Some(e.to_string()), CudaBackend::new(0, Precision::F32).err().map(|e| e.to_string())),
+    }
+}
