@@ -9,7 +9,7 @@ use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::data::image::{load_rgb, Preprocess};
-use patchcore::patchcore::score::image_score;
+use patchcore::patchcore::score::image_scores;
 use patchcore::patchcore::MAP_SIGMA;
 use patchcore::Tensor;
 
@@ -71,14 +71,16 @@ fn scores_and_maps_match_anomalib() {
         let (dist, nearest) = CpuBackend.knn(&queries, &bank, 1).unwrap();
         let want_scores: Vec<f32> = tensor(&fx, "patch_scores", &[2, 8, 12]).iter().map(|v| v * scale).collect();
         assert_close("patch scores", &dist, &want_scores, TOL);
-        let mut scores = Vec::new();
-        for b in 0..2 {
-            let patch = &dist[b * 96..(b + 1) * 96];
-            let top = (0..96).fold(0, |best, i| if patch[i] > patch[best] { i } else { best });
-            let row = b * 96 + top;
-            let q = &queries.data[row * 384..(row + 1) * 384];
-            scores.push(image_score(&CpuBackend, &bank, &bank_rows, q, patch[top], nearest[row], 9).unwrap());
-        }
+        let tops: Vec<u32> = (0..2)
+            .map(|b| {
+                let patch = &dist[b * 96..(b + 1) * 96];
+                (b * 96 + (0..96).fold(0, |best, i| if patch[i] > patch[best] { i } else { best })) as u32
+            })
+            .collect();
+        let top_scores: Vec<f32> = tops.iter().map(|&r| dist[r as usize]).collect();
+        let top_nearest: Vec<u32> = tops.iter().map(|&r| nearest[r as usize]).collect();
+        let q = queries.gather_rows(&tops).unwrap();
+        let scores = image_scores(&CpuBackend, &bank, &bank_rows, &q, &top_scores, &top_nearest, 9).unwrap();
         assert_close(key, &scores, &tensor(&fx, key, &[2]), TOL);
         if scale == 1.0 {
             let grids = Tensor::new(vec![2, 8, 12], dist);

@@ -93,6 +93,14 @@ impl Backend for AnyBackend {
         tensor.shape()
     }
 
+    fn download_rows(&self, tensor: &AnyTensor, rows: &[u32]) -> Result<Tensor> {
+        match (self, tensor) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(t)) => b.download_rows(t, rows),
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(t)) => b.download_rows(t, rows),
+            _ => Err(mixed("download_rows")),
+        }
+    }
+
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<AnyConv> {
         match self {
             AnyBackend::Cpu(b) => b.prepare_conv(weights).map(AnyConv::Cpu),

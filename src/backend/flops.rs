@@ -40,6 +40,9 @@ impl Backend for FlopCounter {
     fn shape<'a>(&self, tensor: &'a Vec<usize>) -> &'a [usize] {
         tensor
     }
+    fn download_rows(&self, _: &Vec<usize>, _: &[u32]) -> Result<Tensor> {
+        Err(unsupported("download"))
+    }
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<ConvWeights> {
         Ok(weights.clone())
     }

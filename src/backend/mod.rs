@@ -93,6 +93,9 @@ pub trait Backend: Send + Sync {
     fn upload(&self, tensor: &Tensor) -> Result<Self::Tensor>;
     fn download(&self, tensor: &Self::Tensor) -> Result<Tensor>;
     fn shape<'a>(&self, tensor: &'a Self::Tensor) -> &'a [usize];
+    /// Rows `rows` of a rows x dims tensor, in that order: the few a caller needs (each image's
+    /// most anomalous patch) without copying the rest back.
+    fn download_rows(&self, tensor: &Self::Tensor, rows: &[u32]) -> Result<Tensor>;
 
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<Self::Conv>;
     /// activation(conv(x) + bias + residual): the residual add of a ResNet block is fused here.

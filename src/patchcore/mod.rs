@@ -285,25 +285,28 @@ impl<B: Backend> PatchCore<B> {
         }
         let (embedding, [h, w]) = embed_images(&self.backend, &self.backbone, &self.meta.preprocess, images)?;
         let (dist, nearest) = self.backend.knn(&embedding, &self.bank, 1)?;
-        let rows = self.backend.download(&embedding)?;
-        let d = self.meta.embedding_dim;
         let per_image = h * w;
-        let mut scores = Vec::with_capacity(images.len());
-        for b in 0..images.len() {
-            let patch = &dist[b * per_image..(b + 1) * per_image];
-            // First maximum, as torch.argmax.
-            let top = (0..per_image).fold(0, |best, i| if patch[i] > patch[best] { i } else { best });
-            let row = b * per_image + top;
-            scores.push(score::image_score(
-                &self.backend,
-                &self.bank,
-                &self.bank_rows,
-                &rows.data[row * d..(row + 1) * d],
-                patch[top],
-                nearest[row],
-                self.meta.num_neighbors,
-            )?);
-        }
+        // Each image's most anomalous patch: the first maximum, as torch.argmax.
+        let tops: Vec<u32> = dist
+            .chunks_exact(per_image)
+            .enumerate()
+            .map(|(b, patch)| {
+                let top = (0..per_image).fold(0, |best, i| if patch[i] > patch[best] { i } else { best });
+                (b * per_image + top) as u32
+            })
+            .collect();
+        let queries = self.backend.download_rows(&embedding, &tops)?;
+        let top_scores: Vec<f32> = tops.iter().map(|&r| dist[r as usize]).collect();
+        let top_nearest: Vec<u32> = tops.iter().map(|&r| nearest[r as usize]).collect();
+        let scores = score::image_scores(
+            &self.backend,
+            &self.bank,
+            &self.bank_rows,
+            &queries,
+            &top_scores,
+            &top_nearest,
+            self.meta.num_neighbors,
+        )?;
         let side = self.meta.preprocess.input_size();
         let grids = Tensor::new(vec![images.len(), h, w], dist);
         let maps = self.backend.anomaly_map(&grids, side, side, MAP_SIGMA)?;

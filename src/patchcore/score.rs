@@ -16,29 +16,34 @@ fn expanded_distance(x: &[f32], y: &[f32]) -> f32 {
     (xx - 2.0 * xy + yy).max(0.0).sqrt()
 }
 
-/// Paper Eq. 7 with anomalib's choices: for the most anomalous patch q (score s, nearest bank
-/// row m*), take the `num_neighbors` bank rows nearest to m* (m* first), d_j = ||q - n_j||,
-/// and return (1 - softmax(d)[0]) * s. One neighbour means the plain maximum.
-pub fn image_score<B: Backend>(
+/// Paper Eq. 7 with anomalib's choices, for a batch of images: for each image's most anomalous
+/// patch q (row of `queries`, score s, nearest bank row m*), take the `num_neighbors` bank rows
+/// nearest to m* (m* first), d_j = ||q - n_j||, and return (1 - softmax(d)[0]) * s. One
+/// neighbour means the plain maximum. The support sets of the whole batch come from one search.
+pub fn image_scores<B: Backend>(
     backend: &B,
     bank: &B::Bank,
     bank_rows: &Tensor,
-    query: &[f32],
-    patch_score: f32,
-    nearest: u32,
+    queries: &Tensor,
+    patch_scores: &[f32],
+    nearest: &[u32],
     num_neighbors: usize,
-) -> Result<f32> {
+) -> Result<Vec<f32>> {
     if num_neighbors <= 1 {
-        return Ok(patch_score);
+        return Ok(patch_scores.to_vec());
     }
-    let m_star = backend.upload(&bank_rows.gather_rows(&[nearest])?)?;
+    let m_star = backend.upload(&bank_rows.gather_rows(nearest)?)?;
     let (_, support) = backend.knn(&m_star, bank, num_neighbors)?;
     let [_, d] = bank_rows.dims2()?;
-    let dist: Vec<f32> =
-        support.iter().map(|&j| expanded_distance(query, &bank_rows.data[j as usize * d..][..d])).collect();
-    // Softmax with the maximum subtracted: the same value, without overflow for large distances.
-    let top = dist.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let total: f32 = dist.iter().map(|v| (v - top).exp()).sum();
-    let weight = 1.0 - (dist[0] - top).exp() / total;
-    Ok(weight * patch_score)
+    let scores = queries.data.chunks_exact(d).zip(support.chunks_exact(num_neighbors)).zip(patch_scores);
+    Ok(scores
+        .map(|((query, support), &patch_score)| {
+            let dist: Vec<f32> =
+                support.iter().map(|&j| expanded_distance(query, &bank_rows.data[j as usize * d..][..d])).collect();
+            // Softmax with the maximum subtracted: the same value, without overflow.
+            let top = dist.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let total: f32 = dist.iter().map(|v| (v - top).exp()).sum();
+            (1.0 - (dist[0] - top).exp() / total) * patch_score
+        })
+        .collect())
 }

@@ -49,6 +49,10 @@ impl Backend for CpuBackend {
         &tensor.shape
     }
 
+    fn download_rows(&self, tensor: &Tensor, rows: &[u32]) -> Result<Tensor> {
+        tensor.gather_rows(rows)
+    }
+
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<ConvWeights> {
         Ok(weights.clone())
     }

@@ -237,6 +237,22 @@ impl Backend for CudaBackend {
         &tensor.shape
     }
 
+    fn download_rows(&self, tensor: &CudaTensor, rows: &[u32]) -> Result<Tensor> {
+        let [n, d] = dims::<2>(&tensor.shape)?;
+        if let Some(r) = rows.iter().find(|&&r| r as usize >= n) {
+            return Err(Error::Backend(format!("download_rows: row {r} of a {n}-row tensor")));
+        }
+        let mut host = vec![0.0f32; rows.len() * d];
+        for (dst, &r) in host.chunks_exact_mut(d).zip(rows) {
+            let r = r as usize;
+            self.stream
+                .memcpy_dtoh(&tensor.data.slice(r * d..(r + 1) * d), dst)
+                .map_err(driver_error("copy to host"))?;
+        }
+        self.synchronize()?;
+        Ok(Tensor::new(vec![rows.len(), d], host))
+    }
+
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<CudaConv> {
         let weight = self.stream.clone_htod(&weights.weight).map_err(driver_error("copy to device"))?;
         let bias = self.stream.clone_htod(&weights.bias).map_err(driver_error("copy to device"))?;
