@@ -1,0 +1,563 @@
+// PatchCore's nearest-neighbour search on the GPU: for each query row, the k nearest memory-bank rows by
+// squared L2 distance, without ever writing the nq x m distance matrix to global memory.
+//
+// Contract (the Rust host is written against it; names, parameter order and types are fixed)
+// ---------------------------------------------------------------------------------------------
+// All kernels are extern "C"; int is 32-bit and every size fits in int. Rows are row-major, d wide.
+// Distance: sq = max(0, (|q|^2 - 2 q.b) + |b|^2), evaluated in that order (the CPU's, anomalib's); a NaN
+// stays NaN and never ranks. Ranking: smaller sq first, equal sq -> lower bank index first.
+//
+// squared_norms(rows, n, d, out)      out[i] = sum_j rows[i*d+j]^2 in double, rounded to float once.
+//                                     block 256, grid ceil(n/8): one warp per row.
+// to_f16(src, dst, n)                 dst[i] = __float2half_rn(src[i]); grid-stride, any grid works.
+// knn_partial_{f32,tf32,f16}_{k1,k16}(q, q_norms, nq, bank, bank_norms, m, d, k, chunk, cand_d, cand_i)
+//                                     block 256 (1-D), no dynamic shared memory. Block (x, y) takes queries
+//                                     [64x, min(nq, 64x+64)) against bank rows [y*chunk, min(m, (y+1)*chunk)),
+//                                     chunk a multiple of 64 with gridDim.y*chunk >= m (a split may be empty).
+//                                     _k1 only for k == 1, _k16 for 1 <= k <= 16. q and bank are float, or
+//                                     __half for f16; the norms are always float (from the f32 rows).
+//                                     Output: 4 lists of k per (query, split), S = gridDim.y:
+//                                       cand_d[((qi*S + y)*4 + l)*k + j], cand_i[same]
+//                                     clamped squared distances, unsorted within a list; unused slots hold
+//                                     (+inf, 0xFFFFFFFF). List l of a query holds the best k of the bank
+//                                     rows b with (b - y*chunk) % 4 == l, i.e. column l, l+4, ... of every
+//                                     64-row tile: the 4 lists partition the split.
+// knn_merge(cand_d, cand_i, nq, per_query, k, out_d, out_i)
+//                                     per_query = S*4*k contiguous candidates per query. Best k by (sq, index),
+//                                     skipping +inf/NaN and index 0xFFFFFFFF; out_d = sqrtf(sq) ascending,
+//                                     out_i the bank index; a slot nothing fills is (NaN, 0), as on the CPU.
+//                                     block 128, grid ceil(nq/128), one thread per query, k <= 16.
+//
+// Why this design
+// ---------------
+// * Split bank + merge: one block per 64 queries gives only ceil(nq/64) blocks (16 for nq = 1024), far
+//   fewer than an H200's 132 SMs. Splitting the bank across gridDim.y fills the machine whatever nq is; the
+//   price is a tiny second pass over S*4*k candidates per query, which is noise next to the nq*m*d product.
+// * 4 lists per query: a block has 256 threads and 64 queries, so 4 threads per query each fold a quarter
+//   of every tile. All 256 threads fold in parallel, no list is shared between threads (no atomics, no
+//   inter-thread merge inside the block), and each thread sees its columns in ascending bank order, which
+//   makes "lower index wins a tie" a plain strict < (anything already kept has a lower index).
+// * The distance tile never leaves the SM: a 64 x 64 tile of dot products is built in registers or tensor-
+//   core accumulators, parked in shared memory (it aliases the operand buffers, which are idle by then), and
+//   folded into the register-resident top-k lists before the next tile overwrites it.
+// * One pipeline for all precisions: the operand tiles are staged global -> registers -> shared (16-byte
+//   loads when d and the pointers allow it, guarded scalar loads otherwise), the next k-step fetched while
+//   the current one is multiplied (double-buffered shared tiles, one barrier per k-step), and the next bank
+//   tile's first k-step fetched while the fold runs. Only the multiply differs: a 4x4 FMA micro-tile per
+//   thread (f32), or wmma fragments (tf32, f16). Padded row strides (36 floats, 72 halves; 68 floats for
+//   the distance tile) spread each warp's shared accesses over the banks.
+// * Zero-filling everything outside [rows) x [0, d) makes ragged nq, m and any d (3, 100, 1536) add
+//   exact zeros to the products; out-of-range tile columns are then skipped by the fold.
+// * _k1 and _k16 differ only in the list length compiled in: 16 (distance, index) pairs cost 32 registers
+//   a thread, which halves the blocks an SM holds, so k = 1 gets its own build.
+// * Limit to know when tuning: the fixed 64-query block means every block streams its whole bank split,
+//   so the bank is read ceil(nq/64) times (from L2): 4096 x 13107 x 384 moves ~0.64 GB in f16 and
+//   ~1.3 GB in f32/tf32 per call, whatever the multiply does.
+
+#include <cuda_fp16.h>
+#include <mma.h>
+
+namespace {
+
+constexpr int THREADS = 256;      // every partial kernel's block
+constexpr int TILE = 64;          // queries per block and bank rows per tile
+constexpr int LISTS = 4;          // lists per query = threads per query
+constexpr int KMAX = 16;          // longest list any kernel keeps
+constexpr int D_LD = TILE + 4;    // distance-tile row stride: the fold's warp reads 32 distinct banks
+constexpr unsigned NO_INDEX = 0xFFFFFFFFu;
+
+// ---------------------------------------------------------------------------------------------------------
+// Register-resident top-k
+// ---------------------------------------------------------------------------------------------------------
+
+// Orders (sq, index) pairs. ASCENDING_INDEX = candidates arrive in ascending index order (the partial
+// kernels), so a tie never displaces what is kept and comparing distances alone is the full rule.
+template <bool ASCENDING_INDEX>
+__device__ __forceinline__ bool before(float da, unsigned ia, float db, unsigned ib) {
+    if (ASCENDING_INDEX) {
+        return da < db;
+    }
+    return da < db || (da == db && ia < ib);
+}
+
+// The best k (runtime, 1..=N) candidates, sorted ascending in d[0..k). Every index into d/i is a compile-time
+// constant after unrolling, with runtime k only in predicates, so the arrays stay in registers.
+template <int N, bool ASCENDING_INDEX>
+struct TopK {
+    float d[N];
+    unsigned i[N];
+    float worst_d;  // d[k-1], cached: the gate every candidate is tested against
+    unsigned worst_i;
+
+    __device__ __forceinline__ void init() {
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            d[j] = INFINITY;
+            i[j] = NO_INDEX;
+        }
+        worst_d = INFINITY;
+        worst_i = NO_INDEX;
+    }
+
+    // NaN fails every comparison, so it is never kept; neither is +inf (the empty slots' value).
+    __device__ __forceinline__ void push(float sq, unsigned idx, int k) {
+        if (!before<ASCENDING_INDEX>(sq, idx, worst_d, worst_i)) {
+            return;
+        }
+        // Top-down insertion: slot j takes slot j-1's entry if the newcomer goes in front of it, else the
+        // newcomer if it goes in front of slot j's old entry. Slot j-1 is still unmodified when read.
+        // Selects rather than branches: with branches ptxas spilled the merge's list at 56 registers and
+        // gave the k16 partial kernels 180-200 registers (one block per SM); with selects, 46 and <= 128.
+#pragma unroll
+        for (int j = N - 1; j >= 1; --j) {
+            if (j < k) {
+                const bool shift = before<ASCENDING_INDEX>(sq, idx, d[j - 1], i[j - 1]);
+                const bool place = before<ASCENDING_INDEX>(sq, idx, d[j], i[j]);
+                d[j] = shift ? d[j - 1] : place ? sq : d[j];
+                i[j] = shift ? i[j - 1] : place ? idx : i[j];
+            }
+        }
+        if (before<ASCENDING_INDEX>(sq, idx, d[0], i[0])) {
+            d[0] = sq;
+            i[0] = idx;
+        }
+        worst_d = d[0];
+        worst_i = i[0];
+#pragma unroll
+        for (int j = 1; j < N; ++j) {
+            if (j < k) {
+                worst_d = d[j];
+                worst_i = i[j];
+            }
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Multiply policies: element type, k-step, shared row stride, and how a 64 x 64 tile of dots is accumulated
+// and parked in the distance tile. Operand tiles are [64 rows][LD] in shared memory, row = query (A) or
+// bank row (B), k contiguous: exactly the global layout, so staging is a straight 16-byte copy.
+// ---------------------------------------------------------------------------------------------------------
+
+// Exact f32: each thread owns a 4x4 micro-tile, rows ty + 16*a and columns tx + 16*b. The stride-16
+// interleave (rather than 4 adjacent rows) puts the 8 rows a quarter-warp reads at once in 8 distinct bank
+// quads with LD = 36, so the 128-bit shared loads are conflict-free. Each dot is one fmaf chain in k order.
+struct PolicyF32 {
+    using T = float;
+    static constexpr int KS = 32;
+    static constexpr int LD = KS + 4;
+
+    struct Acc {
+        float v[4][4];
+    };
+
+    __device__ __forceinline__ static void zero(Acc& acc) {
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+                acc.v[a][b] = 0.0f;
+            }
+        }
+    }
+
+    __device__ __forceinline__ static void step(Acc& acc, const T* sa, const T* sb, int tid) {
+        const int tx = tid & 15;
+        const int ty = tid >> 4;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk += 4) {
+            float4 av[4];
+            float4 bv[4];
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {
+                av[a] = *reinterpret_cast<const float4*>(sa + (ty + 16 * a) * LD + kk);
+            }
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+                bv[b] = *reinterpret_cast<const float4*>(sb + (tx + 16 * b) * LD + kk);
+            }
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {
+#pragma unroll
+                for (int b = 0; b < 4; ++b) {
+                    float s = acc.v[a][b];
+                    s = fmaf(av[a].x, bv[b].x, s);
+                    s = fmaf(av[a].y, bv[b].y, s);
+                    s = fmaf(av[a].z, bv[b].z, s);
+                    s = fmaf(av[a].w, bv[b].w, s);
+                    acc.v[a][b] = s;
+                }
+            }
+        }
+    }
+
+    __device__ __forceinline__ static void store(const Acc& acc, float* sd, int tid) {
+        const int tx = tid & 15;
+        const int ty = tid >> 4;
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+                sd[(ty + 16 * a) * D_LD + tx + 16 * b] = acc.v[a][b];
+            }
+        }
+    }
+};
+
+// Tensor cores through wmma: 8 warps, warp w owns output rows 16*(w/2).. and the two 16-column blocks
+// 32*(w%2)... B(k, n) = bank row n, element k = sb[n*LD + k], which is B stored column-major.
+// FragElem is the fragment's precision tag (precision::tf32 or __half). TF32 rounds each f32 operand to
+// nearest tf32 as the fragment is filled; left alone the tensor cores would truncate the low 13 bits.
+// (nvcc 13.0 lowers the tf32 fragment loads and stores to generic ld/st, not ld.shared as for f16: correct,
+// a few cycles slower; the wmma API has no way to say "shared".)
+template <class Elem, class FragElem, int WK, int KSTEP, bool TF32>
+struct PolicyWmma {
+    using T = Elem;
+    static constexpr int KS = KSTEP;
+    static constexpr int LD = KS + 16 / static_cast<int>(sizeof(T));  // pad one 16-byte group per row
+
+    using FragA = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, WK, FragElem, nvcuda::wmma::row_major>;
+    using FragB = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, WK, FragElem, nvcuda::wmma::col_major>;
+    using FragC = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, WK, float>;
+
+    struct Acc {
+        FragC c[2];
+    };
+
+    template <class Frag>
+    __device__ __forceinline__ static void round_operand(Frag& f) {
+        if (TF32) {
+#pragma unroll
+            for (int e = 0; e < f.num_elements; ++e) {
+                f.x[e] = nvcuda::wmma::__float_to_tf32(f.x[e]);
+            }
+        }
+    }
+
+    __device__ __forceinline__ static void zero(Acc& acc) {
+        nvcuda::wmma::fill_fragment(acc.c[0], 0.0f);
+        nvcuda::wmma::fill_fragment(acc.c[1], 0.0f);
+    }
+
+    __device__ __forceinline__ static void step(Acc& acc, const T* sa, const T* sb, int tid) {
+        const int warp = tid >> 5;
+        const int row0 = 16 * (warp >> 1);
+        const int col0 = 32 * (warp & 1);
+#pragma unroll
+        for (int kk = 0; kk < KS; kk += WK) {
+            FragA fa;
+            nvcuda::wmma::load_matrix_sync(fa, sa + row0 * LD + kk, LD);
+            round_operand(fa);
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                FragB fb;
+                nvcuda::wmma::load_matrix_sync(fb, sb + (col0 + 16 * c) * LD + kk, LD);
+                round_operand(fb);
+                nvcuda::wmma::mma_sync(acc.c[c], fa, fb, acc.c[c]);
+            }
+        }
+    }
+
+    __device__ __forceinline__ static void store(Acc& acc, float* sd, int tid) {
+        const int warp = tid >> 5;
+        const int row0 = 16 * (warp >> 1);
+        const int col0 = 32 * (warp & 1);
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            nvcuda::wmma::store_matrix_sync(sd + row0 * D_LD + col0 + 16 * c, acc.c[c], D_LD,
+                                            nvcuda::wmma::mem_row_major);
+        }
+    }
+};
+
+using PolicyTF32 = PolicyWmma<float, nvcuda::wmma::precision::tf32, 8, 32, true>;
+using PolicyF16 = PolicyWmma<__half, __half, 16, 64, false>;
+
+// ---------------------------------------------------------------------------------------------------------
+// Staging: a 64-row x KS-element operand tile is 512 groups of 16 bytes, two per thread; 8 consecutive
+// threads cover one row's 128 contiguous bytes, so each warp's loads are 4 full lines.
+// ---------------------------------------------------------------------------------------------------------
+
+template <class T>
+struct Raw;  // the element's bit pattern type, so staging never does float/half arithmetic
+
+template <>
+struct Raw<float> {
+    using U = unsigned;
+};
+
+template <>
+struct Raw<__half> {
+    using U = unsigned short;
+};
+
+__device__ __forceinline__ uint4 pack(const unsigned (&e)[4]) {
+    return make_uint4(e[0], e[1], e[2], e[3]);
+}
+
+__device__ __forceinline__ uint4 pack(const unsigned short (&e)[8]) {
+    return make_uint4(e[0] | (unsigned(e[1]) << 16), e[2] | (unsigned(e[3]) << 16), e[4] | (unsigned(e[5]) << 16),
+                      e[6] | (unsigned(e[7]) << 16));
+}
+
+template <class T, int KS>
+struct Stager {
+    static constexpr int G = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte group
+    static constexpr int GROUPS_PER_ROW = KS / G;
+    static constexpr int PER_THREAD = TILE * GROUPS_PER_ROW / THREADS;
+    static_assert(KS % G == 0 && (TILE * GROUPS_PER_ROW) % THREADS == 0, "tile must split evenly into groups");
+
+    using U = typename Raw<T>::U;
+
+    // rows [row0, row0 + nrows) of src, elements [k0, k0 + KS) of each; zero outside the rows and past d.
+    // vec: d % G == 0 and src is 16-byte aligned, so a group inside the row is one aligned 16-byte load.
+    __device__ __forceinline__ static void load(uint4 (&st)[PER_THREAD], const T* src, int row0, int nrows, int k0,
+                                                int d, bool vec, int tid) {
+        const U* raw = reinterpret_cast<const U*>(src);
+#pragma unroll
+        for (int p = 0; p < PER_THREAD; ++p) {
+            const int g = tid + THREADS * p;
+            const int row = g / GROUPS_PER_ROW;
+            const int col = k0 + (g % GROUPS_PER_ROW) * G;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (row < nrows && col < d) {
+                const U* ptr = raw + (static_cast<size_t>(row0 + row) * static_cast<size_t>(d) + col);
+                if (vec) {
+                    v = __ldg(reinterpret_cast<const uint4*>(ptr));
+                } else {
+                    U e[G];
+#pragma unroll
+                    for (int t = 0; t < G; ++t) {
+                        e[t] = col + t < d ? ptr[t] : U(0);
+                    }
+                    v = pack(e);
+                }
+            }
+            st[p] = v;
+        }
+    }
+
+    __device__ __forceinline__ static void store(const uint4 (&st)[PER_THREAD], T* dst, int ld, int tid) {
+#pragma unroll
+        for (int p = 0; p < PER_THREAD; ++p) {
+            const int g = tid + THREADS * p;
+            const int row = g / GROUPS_PER_ROW;
+            const int col = (g % GROUPS_PER_ROW) * G;
+            *reinterpret_cast<uint4*>(dst + row * ld + col) = st[p];
+        }
+    }
+};
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<size_t>(p) & 15) == 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The partial top-k body shared by all six kernels.
+// ---------------------------------------------------------------------------------------------------------
+
+template <class P, int N>
+__device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q, const float* __restrict__ q_norms,
+                                            int nq, const typename P::T* __restrict__ bank,
+                                            const float* __restrict__ bank_norms, int m, int d, int k, int chunk,
+                                            float* __restrict__ cand_d, unsigned* __restrict__ cand_i) {
+    using T = typename P::T;
+    using St = Stager<T, P::KS>;
+    constexpr int OPERAND_BYTES = TILE * P::LD * static_cast<int>(sizeof(T));
+    constexpr int PIPE_BYTES = 4 * OPERAND_BYTES;  // A and B, two buffers each
+    constexpr int DIST_BYTES = TILE * D_LD * static_cast<int>(sizeof(float));
+    constexpr int SMEM_BYTES = PIPE_BYTES > DIST_BYTES ? PIPE_BYTES : DIST_BYTES;
+    static_assert(OPERAND_BYTES % 128 == 0, "wmma needs 32-byte aligned tiles; keep buffers line-aligned");
+    static_assert(SMEM_BYTES + TILE * sizeof(float) <= 48 * 1024, "static shared memory is capped at 48 KB");
+
+    // The distance tile aliases the operand buffers: it is written only after the last k-step's barrier and
+    // read before the barrier that precedes the next tile's first staging store.
+    __shared__ __align__(128) unsigned char smem[SMEM_BYTES];
+    __shared__ float s_bn[TILE];
+    // Buffer b of A at 2b * OPERAND_BYTES, of B right after it. Computed, not an array of pointers: a
+    // runtime index into a local array would put it in local memory.
+    auto s_a = [&](int b) { return reinterpret_cast<T*>(smem + 2 * b * OPERAND_BYTES); };
+    auto s_b = [&](int b) { return reinterpret_cast<T*>(smem + (2 * b + 1) * OPERAND_BYTES); };
+    float* const s_d = reinterpret_cast<float*>(smem);
+
+    const int tid = threadIdx.x;
+    const int q0 = blockIdx.x * TILE;
+    const int nqv = min(TILE, nq - q0);
+    const long long begin_ll = static_cast<long long>(blockIdx.y) * chunk;
+    const int begin = static_cast<int>(min(begin_ll, static_cast<long long>(m)));
+    const int end = static_cast<int>(min(begin_ll + chunk, static_cast<long long>(m)));
+    const int nsteps = (d + P::KS - 1) / P::KS;
+    const bool vec = d % St::G == 0 && aligned16(q) && aligned16(bank);
+
+    // This thread's list: query r of the block, bank columns l, l+4, ..., l+60 of every tile. With D_LD = 68
+    // a warp (8 queries x 4 lists) reads 32 distinct banks of the distance tile at each step.
+    const int r = tid >> 2;
+    const int l = tid & 3;
+    const float qn = r < nqv ? q_norms[q0 + r] : 0.0f;
+    TopK<N, true> top;
+    top.init();
+
+    uint4 st_a[St::PER_THREAD];
+    uint4 st_b[St::PER_THREAD];
+    if (begin < end) {
+        St::load(st_a, q, q0, nqv, 0, d, vec, tid);
+        St::load(st_b, bank, begin, min(TILE, end - begin), 0, d, vec, tid);
+    }
+    for (int b0 = begin; b0 < end; b0 += TILE) {
+        const int nb = min(TILE, end - b0);
+        if (tid < TILE) {
+            s_bn[tid] = tid < nb ? bank_norms[b0 + tid] : 0.0f;
+        }
+        typename P::Acc acc;
+        P::zero(acc);
+        St::store(st_a, s_a(0), P::LD, tid);
+        St::store(st_b, s_b(0), P::LD, tid);
+        __syncthreads();
+        for (int s = 0; s < nsteps; ++s) {
+            const bool more = s + 1 < nsteps;
+            if (more) {
+                St::load(st_a, q, q0, nqv, (s + 1) * P::KS, d, vec, tid);
+                St::load(st_b, bank, b0, nb, (s + 1) * P::KS, d, vec, tid);
+            }
+            P::step(acc, s_a(s & 1), s_b(s & 1), tid);
+            if (more) {
+                // The other buffer was last read in step s-1, which ended with a barrier.
+                St::store(st_a, s_a((s + 1) & 1), P::LD, tid);
+                St::store(st_b, s_b((s + 1) & 1), P::LD, tid);
+            }
+            __syncthreads();
+        }
+        P::store(acc, s_d, tid);
+        if (b0 + TILE < end) {
+            // The next tile's first k-step is in flight while this tile is folded.
+            St::load(st_a, q, q0, nqv, 0, d, vec, tid);
+            St::load(st_b, bank, b0 + TILE, min(TILE, end - b0 - TILE), 0, d, vec, tid);
+        }
+        __syncthreads();
+        const float* row = s_d + r * D_LD;
+#pragma unroll
+        for (int j = 0; j < TILE / LISTS; ++j) {
+            const int c = LISTS * j + l;
+            if (c < nb) {
+                const float raw = (qn + -2.0f * row[c]) + s_bn[c];
+                const float sq = raw < 0.0f ? 0.0f : raw;  // not fmaxf: a NaN must stay NaN and never rank
+                top.push(sq, static_cast<unsigned>(b0 + c), k);
+            }
+        }
+        __syncthreads();
+    }
+
+    if (r < nqv) {
+        const size_t base = ((static_cast<size_t>(q0 + r) * gridDim.y + blockIdx.y) * LISTS + l) * k;
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            if (j < k) {
+                cand_d[base + j] = top.d[j];
+                cand_i[base + j] = top.i[j];
+            }
+        }
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(256) squared_norms(const float* __restrict__ rows, int n, int d,
+                                                                  float* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= n) {
+        return;  // the whole warp leaves together, so the shuffles below see all 32 lanes
+    }
+    const float* x = rows + static_cast<size_t>(row) * static_cast<size_t>(d);
+    double s = 0.0;
+    for (int j = lane; j < d; j += 32) {
+        const double v = x[j];
+        s += v * v;  // a float squared is exact in double: only the additions round
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
+    }
+    if (lane == 0) {
+        out[row] = static_cast<float>(s);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) to_f16(const float* __restrict__ src, __half* __restrict__ dst,
+                                                           long long n) {
+    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+        dst[i] = __float2half_rn(src[i]);
+    }
+}
+
+#define KNN_PARTIAL(NAME, POLICY, N)                                                                            \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                       \
+        NAME(const POLICY::T* __restrict__ q, const float* __restrict__ q_norms, int nq,                        \
+             const POLICY::T* __restrict__ bank, const float* __restrict__ bank_norms, int m, int d, int k,     \
+             int chunk, float* __restrict__ cand_d, unsigned* __restrict__ cand_i) {                            \
+        knn_partial<POLICY, N>(q, q_norms, nq, bank, bank_norms, m, d, k, chunk, cand_d, cand_i);               \
+    }
+
+KNN_PARTIAL(knn_partial_f32_k1, PolicyF32, 1)
+KNN_PARTIAL(knn_partial_f32_k16, PolicyF32, KMAX)
+KNN_PARTIAL(knn_partial_tf32_k1, PolicyTF32, 1)
+KNN_PARTIAL(knn_partial_tf32_k16, PolicyTF32, KMAX)
+KNN_PARTIAL(knn_partial_f16_k1, PolicyF16, 1)
+KNN_PARTIAL(knn_partial_f16_k16, PolicyF16, KMAX)
+
+#undef KNN_PARTIAL
+
+// Candidates come from different lists and splits in no particular index order, so ties are broken on the
+// index explicitly here.
+extern "C" __global__ void __launch_bounds__(128) knn_merge(const float* __restrict__ cand_d,
+                                                              const unsigned* __restrict__ cand_i, int nq,
+                                                              int per_query, int k, float* __restrict__ out_d,
+                                                              unsigned* __restrict__ out_i) {
+    const int qi = blockIdx.x * blockDim.x + threadIdx.x;
+    if (qi >= nq) {
+        return;
+    }
+    const float* cd = cand_d + static_cast<size_t>(qi) * static_cast<size_t>(per_query);
+    const unsigned* ci = cand_i + static_cast<size_t>(qi) * static_cast<size_t>(per_query);
+    TopK<KMAX, false> top;
+    top.init();
+    // Groups of 4 with the loads first: one thread walks up to S*4*16 candidates serially, so it needs
+    // several loads in flight rather than one load's latency per candidate. per_query is a multiple of 4
+    // (S*4*k); the tail loop only keeps the kernel correct if it ever is not.
+    constexpr int GROUP = 4;
+    int c = 0;
+    for (; c + GROUP <= per_query; c += GROUP) {
+        float sq[GROUP];
+        unsigned idx[GROUP];
+#pragma unroll
+        for (int u = 0; u < GROUP; ++u) {
+            sq[u] = cd[c + u];
+            idx[u] = ci[c + u];
+        }
+#pragma unroll
+        for (int u = 0; u < GROUP; ++u) {
+            if (sq[u] < INFINITY && idx[u] != NO_INDEX) {  // false for NaN too
+                top.push(sq[u], idx[u], k);
+            }
+        }
+    }
+    for (; c < per_query; ++c) {
+        if (cd[c] < INFINITY && ci[c] != NO_INDEX) {
+            top.push(cd[c], ci[c], k);
+        }
+    }
+    const size_t base = static_cast<size_t>(qi) * static_cast<size_t>(k);
+#pragma unroll
+    for (int j = 0; j < KMAX; ++j) {
+        if (j < k) {
+            const bool filled = top.i[j] != NO_INDEX;
+            out_d[base + j] = filled ? sqrtf(top.d[j]) : __int_as_float(0x7FC00000);  // the CPU's f32::NAN
+            out_i[base + j] = filled ? top.i[j] : 0u;
+        }
+    }
+}
