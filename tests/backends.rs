@@ -78,6 +78,8 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
 fn check(case: &Case, what: &str, got: &[f32], want: &[f64], tol: f64) {
     let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
     let e = rel_err(got, &want);
+    // scripts/gpu-check.sh collects these lines into its parity table.
+    println!("parity: {} | {what} | {e:.2e} | {tol:.0e}", case.name);
     assert!(e <= tol, "{}: {what}: relative error {e:.2e} > {tol:.0e}", case.name);
 }
 
@@ -407,11 +409,11 @@ fn pipeline_matches_the_cpu_on_every_backend() {
         let got = loaded.score_images(&images).unwrap();
         let (gs, ws): (Vec<f32>, Vec<f32>) = got.iter().zip(&want).map(|(g, w)| (g.score, w.score)).unzip();
         let e = rel_err(&gs, &ws);
+        println!("parity: {name} | pipeline image scores vs cpu | {e:.2e} | {tol:.0e}");
         assert!(e <= tol, "{}: image scores relative error {e:.2e}", name);
-        for (g, w) in got.iter().zip(&want) {
-            let e = rel_err(&g.map, &w.map);
-            assert!(e <= tol, "{}: anomaly map relative error {e:.2e}", name);
-        }
+        let e = got.iter().zip(&want).map(|(g, w)| rel_err(&g.map, &w.map)).fold(0.0, f64::max);
+        println!("parity: {name} | pipeline anomaly maps vs cpu | {e:.2e} | {tol:.0e}");
+        assert!(e <= tol, "{}: anomaly map relative error {e:.2e}", name);
         let precision = case.precision.expect("a GPU case");
         let backend = match CudaBackend::new(0, precision) {
             Ok(b) => AnyBackend::Cuda(b),
