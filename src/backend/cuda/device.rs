@@ -3,7 +3,7 @@
 //! is ordered by the stream alone, so no call waits for the GPU except those that return data.
 
 use super::dnn::{alloc_error, ConvCall, Dnn};
-use super::kernels::{Kernels, KnnPartial};
+use super::kernels::Kernels;
 use super::launch::{
     conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, ExplicitPad, GRID_CAP, MAX_BLUR_RADIUS,
 };
@@ -14,7 +14,7 @@ use crate::backend::{Activation, Backend, ConvSpec, ConvWeights};
 use crate::error::{Error, Result};
 use crate::tensor::{dims, Tensor};
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, PushKernelArg};
 use half::f16;
 use std::sync::{Arc, Mutex};
 
@@ -206,11 +206,16 @@ impl CudaBackend {
         Ok(dst)
     }
 
-    fn knn_kernels(&self) -> &KnnPartial {
-        match self.precision {
-            Precision::F32 => &self.kernels.knn_f32,
-            Precision::Tf32 => &self.kernels.knn_tf32,
-            Precision::F16 => &self.kernels.knn_f16,
+    /// The partial top-k kernel for this precision and k (`_k1` for k = 1, `_k16` up to 16).
+    fn knn_kernel(&self, k: usize) -> &CudaFunction {
+        let kernels = &self.kernels;
+        match (self.precision, k == 1) {
+            (Precision::F32, true) => &kernels.knn_partial_f32_k1,
+            (Precision::F32, false) => &kernels.knn_partial_f32_k16,
+            (Precision::Tf32, true) => &kernels.knn_partial_tf32_k1,
+            (Precision::Tf32, false) => &kernels.knn_partial_tf32_k16,
+            (Precision::F16, true) => &kernels.knn_partial_f16_k1,
+            (Precision::F16, false) => &kernels.knn_partial_f16_k16,
         }
     }
 }
@@ -345,8 +350,7 @@ impl Backend for CudaBackend {
         let q_norms = self.row_norms(&queries.data, nq, d)?;
         let mut cand_d = self.alloc::<f32>(nq * plan.per_query)?;
         let mut cand_i = self.alloc::<u32>(nq * plan.per_query)?;
-        let kernels = self.knn_kernels();
-        let f = if k == 1 { &kernels.k1 } else { &kernels.k16 };
+        let f = self.knn_kernel(k);
         let ints = [nq, bank.rows, d, k, plan.chunk].map(|v| v as i32);
         let [nq32, m32, d32, k32, chunk32] = ints;
         let queries16 = match bank.data {
