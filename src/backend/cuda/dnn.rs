@@ -99,6 +99,12 @@ impl Dnn {
         })
     }
 
+    /// cuDNN calls run in the calling thread's current context, which a C host's worker thread
+    /// may not have yet (cudarc's own calls bind it themselves).
+    fn bind(&self) -> Result<()> {
+        self.stream.context().bind_to_thread().map_err(|e| Error::Backend(format!("CUDA context: {e}")))
+    }
+
     fn tensor(&self, dims: [usize; 4]) -> Result<TensorDescriptor<f32>> {
         self.handle.create_4d_tensor::<f32>(NCHW, dims.map(c_int)).map_err(dnn_error("tensor descriptor"))
     }
@@ -138,6 +144,7 @@ impl Dnn {
     /// Otherwise y = conv(x) alone and the caller applies the epilogue (`bias_act`); the return
     /// value says which happened.
     pub fn conv(&mut self, call: &ConvCall) -> Result<(CudaSlice<f32>, bool)> {
+        self.bind()?;
         let fused = call.spec.activation == Activation::Relu;
         let len: usize = call.out.iter().product();
         let need = self.conv_entry(call)?.workspace;
@@ -202,6 +209,7 @@ impl Dnn {
         out: [usize; 4],
         (kernel, stride, padding): (usize, usize, usize),
     ) -> Result<CudaSlice<f32>> {
+        self.bind()?;
         let key = (x_dims, kernel, stride, padding);
         if !self.pools.contains_key(&key) {
             let pool = self
