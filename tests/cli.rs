@@ -207,3 +207,32 @@ fn bad_inputs_fail_with_the_file_named_and_exit_code_1() {
     let o = patchcore(&["predict", "--model", s(&weights), s(&train)]);
     expect_error(o, "not a patchcore model");
 }
+
+/// Without a usable GPU, `--device cuda` fails with the reason and `auto` says once why it
+/// runs on the CPU, then does; a precision that does not exist is a usage error.
+#[test]
+fn an_unusable_gpu_is_explained_and_auto_falls_back_to_the_cpu() {
+    let Err(reason) = patchcore::backend::cuda::probe(0) else {
+        eprintln!("skipping: a GPU is usable here, so there is no fallback to explain");
+        return;
+    };
+    let dir = TempDir::new("cli-device");
+    let data = dir.path().join("cat");
+    synthetic_category(&data, 64, 3, 1);
+    let (train, model) = (data.join("train/good"), dir.path().join("m.patchcore"));
+    let fit = |extra: &[&str]| {
+        let mut args = vec!["fit", "--train", s(&train), "--out", s(&model), "--size", "64"];
+        args.extend_from_slice(extra);
+        patchcore(&args)
+    };
+    let o = fit(&["--device", "cuda"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&reason.to_string()), "{}", stderr(&o));
+    let o = fit(&["--device", "auto", "--precision", "tf32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let note = format!("note: using the CPU ({reason})");
+    assert_eq!(stderr(&o).matches(&note).count(), 1, "{}", stderr(&o));
+    let o = fit(&["--precision", "f64"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("expected f32, tf32 or f16"), "{}", stderr(&o));
+}
