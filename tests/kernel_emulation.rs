@@ -1,0 +1,635 @@
+#![cfg(feature = "cuda")]
+//! Every kernel in kernels/*.cu against the CPU backend, without a GPU: the kernel sources are compiled as C++
+//! against a CUDA emulation (tests/kernel_emulation/, see driver.cpp's header for what it models) and launched
+//! with the geometry the CUDA backend computes (`patchcore::backend::cuda::launch`), in the order and with the
+//! arguments src/backend/cuda/device.rs uses. The driver is built with g++; without one the tests print
+//! "skipping: ..." and pass, unless PATCHCORE_REQUIRE_EMULATION=1 (as in CI).
+
+mod common;
+
+use common::{rel_err, TempDir};
+use cudarc::driver::LaunchConfig;
+use half::f16;
+use patchcore::backend::cpu::{gaussian_taps, l2_distance, squared_norms};
+use patchcore::backend::cuda::launch::{
+    conv_plan, coreset_config, grid_stride, knn_plan, norms_config, GRID_CAP, MAX_BLUR_RADIUS,
+};
+use patchcore::backend::{Activation, Backend, ConvSpec, CpuBackend, Padding, Precision};
+use patchcore::rng::SplitMix64;
+use patchcore::Tensor;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// What an uninitialised device allocation holds here (device.rs allocates outputs without clearing them): NaN
+/// as f32, 0xFFFFFFFF as u32, so an output element a kernel forgets to write cannot pass for a result.
+const POISON: u8 = 0xFF;
+/// The SM counts the geometry is computed for. A small GPU: the coreset grid is 32 blocks that each take
+/// several grid-stride steps, and the kNN bank is split several ways. An H200: one block per 16 coreset
+/// rows, and a 64-row split per bank tile.
+const SMALL_GPU_SMS: usize = 8;
+const H200_SMS: usize = 132;
+
+// ------------------------------------------------------------------------------------------------------------
+// The driver and its scripts
+// ------------------------------------------------------------------------------------------------------------
+
+/// Why there is no driver: g++ is missing (a skip, unless required), or it failed to build (always a failure).
+enum NoDriver {
+    Skip(String),
+    Fail(String),
+}
+
+/// The emulation driver, compiled once per test run; `None` after printing why the caller skips.
+fn driver() -> Option<&'static Path> {
+    static DRIVER: OnceLock<Result<PathBuf, NoDriver>> = OnceLock::new();
+    let required = std::env::var("PATCHCORE_REQUIRE_EMULATION").is_ok_and(|v| v == "1");
+    match DRIVER.get_or_init(build_driver) {
+        Ok(path) => Some(path),
+        Err(NoDriver::Skip(why)) if !required => {
+            println!("skipping: {why}");
+            None
+        }
+        Err(NoDriver::Skip(why)) => panic!("{why}, and PATCHCORE_REQUIRE_EMULATION=1"),
+        Err(NoDriver::Fail(why)) => panic!("{why}"),
+    }
+}
+
+fn build_driver() -> Result<PathBuf, NoDriver> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/kernel_emulation");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_emulation");
+    std::fs::create_dir_all(&out_dir).map_err(|e| NoDriver::Fail(format!("{}: {e}", out_dir.display())))?;
+    // Built under a per-process name and renamed into place, so concurrent test runs never execute a
+    // half-written binary.
+    let tmp = out_dir.join(format!("driver.{}", std::process::id()));
+    let started = Instant::now();
+    let output = Command::new("g++")
+        .args(["-std=c++20", "-O2", "-pthread", "-ffp-contract=off", "-o"])
+        .arg(&tmp)
+        .arg("-I")
+        .arg(src.join("shim"))
+        .arg("-I")
+        .arg(root.join("kernels"))
+        .arg(src.join("driver.cpp"))
+        .output()
+        .map_err(|e| NoDriver::Skip(format!("cannot run g++ ({e}); the kernel emulation needs g++ 12 or newer")))?;
+    if !output.status.success() {
+        return Err(NoDriver::Fail(format!(
+            "g++ failed to build the kernel emulation driver:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let driver = out_dir.join("driver");
+    std::fs::rename(&tmp, &driver).map_err(|e| NoDriver::Fail(format!("{}: {e}", driver.display())))?;
+    println!("emulation driver built in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(driver)
+}
+
+/// A kernel argument, typed as the kernel's parameter (the driver checks the type).
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Buf(&'a str),
+    Null,
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    F32(f32),
+}
+
+impl std::fmt::Display for Arg<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arg::Buf(name) => write!(f, "buf:{name}"),
+            Arg::Null => write!(f, "null"),
+            Arg::I32(v) => write!(f, "i32:{v}"),
+            Arg::U32(v) => write!(f, "u32:{v}"),
+            Arg::I64(v) => write!(f, "i64:{v}"),
+            // Display prints the shortest decimal that reads back as the same f32, and "inf".
+            Arg::F32(v) => write!(f, "f32:{v}"),
+        }
+    }
+}
+
+use Arg::{Buf, Null, F32, I32, I64, U32};
+
+/// One emulated stream: buffers and launches in order, run by the driver in one process.
+struct Script {
+    dir: TempDir,
+    text: String,
+    saved: Vec<String>,
+}
+
+impl Script {
+    fn new(tag: &str) -> Self {
+        Script { dir: TempDir::new(&format!("emu-{tag}")), text: String::new(), saved: Vec::new() }
+    }
+
+    /// A device buffer holding `bytes` (a host-to-device copy).
+    fn load(&mut self, name: &str, bytes: Vec<u8>) {
+        let path = self.dir.path().join(format!("{name}.in"));
+        std::fs::write(&path, bytes).expect("write an input");
+        writeln!(self.text, "load {name} {}", path.display()).unwrap();
+    }
+
+    fn load_f32(&mut self, name: &str, data: &[f32]) {
+        self.load(name, data.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+
+    fn load_f16(&mut self, name: &str, data: &[f16]) {
+        self.load(name, data.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+
+    /// An allocation of `bytes`, every byte `fill` (POISON for device.rs's uninitialised `alloc`).
+    fn alloc(&mut self, name: &str, bytes: usize, fill: u8) {
+        writeln!(self.text, "alloc {name} {bytes} {fill}").unwrap();
+    }
+
+    fn launch(&mut self, kernel: &str, config: LaunchConfig, args: &[Arg]) {
+        let (g, b) = (config.grid_dim, config.block_dim);
+        write!(
+            self.text,
+            "launch {kernel} {} {} {} {} {} {} {}",
+            g.0, g.1, g.2, b.0, b.1, b.2, config.shared_mem_bytes
+        )
+        .unwrap();
+        for a in args {
+            write!(self.text, " {a}").unwrap();
+        }
+        self.text.push('\n');
+    }
+
+    /// Marks `name` to be copied back after the run.
+    fn save(&mut self, name: &str) {
+        writeln!(self.text, "save {name} {}", self.dir.path().join(format!("{name}.out")).display()).unwrap();
+        self.saved.push(name.to_string());
+    }
+
+    fn run(self, driver: &Path) -> Outputs {
+        let path = self.dir.path().join("script.txt");
+        std::fs::write(&path, &self.text).expect("write the script");
+        let output = Command::new(driver).arg(&path).output().expect("run the emulation driver");
+        assert!(
+            output.status.success(),
+            "the emulation failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let read = |name: &String| std::fs::read(self.dir.path().join(format!("{name}.out"))).expect("an output");
+        Outputs(self.saved.iter().map(|name| (name.clone(), read(name))).collect())
+    }
+}
+
+struct Outputs(HashMap<String, Vec<u8>>);
+
+impl Outputs {
+    fn words(&self, name: &str) -> impl Iterator<Item = [u8; 4]> + '_ {
+        self.0[name].chunks_exact(4).map(|c| c.try_into().unwrap())
+    }
+
+    fn f32s(&self, name: &str) -> Vec<f32> {
+        self.words(name).map(f32::from_le_bytes).collect()
+    }
+
+    fn u32s(&self, name: &str) -> Vec<u32> {
+        self.words(name).map(u32::from_le_bytes).collect()
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Inputs and comparisons
+// ------------------------------------------------------------------------------------------------------------
+
+fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+/// Bit-identical, except that any NaN equals any NaN (the GPU's NaN payloads differ from x86's).
+fn assert_same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let differ = |(_, (g, w)): &(usize, (&f32, &f32))| g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan());
+    let bad: Vec<_> = got.iter().zip(want).enumerate().filter(differ).collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} values differ, first at {}: {} vs CPU {}",
+        bad.len(),
+        got.len(),
+        bad[0].0,
+        bad[0].1 .0,
+        bad[0].1 .1
+    );
+}
+
+/// Distances and row indices: a kNN result (nq x k each), or a coreset's min_dist and selection.
+type DistRows = (Vec<f32>, Vec<u32>);
+
+fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
+    Tensor::new(shape.to_vec(), data)
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// embed.cu
+// ------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn embed_layer_matches_the_cpu_embedding_bit_for_bit() {
+    let Some(driver) = driver() else { return };
+    // The first layer sets the 7 x 9 grid (no resize); the second is upsampled by 7/4 x 9/5, the third
+    // resized by 7/11 x 9/4 (down one way, up the other).
+    let shapes = [[2, 5, 7, 9], [2, 6, 4, 5], [2, 3, 11, 4]];
+    let mut layers: Vec<Tensor> =
+        shapes.iter().enumerate().map(|(i, s)| tensor(s, gaussian(s.iter().product(), 10 + i as u64))).collect();
+    // An infinity is where skipping the resize matters (0 * inf is NaN), and the signed zero checks the
+    // pooling sum's start.
+    layers[0].data[17] = f32::INFINITY;
+    layers[1].data[40] = f32::NEG_INFINITY;
+    layers[2].data[3] = -0.0;
+    let want = CpuBackend.embed(&layers.iter().collect::<Vec<_>>()).unwrap();
+
+    // device.rs `embed`: one launch per layer into its columns of the rows.
+    let [b, _, gh, gw] = shapes[0];
+    let width: usize = shapes.iter().map(|s| s[1]).sum();
+    let mut s = Script::new("embed");
+    s.alloc("rows", b * gh * gw * width * 4, POISON);
+    let mut offset = 0;
+    for (i, (layer, &[_, c, h, w])) in layers.iter().zip(&shapes).enumerate() {
+        let name = format!("feat{i}");
+        s.load_f32(&name, &layer.data);
+        let ints = [b, c, h, w, gh, gw, width, offset].map(|v| I32(v as i32));
+        let mut args = vec![Buf(&name)];
+        args.extend(ints);
+        args.push(Buf("rows"));
+        s.launch("embed_layer", grid_stride(b * gh * gw * c, GRID_CAP, 0), &args);
+        offset += c;
+    }
+    s.save("rows");
+    let got = s.run(driver).f32s("rows");
+    assert_same_bits("embed rows", &got, &want.data);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// blur.cu
+// ------------------------------------------------------------------------------------------------------------
+
+/// device.rs `anomaly_map`: blur_rows then blur_cols, the taps in dynamic shared memory.
+fn emulated_anomaly_map(driver: &Path, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Vec<f32> {
+    let [b, h, w] = [scores.shape[0], scores.shape[1], scores.shape[2]];
+    let taps = gaussian_taps(sigma);
+    let radius = taps.len() / 2;
+    assert!(radius <= MAX_BLUR_RADIUS);
+    let total = b * out_h * out_w;
+    let config = grid_stride(total, GRID_CAP, (taps.len() * 4) as u32);
+    let [b, h, w, oh, ow, r] = [b, h, w, out_h, out_w, radius].map(|v| I32(v as i32));
+    let mut s = Script::new("blur");
+    s.load_f32("grid", &scores.data);
+    s.load_f32("taps", &taps);
+    s.alloc("tmp", total * 4, POISON);
+    s.alloc("out", total * 4, POISON);
+    s.launch("blur_rows", config, &[Buf("grid"), b, h, w, oh, ow, Buf("taps"), r, Buf("tmp")]);
+    s.launch("blur_cols", config, &[Buf("tmp"), b, oh, ow, Buf("taps"), r, Buf("out")]);
+    s.save("out");
+    s.run(driver).f32s("out")
+}
+
+#[test]
+fn blur_matches_the_cpu_anomaly_map_bit_for_bit() {
+    let Some(driver) = driver() else { return };
+    // Upsampled by 23/5 x 31/7, and a map smaller than the 16-pixel blur radius (reflection wraps around).
+    for (shape, out_h, out_w) in [([3, 5, 7], 23, 31), ([1, 3, 2], 10, 7)] {
+        let mut scores = tensor(&shape, gaussian(shape.iter().product(), 20).iter().map(|v| v.abs()).collect());
+        scores.data[1] = -0.0;
+        let want = CpuBackend.anomaly_map(&scores, out_h, out_w, 4.0).unwrap();
+        let got = emulated_anomaly_map(driver, &scores, out_h, out_w, 4.0);
+        assert_same_bits(&format!("anomaly map {shape:?} -> {out_h}x{out_w}"), &got, &want.data);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// coreset.cu
+// ------------------------------------------------------------------------------------------------------------
+
+/// device.rs `coreset`: fill_f32, then one coreset_step launch per selection, back to back. Returns the
+/// selection and each row's final min_dist.
+fn emulated_coreset(driver: &Path, rows: &Tensor, n_select: usize, start: usize, half: bool, sms: usize) -> DistRows {
+    let [n, d] = rows.dims2().unwrap();
+    let config = coreset_config(n, d, sms).unwrap();
+    let blocks = config.grid_dim.0 as usize;
+    let mut s = Script::new("coreset");
+    s.load_f32("rows", &rows.data);
+    s.alloc("min_dist", n * 4, POISON);
+    s.launch("fill_f32", grid_stride(n, 4096, 0), &[Buf("min_dist"), I64(n as i64), F32(f32::INFINITY)]);
+    s.alloc("selected", n_select * 4, 0);
+    s.alloc("block_d", blocks * 4, POISON);
+    s.alloc("block_i", blocks * 4, POISON);
+    s.alloc("counter", 4, 0);
+    let (kernel, source) = if half {
+        s.alloc("rows16", n * d * 2, POISON);
+        s.launch("to_f16", grid_stride(n * d, 4096, 0), &[Buf("rows"), Buf("rows16"), I64((n * d) as i64)]);
+        ("coreset_step_f16", "rows16")
+    } else {
+        ("coreset_step_f32", "rows")
+    };
+    for step in 0..n_select {
+        let args = [Buf(source), I32(n as i32), I32(d as i32), U32(start as u32), I32(step as i32)];
+        let buffers = ["min_dist", "selected", "block_d", "block_i", "counter"].map(Buf);
+        s.launch(kernel, config, &[&args[..], &buffers[..]].concat());
+    }
+    s.save("selected");
+    s.save("min_dist");
+    s.save("counter");
+    let out = s.run(driver);
+    assert_eq!(out.u32s("counter"), [0], "the last block re-arms the counter");
+    (out.f32s("min_dist"), out.u32s("selected"))
+}
+
+/// The textbook loop's min_dist after selecting `selected` from `start`: each row's smallest `l2_distance` to
+/// the start and every selected row but the last (whose distances the next step would take).
+fn cpu_min_dist(rows: &Tensor, start: usize, selected: &[u32]) -> Vec<f32> {
+    let [n, d] = rows.dims2().unwrap();
+    let row = |i: usize| &rows.data[i * d..(i + 1) * d];
+    let centres: Vec<usize> = std::iter::once(start).chain(selected.iter().map(|&c| c as usize)).collect();
+    let centres = &centres[..selected.len()];
+    (0..n).map(|i| centres.iter().map(|&c| l2_distance(row(i), row(c))).fold(f32::INFINITY, f32::min)).collect()
+}
+
+/// Max over all rows of the distance to the nearest selected row.
+fn covering_radius(rows: &Tensor, selected: &[u32]) -> f32 {
+    let bank = CpuBackend.prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
+    let (dist, _) = CpuBackend.knn(rows, &bank, 1).unwrap();
+    dist.into_iter().fold(0.0, f32::max)
+}
+
+#[test]
+fn coreset_f32_selection_equals_the_cpu_selection() {
+    let Some(driver) = driver() else { return };
+    let mut rng = SplitMix64::new(30);
+    // Few distinct rows of small integers: once they are all selected every distance is 0, and before
+    // that many distances tie exactly, so the order rests on "ties go to the lower index".
+    let base: Vec<f32> = (0..30 * 33).map(|_| rng.below(5) as f32 - 2.0).collect();
+    let duplicates: Vec<f32> =
+        (0..1200).flat_map(|_| base.chunks(33).nth(rng.below(30) as usize).unwrap()).copied().collect();
+    let cases = [
+        // d = 50: three full 16-element chunks per lane sum and a partial one; 32 blocks of ~4 grid-stride steps.
+        ("gaussian", tensor(&[2000, 50], gaussian(2000 * 50, 31)), 100, 1234, SMALL_GPU_SMS),
+        ("duplicates", tensor(&[1200, 33], duplicates), 60, 7, H200_SMS),
+        // Wider than the 2048 floats coreset.cu stages in shared memory: the centre is read from global memory.
+        ("wide", tensor(&[201, 2100], gaussian(201 * 2100, 32)), 12, 150, 4),
+        // 263 blocks: the last block's reduction loops over more block results than it has threads.
+        ("many blocks", tensor(&[4201, 20], gaussian(4201 * 20, 34)), 30, 4200, H200_SMS),
+    ];
+    for (what, rows, n_select, start, sms) in cases {
+        let started = Instant::now();
+        let want = CpuBackend.coreset(&rows, n_select, start).unwrap();
+        let (min_dist, got) = emulated_coreset(driver, &rows, n_select, start, false, sms);
+        assert_eq!(got, want, "{what}: coreset_step_f32 vs CpuBackend::coreset");
+        // The distances behind the selection, bit for bit (a selection can survive a rounding difference).
+        assert_same_bits(&format!("{what}: min_dist"), &min_dist, &cpu_min_dist(&rows, start, &want));
+        println!("coreset {what} {:?}: {n_select} steps equal in {:.1} s", rows.shape, started.elapsed().as_secs_f64());
+    }
+}
+
+#[test]
+fn coreset_f16_covers_within_ten_percent_of_the_f32_selection() {
+    let Some(driver) = driver() else { return };
+    // Offset by 16, where f16 steps are 1/64: the f16 rows round visibly and the selection departs from f32's.
+    let rows = tensor(&[2000, 50], gaussian(2000 * 50, 33).iter().map(|v| 16.0 + v).collect());
+    let exact = CpuBackend.coreset(&rows, 100, 99).unwrap();
+    let (_, half) = emulated_coreset(driver, &rows, 100, 99, true, SMALL_GPU_SMS);
+    let mut sorted = half.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), half.len(), "every row selected once");
+    let (r_half, r_exact) = (covering_radius(&rows, &half), covering_radius(&rows, &exact));
+    let same = half.iter().zip(&exact).filter(|(a, b)| a == b).count();
+    println!("coreset f16 covering radius {r_half} vs f32 {r_exact}, {same} of 100 selections equal");
+    assert!((r_half / r_exact - 1.0).abs() <= 0.10, "covering radius {r_half} vs f32 selection {r_exact}");
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// knn.cu
+// ------------------------------------------------------------------------------------------------------------
+
+/// device.rs `prepare_bank` + `knn`: query norms on the device, bank norms on the host, queries converted
+/// on the device (and the bank on the host) for f16, the partial top-k over the split bank, the merge. The
+/// device's norms and f16 queries must equal the host's (`squared_norms`, `f16::from_f32`) bit for bit.
+fn emulated_knn(driver: &Path, q: &[f32], bank: &[f32], d: usize, k: usize, p: Precision, sms: usize) -> DistRows {
+    let (nq, m) = (q.len() / d, bank.len() / d);
+    let plan = knn_plan(nq, m, d, k, sms).unwrap();
+    let int = |v: usize| I32(v as i32);
+    let mut s = Script::new("knn");
+    s.load_f32("q", q);
+    s.alloc("q_norms", nq * 4, POISON);
+    s.launch("squared_norms", norms_config(nq), &[Buf("q"), int(nq), int(d), Buf("q_norms")]);
+    s.load_f32("bank_norms", &squared_norms(bank, d));
+    let queries = if p == Precision::F16 {
+        s.load_f16("bank", &bank.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>());
+        s.alloc("q16", nq * d * 2, POISON);
+        s.launch("to_f16", grid_stride(nq * d, 4096, 0), &[Buf("q"), Buf("q16"), I64((nq * d) as i64)]);
+        "q16"
+    } else {
+        s.load_f32("bank", bank);
+        "q"
+    };
+    let precision = match p {
+        Precision::F32 => "f32",
+        Precision::Tf32 => "tf32",
+        Precision::F16 => "f16",
+    };
+    let kernel = format!("knn_partial_{precision}_{}", if k == 1 { "k1" } else { "k16" });
+    // An unwritten candidate slot would read as (0, 0), a perfect match with bank row 0 that the merge keeps.
+    s.alloc("cand_d", nq * plan.per_query * 4, 0);
+    s.alloc("cand_i", nq * plan.per_query * 4, 0);
+    let (cand_d, cand_i) = (Buf("cand_d"), Buf("cand_i"));
+    let args = [Buf(queries), Buf("q_norms"), int(nq), Buf("bank"), Buf("bank_norms")];
+    s.launch(&kernel, plan.partial, &[&args[..], &[int(m), int(d), int(k), int(plan.chunk), cand_d, cand_i]].concat());
+    s.alloc("out_d", nq * k * 4, POISON);
+    s.alloc("out_i", nq * k * 4, POISON);
+    let args = [cand_d, cand_i, int(nq), int(plan.per_query), int(k), Buf("out_d"), Buf("out_i")];
+    s.launch("knn_merge", plan.merge, &args);
+    s.save("out_d");
+    s.save("out_i");
+    s.save("q_norms");
+    if p == Precision::F16 {
+        s.save("q16");
+    }
+    let out = s.run(driver);
+    assert_same_bits("squared_norms", &out.f32s("q_norms"), &squared_norms(q, d));
+    if p == Precision::F16 {
+        let want: Vec<u8> = q.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        assert!(out.0["q16"] == want, "to_f16 differs from f16::from_f32");
+    }
+    (out.f32s("out_d"), out.u32s("out_i"))
+}
+
+/// The exact (f64) distance between query row `qi` and bank row `bi`.
+fn true_distance(q: &[f32], bank: &[f32], d: usize, qi: usize, bi: usize) -> f64 {
+    let (a, b) = (&q[qi * d..(qi + 1) * d], &bank[bi * d..(bi + 1) * d]);
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The emulated search against the CPU's, to `tol` relative to the largest distance: the distances; each
+/// returned row's true distance; and the rows themselves, which may differ from the CPU's only where the two
+/// are tied at that tolerance. Returns how many such near-ties changed places.
+fn check_knn(what: &str, q: &[f32], bank: &[f32], d: usize, got: &DistRows, want: &DistRows, tol: f64) -> usize {
+    let k = got.0.len() / (q.len() / d);
+    let e = rel_err(&got.0, &want.0);
+    assert!(e <= tol, "{what}: distances differ from the CPU's by {e:.2e} (relative), more than {tol:e}");
+    let scale = want.0.iter().fold(0.0f64, |m, &v| m.max(v as f64));
+    let mut swapped = 0;
+    for (qi, ((gd, gi), wi)) in got.0.chunks(k).zip(got.1.chunks(k)).zip(want.1.chunks(k)).enumerate() {
+        for j in 0..k {
+            let (g, w) = (gi[j] as usize, wi[j] as usize);
+            if want.0[qi * k + j].is_nan() {
+                assert!(gd[j].is_nan() && g == w, "{what}: query {qi} slot {j}: ({}, {g}), CPU (NaN, {w})", gd[j]);
+                continue;
+            }
+            assert!(g < bank.len() / d && !gi[..j].contains(&gi[j]), "{what}: query {qi} slot {j} holds row {g}");
+            let t = true_distance(q, bank, d, qi, g);
+            assert!((t - gd[j] as f64).abs() <= tol * scale, "{what}: query {qi} row {g}: {} vs true {t}", gd[j]);
+            if g != w {
+                let tw = true_distance(q, bank, d, qi, w);
+                assert!(
+                    (t - tw).abs() <= tol * scale,
+                    "{what}: query {qi} slot {j}: row {g} ({t}) vs CPU's {w} ({tw})"
+                );
+                swapped += 1;
+            }
+        }
+    }
+    swapped
+}
+
+const PRECISIONS: [(Precision, f64); 3] = [(Precision::F32, 1e-5), (Precision::Tf32, 5e-3), (Precision::F16, 5e-3)];
+
+#[test]
+fn knn_matches_the_cpu_search_in_every_precision() {
+    let Some(driver) = driver() else { return };
+    // Ragged: 300 queries are 4 blocks of 64 and one of 44, and the 1000-row bank is split into 6 chunks of
+    // 192 rows (the last one 40) on the small GPU. d = 100 takes the 16-byte staging loads in f32/tf32 and
+    // the scalar ones in f16 (100 is not a multiple of 8 halves); d = 37 the scalar ones everywhere.
+    let cases = [(300, 1000, 100, [1, 9, 16]), (130, 450, 37, [1, 9, 16])];
+    for (nq, m, d, ks) in cases {
+        let mut q = gaussian(nq * d, 50);
+        let mut bank = gaussian(m * d, 51);
+        // A NaN distance never ranks: bank row 5 is never found, and query 7 finds nothing ((NaN, 0) slots).
+        bank[5 * d + 3] = f32::NAN;
+        q[7 * d] = f32::NAN;
+        let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+        for k in ks {
+            let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+            for (p, tol) in PRECISIONS {
+                let started = Instant::now();
+                let got = emulated_knn(driver, &q, &bank, d, k, p, SMALL_GPU_SMS);
+                let what = format!("knn {p:?} {nq}x{m}x{d} k={k}");
+                let swapped = check_knn(&what, &q, &bank, d, &got, &want, tol);
+                println!("{what}: {swapped} near-ties swapped, {:.1} s", started.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+#[test]
+fn knn_breaks_exact_ties_as_the_cpu_in_every_precision() {
+    let Some(driver) = driver() else { return };
+    // Small integers are exact in tf32 and f16 and every dot product is an exact integer, so each precision
+    // computes the CPU's distances exactly, and with duplicated bank rows and few distinct values many of them
+    // tie: the rows returned must be the CPU's exactly (ties to the lower index, across lists and splits).
+    let (nq, m) = (130, 700);
+    let mut rng = SplitMix64::new(60);
+    for d in [37, 64] {
+        let q: Vec<f32> = (0..nq * d).map(|_| rng.below(5) as f32 - 2.0).collect();
+        let mut bank: Vec<f32> = (0..m * d).map(|_| rng.below(5) as f32 - 2.0).collect();
+        for j in (0..m - 200).step_by(7) {
+            bank.copy_within(j * d..(j + 1) * d, (j + 131) * d); // the same row in another split and list
+        }
+        let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+        for k in [1, 16] {
+            let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+            for (p, _) in PRECISIONS {
+                let got = emulated_knn(driver, &q, &bank, d, k, p, H200_SMS);
+                assert_same_bits(&format!("knn {p:?} ties d={d} k={k} distances"), &got.0, &want.0);
+                assert_eq!(got.1, want.1, "knn {p:?} ties d={d} k={k}: rows");
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// conv.cu
+// ------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn conv_epilogue_and_padding_match_a_reference() {
+    let Some(driver) = driver() else { return };
+    let (b, c, hw) = (2, 3, 35);
+    let n = b * c * hw;
+    // Spread over the ReLU6 range, with the values whose handling differs between activations.
+    let mut y: Vec<f32> = gaussian(n, 70).iter().map(|v| 4.0 * v).collect();
+    y[..7].copy_from_slice(&[f32::NAN, -0.0, f32::INFINITY, f32::NEG_INFINITY, 6.0, -1e-30, 0.0]);
+    let bias = gaussian(c, 71);
+    let residual = gaussian(n, 72);
+    // kernels/conv.cu's contract, as the CPU's conv epilogue: act((y + bias) + residual), 0.0 without one.
+    let reference = |i: usize, act: i32, with_residual: bool| {
+        let v = y[i] + bias[i / hw % c] + if with_residual { residual[i] } else { 0.0 };
+        match act {
+            0 => v,
+            1 => v.max(0.0),
+            _ => v.clamp(0.0, 6.0),
+        }
+    };
+    // TF-same 3x3 stride 2 on 9 x 10 pads one pixel bottom/right only: the case that needs pad_nchw.
+    let spec = ConvSpec {
+        in_channels: c,
+        out_channels: c,
+        kernel: 3,
+        stride: 2,
+        padding: Padding::TfSame,
+        groups: 1,
+        activation: Activation::Relu,
+    };
+    let (h, w) = (9, 10);
+    let pad = conv_plan(&spec, [b, c, h, w]).explicit.expect("an asymmetric padding");
+    let x = gaussian(b * c * h * w, 73);
+
+    let mut s = Script::new("conv");
+    s.load_f32("bias", &bias);
+    s.load_f32("residual", &residual);
+    let cases: Vec<(i32, bool)> = (0..3).flat_map(|act| [(act, false), (act, true)]).collect();
+    for &(act, with_residual) in &cases {
+        let name = format!("y{act}{with_residual}");
+        s.load_f32(&name, &y);
+        let res = if with_residual { Buf("residual") } else { Null };
+        let args = [Buf(&name), Buf("bias"), res, I32(b as i32), I32(c as i32), I32(hw as i32), I32(act)];
+        s.launch("bias_act", grid_stride(n, GRID_CAP, 0), &args);
+        s.save(&name);
+    }
+    s.load_f32("x", &x);
+    let total = b * c * pad.height * pad.width;
+    s.alloc("padded", total * 4, POISON);
+    let dims = [b * c, h, w, pad.top, pad.left, pad.height, pad.width].map(|v| I32(v as i32));
+    s.launch("pad_nchw", grid_stride(total, GRID_CAP, 0), &[&[Buf("x")], &dims[..], &[Buf("padded")]].concat());
+    s.save("padded");
+    let out = s.run(driver);
+
+    for &(act, with_residual) in &cases {
+        let want: Vec<f32> = (0..n).map(|i| reference(i, act, with_residual)).collect();
+        let what = format!("bias_act act={act} residual={with_residual}");
+        assert_same_bits(&what, &out.f32s(&format!("y{act}{with_residual}")), &want);
+    }
+    let want: Vec<f32> = (0..total)
+        .map(|i| {
+            let (plane, yy, xx) = (i / (pad.height * pad.width), i / pad.width % pad.height, i % pad.width);
+            let (sy, sx) = (yy.wrapping_sub(pad.top), xx.wrapping_sub(pad.left));
+            if sy < h && sx < w {
+                x[(plane * h + sy) * w + sx]
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    assert_same_bits("pad_nchw", &out.f32s("padded"), &want);
+}
