@@ -50,14 +50,11 @@ extern "C" __global__ void __launch_bounds__(256) blur_rows(const float* __restr
     const long long total = (long long)batch * out_h * out_w;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        const int x = (int)(i % out_w);
-        const long long by = i / out_w;
-        const int y = (int)(by % out_h);
-        const long long b = by / out_h;
-        const float* line = scores + ((size_t)b * h + ny(y)) * w;
+        const kern::Pixel p = kern::pixel_of(i, out_h, out_w);
+        const float* line = scores + ((size_t)p.plane * h + ny(p.y)) * w;
         float acc = -0.0f;
         for (int t = 0; t <= 2 * radius; ++t) {
-            const float v = __ldg(line + nx(kern::reflect_index(x + t - radius, out_w)));
+            const float v = __ldg(line + nx(kern::reflect_index(p.x + t - radius, out_w)));
             acc = __fadd_rn(acc, __fmul_rn(k[t], v));
         }
         tmp[i] = acc;
@@ -73,13 +70,11 @@ extern "C" __global__ void __launch_bounds__(256) blur_cols(const float* __restr
     const long long total = (long long)batch * out_h * out_w;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        const int x = (int)(i % out_w);
-        const long long by = i / out_w;
-        const int y = (int)(by % out_h);
-        const float* column = tmp + (size_t)(by - y) * out_w + x;  // (b, 0, x)
+        const kern::Pixel p = kern::pixel_of(i, out_h, out_w);
+        const float* column = tmp + (size_t)p.plane * out_h * out_w + p.x;  // (b, 0, x)
         float acc = -0.0f;
         for (int t = 0; t <= 2 * radius; ++t) {
-            const float v = __ldg(column + (size_t)kern::reflect_index(y + t - radius, out_h) * out_w);
+            const float v = __ldg(column + (size_t)kern::reflect_index(p.y + t - radius, out_h) * out_w);
             acc = __fadd_rn(acc, __fmul_rn(k[t], v));
         }
         out[i] = acc;

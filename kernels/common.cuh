@@ -1,4 +1,4 @@
-// Device helpers shared by embed.cu, blur.cu and coreset.cu: the index and weight rules of the
+// Device helpers shared by embed.cu, blur.cu, coreset.cu and conv.cu: the index and weight rules of the
 // CPU backend (src/resample.rs, src/backend/cpu/blur.rs, src/backend/cpu/coreset.rs), written
 // once so that every kernel rounds exactly as the CPU does.
 //
@@ -55,6 +55,20 @@ struct Nearest {
         return min(__float2int_rz(floorf(__fmul_rn(__int2float_rn(dst), scale))), last);
     }
 };
+
+// The (plane, y, x) of flat index i over [planes, h, w], x fastest: the grid-stride kernels walk
+// their outputs in memory order, so a warp's stores are consecutive.
+struct Pixel {
+    long long plane;
+    int y;
+    int x;
+};
+
+__device__ __forceinline__ Pixel pixel_of(long long i, int h, int w)
+{
+    const long long row = i / w;
+    return Pixel{row / h, (int)(row % h), (int)(i % w)};
+}
 
 // torch "reflect" padding (d c b | a b c d | c b a), periodic beyond one reflection so that a
 // blur radius larger than the map never reads out of bounds; n == 1 maps everything to 0.

@@ -20,6 +20,8 @@
 // Rust's f32::max(NaN, 0) is 0 (as fmaxf), while clamp(NaN, 0, 6) stays NaN, so ReLU6 is two
 // comparisons rather than fminf(fmaxf(...)), which would return 0 for NaN.
 
+#include "common.cuh"
+
 namespace {
 
 __device__ __forceinline__ float activate(float v, int act)
@@ -60,11 +62,8 @@ extern "C" __global__ void __launch_bounds__(256) pad_nchw(const float* __restri
     const long long total = (long long)planes * ph * pw;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        const int xx = (int)(i % pw);
-        const long long row = i / pw;
-        const int yy = (int)(row % ph);
-        const long long plane = row / ph;
-        const int sy = yy - top, sx = xx - left;
-        y[i] = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? __ldg(x + (plane * h + sy) * w + sx) : 0.0f;
+        const kern::Pixel p = kern::pixel_of(i, ph, pw);
+        const int sy = p.y - top, sx = p.x - left;
+        y[i] = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? __ldg(x + (p.plane * h + sy) * w + sx) : 0.0f;
     }
 }

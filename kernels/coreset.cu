@@ -148,12 +148,9 @@ __device__ __forceinline__ float half_warp_distance(const T* __restrict__ row, i
 
 // Reduces (d, i) over the block by `beats`; the result is valid in thread 0. Called by all
 // threads; it synchronises the block once, so two calls need a barrier between them.
-__device__ __forceinline__ void block_argmax(float& d, unsigned& i)
+// The warp's best (d, i) into lane 0 by the tie rule.
+__device__ __forceinline__ void warp_argmax(float& d, unsigned& i)
 {
-    __shared__ float warp_d[BLOCK / 32];
-    __shared__ unsigned warp_i[BLOCK / 32];
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
 #pragma unroll
     for (int off = 16; off >= 1; off /= 2) {
         const float od = __shfl_down_sync(0xffffffffu, d, off);
@@ -163,6 +160,15 @@ __device__ __forceinline__ void block_argmax(float& d, unsigned& i)
             i = oi;
         }
     }
+}
+
+__device__ __forceinline__ void block_argmax(float& d, unsigned& i)
+{
+    __shared__ float warp_d[BLOCK / 32];
+    __shared__ unsigned warp_i[BLOCK / 32];
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    warp_argmax(d, i);
     if (lane == 0) {
         warp_d[warp] = d;
         warp_i[warp] = i;
@@ -171,15 +177,7 @@ __device__ __forceinline__ void block_argmax(float& d, unsigned& i)
     if (warp == 0) {
         d = lane < BLOCK / 32 ? warp_d[lane] : -INFINITY;
         i = lane < BLOCK / 32 ? warp_i[lane] : NO_ROW;
-#pragma unroll
-        for (int off = 16; off >= 1; off /= 2) {
-            const float od = __shfl_down_sync(0xffffffffu, d, off);
-            const unsigned oi = __shfl_down_sync(0xffffffffu, i, off);
-            if (kern::beats(od, oi, d, i)) {
-                d = od;
-                i = oi;
-            }
-        }
+        warp_argmax(d, i);
     }
 }
 
