@@ -72,7 +72,7 @@ run() {
     done
     local status=0
     echo "== per-backend tests (parity with the CPU backend and float64) =="
-    timeout 240 "$OUT/backends" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" || status=1
+    timeout 170 "$OUT/backends" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" || status=1
     echo
     echo "== parity =="
     echo "| backend | operation | relative error | bound |"
@@ -80,7 +80,7 @@ run() {
     grep '^parity: ' "$OUT/tests.log" | sed 's/^parity: /| /; s/$/ |/' || true
     echo
     echo "== CUDA benches =="
-    timeout 330 "$OUT/bench" 2>&1 | tee "$OUT/bench.log" || status=1
+    timeout 280 "$OUT/bench" 2>&1 | tee "$OUT/bench.log" || status=1
     echo
     [ "$status" = 0 ] && echo "gpu-check: PASSED" || echo "gpu-check: FAILED"
     exit "$status"
