@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{rel_err, TempDir};
+use common::{covering_radius, rel_err, TempDir};
 use patchcore::backbone::weights::SafetensorsFile;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::cpu::l2_distance;
@@ -314,11 +314,6 @@ fn textbook_coreset(rows: &Tensor, n_select: usize, start: usize) -> Vec<u32> {
         selected.push(centre as u32);
     }
     selected
-}
-
-fn covering_radius(rows: &Tensor, selected: &[u32]) -> f32 {
-    let bank = CpuBackend.prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
-    CpuBackend.knn(rows, &bank, 1).unwrap().0.into_iter().fold(0.0, f32::max)
 }
 
 #[test]

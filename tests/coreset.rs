@@ -1,6 +1,9 @@
 //! The coreset on random rows: its covering radius against an exact greedy on the
 //! unprojected rows, and reproducibility per seed.
 
+mod common;
+
+use common::covering_radius;
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::patchcore::coreset::select;
 use patchcore::rng::SplitMix64;
@@ -9,13 +12,6 @@ use patchcore::Tensor;
 fn gaussian_rows(n: usize, d: usize, seed: u64) -> Tensor {
     let mut rng = SplitMix64::new(seed);
     Tensor::new(vec![n, d], (0..n * d).map(|_| rng.normal() as f32).collect())
-}
-
-/// Max over all rows of the distance to the nearest selected row.
-fn covering_radius(rows: &Tensor, selected: &[u32]) -> f32 {
-    let bank = CpuBackend.prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
-    let (dist, _) = CpuBackend.knn(rows, &bank, 1).unwrap();
-    dist.into_iter().fold(0.0, f32::max)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{rel_err, TempDir};
+use common::{covering_radius, rel_err, TempDir};
 use cudarc::driver::LaunchConfig;
 use half::f16;
 use patchcore::backend::cpu::{gaussian_taps, l2_distance, squared_norms};
@@ -354,13 +354,6 @@ fn cpu_min_dist(rows: &Tensor, start: usize, selected: &[u32]) -> Vec<f32> {
     let centres: Vec<usize> = std::iter::once(start).chain(selected.iter().map(|&c| c as usize)).collect();
     let centres = &centres[..selected.len()];
     (0..n).map(|i| centres.iter().map(|&c| l2_distance(row(i), row(c))).fold(f32::INFINITY, f32::min)).collect()
-}
-
-/// Max over all rows of the distance to the nearest selected row.
-fn covering_radius(rows: &Tensor, selected: &[u32]) -> f32 {
-    let bank = CpuBackend.prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
-    let (dist, _) = CpuBackend.knn(rows, &bank, 1).unwrap();
-    dist.into_iter().fold(0.0, f32::max)
 }
 
 #[test]

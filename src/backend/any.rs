@@ -56,6 +56,27 @@ impl AnyTensor {
     }
 }
 
+impl AnyTensor {
+    fn as_cpu(&self) -> Option<&<CpuBackend as Backend>::Tensor> {
+        match self {
+            AnyTensor::Cpu(t) => Some(t),
+            AnyTensor::Cuda(_) => None,
+        }
+    }
+
+    fn as_cuda(&self) -> Option<&<CudaBackend as Backend>::Tensor> {
+        match self {
+            AnyTensor::Cuda(t) => Some(t),
+            AnyTensor::Cpu(_) => None,
+        }
+    }
+}
+
+/// Every tensor of `layers` on one device (`on` picks it out), or the mixed-device error.
+fn all<'a, T>(layers: &[&'a AnyTensor], on: impl Fn(&'a AnyTensor) -> Option<&'a T>) -> Result<Vec<&'a T>> {
+    layers.iter().map(|l| on(l).ok_or_else(|| mixed("embed"))).collect()
+}
+
 /// A tensor, convolution or bank of one backend handed to another: a programming error, but
 /// reported, never a panic.
 fn mixed(what: &str) -> Error {
@@ -134,26 +155,8 @@ impl Backend for AnyBackend {
 
     fn embed(&self, layers: &[&AnyTensor]) -> Result<AnyTensor> {
         match self {
-            AnyBackend::Cpu(b) => {
-                let layers = layers
-                    .iter()
-                    .map(|l| match l {
-                        AnyTensor::Cpu(t) => Ok(t),
-                        _ => Err(mixed("embed")),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                b.embed(&layers).map(AnyTensor::Cpu)
-            }
-            AnyBackend::Cuda(b) => {
-                let layers = layers
-                    .iter()
-                    .map(|l| match l {
-                        AnyTensor::Cuda(t) => Ok(t),
-                        _ => Err(mixed("embed")),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                b.embed(&layers).map(AnyTensor::Cuda)
-            }
+            AnyBackend::Cpu(b) => b.embed(&all(layers, AnyTensor::as_cpu)?).map(AnyTensor::Cpu),
+            AnyBackend::Cuda(b) => b.embed(&all(layers, AnyTensor::as_cuda)?).map(AnyTensor::Cuda),
         }
     }
 

@@ -141,3 +141,12 @@ pub fn synthetic_category(root: &std::path::Path, size: u32, n_train: usize, n_t
         mask.save(root.join(format!("ground_truth/square/{i:03}_mask.png"))).unwrap();
     }
 }
+
+/// Max over all rows of the distance to the nearest selected row (exact, on the CPU): how well a
+/// coreset covers its input.
+pub fn covering_radius(rows: &patchcore::Tensor, selected: &[u32]) -> f32 {
+    use patchcore::backend::{Backend, CpuBackend};
+    let bank = CpuBackend.prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
+    let (dist, _) = CpuBackend.knn(rows, &bank, 1).unwrap();
+    dist.into_iter().fold(0.0, f32::max)
+}

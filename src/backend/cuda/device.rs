@@ -88,17 +88,13 @@ impl CudaBackend {
         Ok(CudaBackend { ordinal, name, sm_count, precision, stream, kernels, dnn: Mutex::new(dnn), _ctx: ctx })
     }
 
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
     /// The stream every operation runs on (benches time it and put cuBLAS on it).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
     /// Waits for everything queued so far.
-    pub fn synchronize(&self) -> Result<()> {
+    fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(driver_error("synchronize"))
     }
 
