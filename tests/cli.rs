@@ -183,6 +183,14 @@ fn bad_inputs_fail_with_the_file_named_and_exit_code_1() {
     let o = fit(&["--device", "tpu"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("expected cpu, cuda, cuda:N or auto"), "{}", stderr(&o));
+    for command in [
+        &["predict", "--model", "m", "--batch", "0", "x"][..],
+        &["eval", "--model", "m", "--data", "d", "--batch", "1025"],
+    ] {
+        let o = patchcore(command);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("expected 1 to 1024"), "{}", stderr(&o));
+    }
 
     common::synthetic_image(64, 1, false).0.save(train.join("a.png")).unwrap();
     common::synthetic_image(48, 2, false).0.save(train.join("b.png")).unwrap();

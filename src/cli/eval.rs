@@ -1,5 +1,5 @@
 use super::category::evaluate_category;
-use super::options::DeviceArgs;
+use super::options::{batch_size, DeviceArgs};
 use super::{backend_for, Bars};
 use crate::data::dataset::Category;
 use crate::error::Result;
@@ -19,8 +19,8 @@ pub struct Args {
     /// Write overlays, metrics.json and report.html here.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
+    /// Images per forward pass (1 to 1024).
+    #[arg(long, default_value_t = 8, value_parser = batch_size)]
     batch: usize,
     #[command(flatten)]
     device: DeviceArgs,

@@ -8,6 +8,15 @@ use crate::error::{Error, Result};
 use crate::patchcore::FitOptions;
 use std::path::PathBuf;
 
+/// `--batch` of the commands that score a model: 1 to 1024 images per forward pass, checked by
+/// clap so that eval and predict refuse the same values the same way.
+pub fn batch_size(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}`: expected 1 to 1024")),
+    }
+}
+
 /// Where to run, for the commands that take a model or fit one.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArgs {

@@ -1,4 +1,4 @@
-use super::options::DeviceArgs;
+use super::options::{batch_size, DeviceArgs};
 use super::{backend_for, Bars};
 use crate::data::dataset::list_images;
 use crate::data::image::load_rgb;
@@ -19,8 +19,8 @@ pub struct Args {
     /// Write an overlay PNG per image into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
+    /// Images per forward pass (1 to 1024).
+    #[arg(long, default_value_t = 8, value_parser = batch_size)]
     batch: usize,
     #[command(flatten)]
     device: DeviceArgs,
@@ -42,9 +42,6 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// An image that fails to decode is reported on its own JSON line and the rest are still
 /// scored; the exit status is then non-zero.
 pub fn run(args: Args) -> Result<()> {
-    if args.batch == 0 || args.batch > 1024 {
-        return Err(Error::option("--batch", format!("{}: expected 1 to 1024", args.batch)));
-    }
     let model = PatchCore::load(backend_for(args.device)?, &args.model)?;
     let paths = expand(&args.inputs)?;
     if let Some(dir) = &args.out {
