@@ -4,7 +4,8 @@
 Run from the repository root:
 
     python3 -m venv /tmp/fixvenv && /tmp/fixvenv/bin/pip install torch torchvision safetensors numpy
-    /tmp/fixvenv/bin/python scripts/make_fixtures.py
+    /tmp/fixvenv/bin/python scripts/make_fixtures.py            # all of them
+    /tmp/fixvenv/bin/python scripts/make_fixtures.py pipeline   # only pipeline/ and pipeline.safetensors
 
 Everything is written under tests/fixtures/.  CPU only, float32, deterministic
 (running it twice gives byte-identical files with the same library versions).
@@ -41,6 +42,14 @@ Files written:
                               image_score_scaled [2] (b=9 score with embedding and bank both
                               multiplied by 1/16; here the softmax weight is not 1.0, unlike
                               image_score, which equals image_score_b1 at f32 precision).
+  pipeline/                   train/good/000..003.png and test/good.png, test/defect.png: 72x56
+                              RGB pictures (a seeded texture plus hashed noise; the defect a
+                              magenta rectangle), inputs of the CLI's default fit and predict.
+  pipeline.safetensors        anomalib's results for them with the hashed resnet18: pre-processed
+                              as torchvision v2 (antialiased resize to 64x64, ImageNet
+                              normalisation), bank = the embedding of all four training images
+                              (ratio 1), image_score [2] (num_neighbors = 9),
+                              max_patch_distance [2], anomaly_map [2,64,64].
   wide_resnet50_2.safetensors input, layer2 [2,512,8,12], layer3 [2,1024,4,6].
   preprocess_input.png        70x50 RGB test image, pixel(x,y,c) =
                               (x*37 + y*91 + c*53 + (x*y)%17*11) % 256.
@@ -312,6 +321,55 @@ def preprocess_fixtures():
     return {"preprocess.safetensors": out}
 
 
+def pipeline_fixtures():
+    """PNG files for the CLI's default path (fit without --val at ratio 1, then predict) and
+    anomalib's results for them: the bank is every training row, as anomalib keeps."""
+    root = os.path.join(OUT, "pipeline")
+    W, H = 72, 56
+    ys, xs = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+
+    def picture(name, defect):
+        phase = hash_uniform(name + ".phase", 1)[0] * 6.0
+        noise = hash_uniform(name, H * W * 3).reshape(H, W, 3) * 40.0
+        base = 128.0 + 60.0 * np.sin(xs * 0.3 + phase) * np.cos(ys * 0.2)
+        img = base[..., None] * np.array([1.0, 0.9, 0.7]) + noise
+        if defect:
+            img[20:34, 30:46] = [250.0, 30.0, 200.0]
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+    sets = {"train": [(f"train/good/{i:03}.png", False) for i in range(4)],
+            "test": [("test/good.png", False), ("test/defect.png", True)]}
+    inputs = {}
+    for key, files in sets.items():
+        planes = []
+        for rel, defect in files:
+            img = picture(rel, defect)
+            path = os.path.join(root, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(img, "RGB").save(path)
+            t = torch.from_numpy(img).permute(2, 0, 1).to(torch.float32) / 255.0
+            t = TF.resize(t, [64, 64], antialias=True)
+            planes.append(TF.normalize(t, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
+        inputs[key] = torch.stack(planes)
+
+    r18 = make_model(torchvision.models.resnet18)
+    bank = embedding(*forward_layers(r18, inputs["train"]))
+    l2, l3 = forward_layers(r18, inputs["test"])
+    emb = embedding(l2, l3)
+    b, h, w = l2.shape[0], l2.shape[2], l2.shape[3]
+    with torch.no_grad():
+        ps, loc = euclidean_dist(emb, bank).topk(k=1, largest=False, dim=1)
+    ps, loc = ps.reshape(b, h * w), loc.reshape(b, h * w)
+    out = {
+        "image_score": image_scores(ps, loc, emb, bank, 9),
+        "max_patch_distance": ps.amax(1),
+        "anomaly_map": anomaly_map(ps.reshape(b, h, w), (64, 64)),
+    }
+    out = {k: v.detach().contiguous().clone() for k, v in out.items()}
+    save_file(out, os.path.join(OUT, "pipeline.safetensors"))
+    return {"pipeline.safetensors": out}
+
+
 def legacy_save_deterministic(obj, path):
     """torch.save(..., _use_new_zipfile_serialization=False) with reproducible bytes.
 
@@ -534,16 +592,20 @@ def main():
     torch.set_num_threads(1)  # single-threaded CPU kernels: reproducible reductions
 
     outputs = {}
-    r18, o = resnet_fixtures()
-    outputs.update(o)
-    outputs.update(preprocess_fixtures())
-    outputs.update(checkpoint_fixtures(r18))
-    outputs.update(efficientnet_fixtures())
+    if sys.argv[1:] == ["pipeline"]:  # only the CLI pipeline's files
+        outputs.update(pipeline_fixtures())
+    else:
+        r18, o = resnet_fixtures()
+        outputs.update(o)
+        outputs.update(preprocess_fixtures())
+        outputs.update(checkpoint_fixtures(r18))
+        outputs.update(efficientnet_fixtures())
+        outputs.update(pipeline_fixtures())
 
     # ---- self-check ----
     print("hash check: u('input', 0..3) =", hash_uniform("input", 4).tolist(),
           " fnv1a32('input') = 0x%08X" % fnv1a32("input"))
-    print("conv1.weight[0,0,0,:3] =", r18.state_dict()["conv1.weight"][0, 0, 0, :3].tolist())
+    print("conv1.weight[0,0,0,:3] =", make_model(torchvision.models.resnet18).state_dict()["conv1.weight"][0, 0, 0, :3].tolist())
     for fname, tensors in outputs.items():
         print(f"{fname}:")
         for k, v in tensors.items():

@@ -22,6 +22,33 @@ fn fit_small(dir: &Path) -> PatchCore<CpuBackend> {
     PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
 }
 
+/// The memory bank holds every training image whether or not a validation set is given: the
+/// held-out fold only sets the thresholds (issue 9: anomalib's scores by default).
+#[test]
+fn fit_without_val_keeps_every_training_image_in_the_bank() {
+    let dir = TempDir::new("full-bank");
+    let cat = dir.path().join("cat");
+    synthetic_category(&cat, 64, 5, 1);
+    let train = list_training_images(&cat.join("train/good")).unwrap();
+    let val = patchcore::data::dataset::list_labelled(&cat.join("test")).unwrap();
+    let options =
+        FitOptions { preprocess: Preprocess::imagenet(64, None).unwrap(), ratio: 1.0, ..FitOptions::default() };
+    let fit = |val: Option<&[patchcore::data::dataset::Sample]>| {
+        let backbone =
+            Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+        PatchCore::fit(CpuBackend, backbone, &train, val, &options, &mut |_, _, _| {}).unwrap()
+    };
+    let (held_out, labelled) = (fit(None), fit(Some(&val)));
+    let [h, w] = held_out.meta().grid;
+    assert_eq!(held_out.bank_rows().shape, vec![5 * h * w, 384], "all 5 images x {h}x{w} patches");
+    assert_eq!(held_out.meta().bank_rows, 5 * h * w);
+    assert_eq!(held_out.meta().train_images, 5);
+    assert_eq!(held_out.bank_rows(), labelled.bank_rows(), "the same bank with and without --val");
+    // The held-out image was scored against a bank without it: its thresholds are not those
+    // of an image scored against itself (0 at every patch).
+    assert!(held_out.meta().image.threshold > 0.0, "{:?}", held_out.meta().image);
+}
+
 /// Rewrites a model file with its metadata JSON edited by `edit`.
 fn rewrite_meta(path: &Path, out: &Path, edit: impl Fn(&mut serde_json::Value)) {
     let file = SafetensorsFile::open(path).unwrap();

@@ -98,3 +98,53 @@ fn preprocessing_matches_torchvision_v2() {
     assert_close("downscale", &p.resize_normalize(&img, 24, 36), &tensor(&fx, "down", &[3, 24, 36]), TOL);
     assert_close("upscale", &p.resize_normalize(&img, 96, 128), &tensor(&fx, "up", &[3, 96, 128]), TOL);
 }
+
+/// The CLI's default path against anomalib (issue 9): `fit` without `--val` at ratio 1 keeps
+/// every training row, so `predict`'s scores, its largest patch distances and the model's maps
+/// are anomalib's for the same PNG files (tests/fixtures/pipeline/, scripts/make_fixtures.py).
+#[test]
+fn cli_default_fit_and_predict_match_anomalib() {
+    use common::{write_hashed_weights, TempDir};
+    use patchcore::patchcore::PatchCore;
+    use std::process::Command;
+
+    let dir = TempDir::new("reference-cli");
+    let weights = dir.path().join("resnet18.safetensors");
+    write_hashed_weights(Architecture::Resnet18, &weights);
+    let model = dir.path().join("model.patchcore");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_patchcore")).args(args).output().expect("binary runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let data = fixture_path("pipeline");
+    let train = data.join("train/good");
+    run(&[
+        "fit".as_ref(),
+        "--backbone".as_ref(),
+        "resnet18".as_ref(),
+        "--weights".as_ref(),
+        weights.as_ref(),
+        "--train".as_ref(),
+        train.as_ref(),
+        "--ratio".as_ref(),
+        "1".as_ref(),
+        "--size".as_ref(),
+        "64".as_ref(),
+        "--out".as_ref(),
+        model.as_ref(),
+    ]);
+    let tests = [data.join("test/good.png"), data.join("test/defect.png")];
+    let out = run(&["predict".as_ref(), "--model".as_ref(), model.as_ref(), tests[0].as_ref(), tests[1].as_ref()]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let field = |key: &str| -> Vec<f32> { lines.iter().map(|l| l[key].as_f64().unwrap() as f32).collect() };
+    let fx = fixture("pipeline.safetensors");
+    assert_close("image score", &field("score"), &tensor(&fx, "image_score", &[2]), TOL);
+    assert_close("max patch distance", &field("max_patch_distance"), &tensor(&fx, "max_patch_distance", &[2]), TOL);
+
+    let fitted = PatchCore::load(CpuBackend, &model).unwrap();
+    assert_eq!(fitted.meta().bank_rows, 4 * 8 * 8, "every row of the 4 training images");
+    let images: Vec<_> = tests.iter().map(|p| load_rgb(p).unwrap()).collect();
+    let maps: Vec<f32> = fitted.predict(&images).unwrap().into_iter().flat_map(|p| p.map).collect();
+    assert_close("anomaly map", &maps, &tensor(&fx, "anomaly_map", &[2, 64, 64]), TOL);
+}

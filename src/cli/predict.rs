@@ -71,6 +71,7 @@ pub fn run(args: Args) -> Result<()> {
                 serde_json::json!({
                     "path": path,
                     "score": pred.score,
+                    "max_patch_distance": pred.max_patch_distance,
                     "normalized": pred.normalized,
                     "label": if pred.anomalous { "anomalous" } else { "normal" },
                 })

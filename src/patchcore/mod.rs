@@ -91,6 +91,9 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 #[derive(Clone, Debug)]
 pub struct RawScore {
     pub score: f32,
+    /// The largest patch distance, before the Eq. 7 reweighting: comparing it with another
+    /// implementation's tells a scoring difference from a feature difference.
+    pub max_patch_distance: f32,
     pub map: Vec<f32>,
 }
 
@@ -98,6 +101,8 @@ pub struct RawScore {
 #[derive(Clone, Debug)]
 pub struct Prediction {
     pub score: f32,
+    /// See [`RawScore::max_patch_distance`].
+    pub max_patch_distance: f32,
     pub normalized: f32,
     pub anomalous: bool,
     /// The raw anomaly map at the network's input size (side x side).
@@ -158,9 +163,11 @@ fn embed_images<B: Backend>(
 }
 
 impl<B: Backend> PatchCore<B> {
-    /// Fits on the good images `train`. With labelled `val` samples the thresholds are
-    /// F1-adaptive; without, a tenth of `train` (at least one image, chosen by the seed) is
-    /// held out of the bank and its highest scores become the thresholds.
+    /// Fits on the good images `train`; the memory bank always holds every one of them, as in
+    /// anomalib and the paper. With labelled `val` samples the thresholds are F1-adaptive.
+    /// Without, a tenth of `train` (at least one image, chosen by the seed) is scored against a
+    /// bank built without it (a fold) and its highest scores become the thresholds; the final
+    /// bank is then selected from all images.
     pub fn fit(
         backend: B,
         backbone: Backbone<B>,
@@ -170,14 +177,10 @@ impl<B: Backend> PatchCore<B> {
         progress: Progress<'_>,
     ) -> Result<Self> {
         options.validate()?;
-        check_same_size(train)?;
-        let (train, held_out) = match val {
-            Some(_) => (train.to_vec(), Vec::new()),
-            None => hold_out(train, options.seed),
-        };
         if train.is_empty() {
             return Err(Error::option("training set", "no training images"));
         }
+        check_same_size(train)?;
         let mut rows = Vec::new();
         let mut grid = [0, 0];
         for (i, chunk) in train.chunks(options.batch).enumerate() {
@@ -189,60 +192,56 @@ impl<B: Backend> PatchCore<B> {
         }
         let dim = backbone.architecture().embedding_dim();
         let all = Tensor::new(vec![rows.len() / dim, dim], rows);
-        progress("coreset", 0, 1);
-        let selected = coreset::select(&backend, &all, options.ratio, options.seed)?;
-        progress("coreset", 1, 1);
-        let bank_rows = all.gather_rows(&selected)?;
-        drop(all);
-        if bank_rows.shape[0] < options.num_neighbors {
-            return Err(Error::option(
-                "--num-neighbors",
-                format!(
-                    "{} exceeds the memory bank ({} rows): raise --ratio or add training images",
-                    options.num_neighbors, bank_rows.shape[0]
-                ),
-            ));
-        }
-        let bank = backend.prepare_bank(&bank_rows)?;
         let arch = backbone.architecture();
         let placeholder = Normalization { threshold: 0.0, min: 0.0, max: 1.0 };
-        let mut model = PatchCore {
-            backend,
-            backbone,
-            bank_rows,
-            bank,
-            meta: ModelMeta {
-                format_version: FORMAT_VERSION,
-                backbone: arch,
-                layers: arch.layers().iter().map(|s| s.to_string()).collect(),
-                preprocess: options.preprocess.clone(),
-                embedding_dim: dim,
-                grid,
-                bank_rows: selected.len(),
-                coreset_ratio: options.ratio,
-                num_neighbors: options.num_neighbors,
-                seed: options.seed,
-                train_images: train.len(),
-                image: placeholder,
-                pixel: placeholder,
-                thresholds_from: String::new(),
-            },
+        let meta = ModelMeta {
+            format_version: FORMAT_VERSION,
+            backbone: arch,
+            layers: arch.layers().iter().map(|s| s.to_string()).collect(),
+            preprocess: options.preprocess.clone(),
+            embedding_dim: dim,
+            grid,
+            bank_rows: 0,
+            coreset_ratio: options.ratio,
+            num_neighbors: options.num_neighbors,
+            seed: options.seed,
+            train_images: train.len(),
+            image: placeholder,
+            pixel: placeholder,
+            thresholds_from: String::new(),
         };
-        match val {
-            Some(samples) => model.thresholds_from_labelled(samples, options.batch, progress)?,
+        let mut model = match val {
+            Some(samples) => {
+                let (bank_rows, bank) = memory_bank(&backend, &all, options, "coreset", progress)?;
+                let mut model = PatchCore { backend, backbone, bank_rows, bank, meta };
+                model.thresholds_from_labelled(samples, options.batch, progress)?;
+                model
+            }
             None => {
-                let samples: Vec<Sample> = held_out
-                    .into_iter()
-                    .map(|path| Sample { path, category: "good".into(), anomalous: false, mask: None })
+                let held = held_out(train.len(), options.seed);
+                let fold_rows = image_rows(&all, grid[0] * grid[1], |i| !held[i] || held.iter().all(|&h| h))?;
+                let (bank_rows, bank) = memory_bank(&backend, &fold_rows, options, "fold coreset", progress)?;
+                drop(fold_rows);
+                let mut model = PatchCore { backend, backbone, bank_rows, bank, meta };
+                let samples: Vec<Sample> = train
+                    .iter()
+                    .zip(&held)
+                    .filter(|(_, &h)| h)
+                    .map(|(path, _)| Sample { path: path.clone(), category: "good".into(), anomalous: false, mask: None })
                     .collect();
                 model.thresholds_from_labelled(&samples, options.batch, progress)?;
                 model.meta.thresholds_from = format!(
-                    "no validation set: {} held-out training image(s) set the thresholds at their highest score \
+                    "no validation set: {} held-out training image(s), scored against a bank built without them, \
+                     set the thresholds at their highest score; the bank holds all {} images \
                      (pass --val for F1-adaptive thresholds)",
-                    samples.len()
+                    samples.len(),
+                    train.len()
                 );
+                (model.bank_rows, model.bank) = memory_bank(&model.backend, &all, options, "coreset", progress)?;
+                model
             }
-        }
+        };
+        model.meta.bank_rows = model.bank_rows.shape[0];
         Ok(model)
     }
 
@@ -312,8 +311,9 @@ impl<B: Backend> PatchCore<B> {
         let maps = self.backend.anomaly_map(&grids, side, side, MAP_SIGMA)?;
         Ok(scores
             .into_iter()
+            .zip(top_scores)
             .zip(maps.data.chunks(side * side))
-            .map(|(score, map)| RawScore { score, map: map.to_vec() })
+            .map(|((score, max_patch_distance), map)| RawScore { score, max_patch_distance, map: map.to_vec() })
             .collect())
     }
 
@@ -325,6 +325,7 @@ impl<B: Backend> PatchCore<B> {
             .into_iter()
             .map(|r| Prediction {
                 score: r.score,
+                max_patch_distance: r.max_patch_distance,
                 normalized: self.meta.image.apply(r.score),
                 anomalous: self.meta.image.is_anomalous(r.score),
                 map: r.map,
@@ -357,25 +358,55 @@ impl<B: Backend> PatchCore<B> {
     }
 }
 
-/// Splits off a tenth of the images (at least one; none when there is only one image, which
-/// then also sets the thresholds) for thresholds, chosen by the seed, order kept.
-fn hold_out(train: &[PathBuf], seed: u64) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    if train.len() < 2 {
-        return (train.to_vec(), train.to_vec());
-    }
-    let count = train.len().div_ceil(10);
+/// Which of `count` training images score the fold that sets the thresholds: a tenth (at
+/// least one), chosen by the seed. A single image is its own fold: it is both bank and
+/// held-out image.
+fn held_out(count: usize, seed: u64) -> Vec<bool> {
+    let mut picked = vec![false; count];
+    let mut left = count.div_ceil(10);
     let mut rng = crate::rng::SplitMix64::new(seed ^ 0x4F1D);
-    let mut picked = vec![false; train.len()];
-    let mut left = count;
     while left > 0 {
-        let i = rng.below(train.len() as u64) as usize;
+        let i = rng.below(count as u64) as usize;
         if !picked[i] {
             picked[i] = true;
             left -= 1;
         }
     }
-    let (held, kept): (Vec<_>, Vec<_>) = train.iter().cloned().zip(picked).partition(|(_, p)| *p);
-    (kept.into_iter().map(|(p, _)| p).collect(), held.into_iter().map(|(p, _)| p).collect())
+    picked
+}
+
+/// The rows of the images `keep` accepts, `per_image` rows each, order kept.
+fn image_rows(all: &Tensor, per_image: usize, keep: impl Fn(usize) -> bool) -> Result<Tensor> {
+    let images = all.shape[0] / per_image;
+    let rows: Vec<u32> =
+        (0..images).filter(|&i| keep(i)).flat_map(|i| (i * per_image) as u32..((i + 1) * per_image) as u32).collect();
+    all.gather_rows(&rows)
+}
+
+/// The coreset of `rows` (host copy in selection order) and the backend's bank built from it.
+fn memory_bank<B: Backend>(
+    backend: &B,
+    rows: &Tensor,
+    options: &FitOptions,
+    stage: &str,
+    progress: Progress<'_>,
+) -> Result<(Tensor, B::Bank)> {
+    progress(stage, 0, 1);
+    let selected = coreset::select(backend, rows, options.ratio, options.seed)?;
+    progress(stage, 1, 1);
+    if selected.len() < options.num_neighbors {
+        return Err(Error::option(
+            "--num-neighbors",
+            format!(
+                "{} exceeds the memory bank ({} rows): raise --ratio or add training images",
+                options.num_neighbors,
+                selected.len()
+            ),
+        ));
+    }
+    let bank_rows = rows.gather_rows(&selected)?;
+    let bank = backend.prepare_bank(&bank_rows)?;
+    Ok((bank_rows, bank))
 }
 
 /// A raw anomaly map (input side x side) brought back over the original `width x height`
