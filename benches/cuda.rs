@@ -15,7 +15,6 @@ use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::flops::FlopCounter;
 use patchcore::backend::{Backend, CudaBackend, Precision};
-use patchcore::data::image::Preprocess;
 use patchcore::patchcore::projection::{jl_dims, EPS};
 use patchcore::patchcore::{FitOptions, PatchCore};
 use patchcore::rng::SplitMix64;
@@ -168,12 +167,12 @@ fn predict() {
     let arch = Architecture::Resnet18;
     // Ratio 1 on 16 images: a 16,384-row bank, the size of a 10% coreset of 160 images.
     let options = FitOptions {
-        preprocess: Preprocess::imagenet(256, None).unwrap(),
+        preprocess: Architecture::Resnet18.preprocess(256, None).unwrap(),
         ratio: 1.0,
         batch: 16,
         ..FitOptions::default()
     };
-    let input = Preprocess::imagenet(256, None).unwrap().batch(&images);
+    let input = Architecture::Resnet18.preprocess(256, None).unwrap().batch(&images);
     let counter = FlopCounter::default();
     Backbone::load(&counter, arch, ConvOrigin::Torchvision(&HashedWeights))
         .unwrap()

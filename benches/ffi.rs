@@ -13,7 +13,7 @@ use common::wanted;
 use patchcore::backbone::weights::{HashedWeights, SafetensorsFile, WeightSource};
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::CpuBackend;
-use patchcore::data::image::Preprocess;
+
 use patchcore::ffi::{
     patchcore_free, patchcore_load, patchcore_model_info, patchcore_predict, PatchcoreModelInfo, PatchcoreResult,
     PatchcoreStatus,
@@ -49,11 +49,8 @@ fn fit(arch: Architecture, weights: &dyn WeightSource, dir: &Path) -> PathBuf {
             path
         })
         .collect();
-    let options = FitOptions {
-        preprocess: Preprocess::for_backbone(arch, SIDE as usize, None).unwrap(),
-        ratio: 1.0,
-        ..FitOptions::default()
-    };
+    let options =
+        FitOptions { preprocess: arch.preprocess(SIDE as usize, None).unwrap(), ratio: 1.0, ..FitOptions::default() };
     let backbone = Backbone::load(&CpuBackend, arch, ConvOrigin::Torchvision(weights)).unwrap();
     let model = PatchCore::fit(CpuBackend, backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();
     let path = dir.join(format!("{arch}-{SIDE}.patchcore"));

@@ -9,7 +9,7 @@ use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::flops::FlopCounter;
 use patchcore::backend::{Backend, CpuBackend};
-use patchcore::data::image::Preprocess;
+
 use patchcore::patchcore::{FitOptions, PatchCore};
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
@@ -133,8 +133,11 @@ fn predict_end_to_end() {
         paths.push(path);
         images.push(img);
     }
-    let options =
-        FitOptions { preprocess: Preprocess::imagenet(256, None).unwrap(), ratio: 1.0, ..FitOptions::default() };
+    let options = FitOptions {
+        preprocess: Architecture::Resnet18.preprocess(256, None).unwrap(),
+        ratio: 1.0,
+        ..FitOptions::default()
+    };
     let backbone =
         Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
     let model = PatchCore::fit(CpuBackend, backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();

@@ -3,8 +3,11 @@
 #   1. include/patchcore.h matches what cbindgen generates from src/ffi/ (drift check);
 #   2. the header compiles as C99 and as C++11 without warnings, and so do the C and C++
 #      examples of docs/C_ABI.md;
-#   3. `cargo build --release`, then examples/c/score.c and bench.c built with gcc against
-#      libpatchcore.so, libpatchcore.a and through pkg-config (examples/c/Makefile);
+#   3. the CLI (`cargo build --release --bin patchcore`) and the C library as a host builds it,
+#      without the CLI (`cargo build --release --lib --no-default-features`): neither its
+#      dependency tree nor libpatchcore.a holds clap, indicatif or zip; then examples/c/score.c
+#      and bench.c built with gcc against libpatchcore.so, libpatchcore.a and through
+#      pkg-config (examples/c/Makefile);
 #   4. a generated category (`patchcore synth`), a model fitted on it (`patchcore fit`, the
 #      bundled backbone at 64 px), then every test image scored by `patchcore predict` and by
 #      the C program, dynamic and static: paths, labels and scores must agree;
@@ -56,8 +59,17 @@ for f in "$WORK"/doc*.cpp; do g++ -std=c++11 -Wall -Wextra -Werror -Iinclude -c 
 ls "$WORK"/doc*.c "$WORK"/doc*.cpp >/dev/null || fail "docs/C_ABI.md has no C or C++ example left to check"
 echo "ok"
 
-step "cargo build --release"
-cargo build --release
+step "the CLI, then the C library without it (cargo build --release --lib --no-default-features)"
+cargo build --release --bin patchcore
+# Built second: the lean library's .so and .a replace the ones the CLI's build left.
+cargo build --release --lib --no-default-features
+if cargo tree --edges normal --no-default-features --prefix none | grep -E "^(clap|indicatif|zip) "; then
+    fail "the library without default features still depends on the crates above"
+fi
+if nm --defined-only "$TARGET/release/libpatchcore.a" 2>/dev/null | grep -qE "clap_builder|indicatif|zip[0-9]*read"; then
+    fail "libpatchcore.a holds CLI code (clap, indicatif or zip symbols)"
+fi
+echo "libpatchcore without the CLI: no clap, indicatif or zip; $(du -h "$TARGET/release/libpatchcore.so" | cut -f1) .so"
 LIBDIR=$TARGET/release
 BIN=$LIBDIR/patchcore
 for f in libpatchcore.so libpatchcore.a patchcore; do

@@ -18,9 +18,9 @@ use patchcore::backend::{
     Activation, AnyBackend, Backend, ConvSpec, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Padding, Precision,
 };
 use patchcore::data::dataset::Category;
-use patchcore::data::image::{load_rgb, Preprocess};
+use patchcore::data::image::load_rgb;
 use patchcore::data::synth::{generate, SynthOptions};
-use patchcore::eval::evaluate::evaluate;
+use patchcore::patchcore::evaluate::evaluate;
 use patchcore::patchcore::{FitOptions, PatchCore};
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
@@ -386,7 +386,7 @@ fn pipeline_matches_the_cpu_on_every_backend() {
     let category = Category::open(&root).unwrap();
     let arch = Architecture::EfficientnetLite0;
     let weights = SafetensorsFile::bundled_efficientnet_lite0();
-    let options = FitOptions { preprocess: Preprocess::for_backbone(arch, 96, None).unwrap(), ..FitOptions::default() };
+    let options = FitOptions { preprocess: arch.preprocess(96, None).unwrap(), ..FitOptions::default() };
     let fit = |backend: AnyBackend| {
         let backbone = Backbone::load(&backend, arch, ConvOrigin::Torchvision(&weights)).unwrap();
         PatchCore::fit(backend, backbone, &category.train, Some(&category.test), &options, &mut |_, _, _| {}).unwrap()

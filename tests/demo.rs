@@ -9,9 +9,9 @@ use patchcore::backbone::weights::SafetensorsFile;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::CpuBackend;
 use patchcore::data::dataset::Category;
-use patchcore::data::image::Preprocess;
+
 use patchcore::data::synth::{generate, SynthOptions};
-use patchcore::eval::evaluate::evaluate;
+use patchcore::patchcore::evaluate::evaluate;
 use patchcore::patchcore::{FitOptions, PatchCore};
 
 #[test]
@@ -23,8 +23,7 @@ fn demo_pipeline_separates_defective_from_good() {
     let arch = Architecture::EfficientnetLite0;
     let weights = SafetensorsFile::bundled_efficientnet_lite0();
     let backbone = Backbone::load(&CpuBackend, arch, ConvOrigin::Torchvision(&weights)).unwrap();
-    let options =
-        FitOptions { preprocess: Preprocess::for_backbone(arch, 128, None).unwrap(), ..FitOptions::default() };
+    let options = FitOptions { preprocess: arch.preprocess(128, None).unwrap(), ..FitOptions::default() };
     let model =
         PatchCore::fit(CpuBackend, backbone, &category.train, Some(&category.test), &options, &mut |_, _, _| {})
             .unwrap();

@@ -8,7 +8,7 @@ use common::{assert_close, fixture, fixture_path, rel_err, tensor};
 use patchcore::backbone::weights::{HashedWeights, SafetensorsFile};
 use patchcore::backbone::{efficientnet, Architecture, Backbone, ConvOrigin};
 use patchcore::backend::CpuBackend;
-use patchcore::data::image::{load_rgb, Preprocess};
+use patchcore::data::image::load_rgb;
 use patchcore::Tensor;
 use std::path::PathBuf;
 
@@ -25,11 +25,11 @@ fn architecture_facts() {
     assert_eq!("efficientnet_lite0".parse::<Architecture>().unwrap(), ARCH);
     assert_eq!(ARCH.name(), "efficientnet_lite0");
     assert_eq!(serde_json::to_string(&ARCH).unwrap(), "\"efficientnet_lite0\"");
-    assert_eq!(ARCH.layers(), ["blocks.4", "blocks.10"]);
+    assert_eq!(ARCH.spec().layers, ["blocks.4", "blocks.10"]);
     assert_eq!(ARCH.embedding_dim(), 152);
-    assert_eq!(ARCH.bn_eps(), 1e-3);
+    assert_eq!(ARCH.spec().bn_eps, 1e-3);
     // TF input scaling: (x * 255 - 127) / 128 on 8-bit values.
-    let (mean, std) = ARCH.normalization();
+    let (mean, std) = (ARCH.spec().mean, ARCH.spec().std);
     for v in [0.0f32, 127.0, 255.0] {
         let ours = (v / 255.0 - mean[0]) / std[0];
         assert!((ours - (v - 127.0) / 128.0).abs() < 1e-6, "{v}: {ours}");
@@ -57,7 +57,7 @@ fn blocks_match_pytorch_on_hashed_weights() {
 fn bundled_weights_match_pytorch_on_chelsea() {
     let weights = SafetensorsFile::open(&bundled_path()).unwrap();
     let net = Backbone::load(&CpuBackend, ARCH, ConvOrigin::Torchvision(&weights)).unwrap();
-    let pre = Preprocess::for_backbone(ARCH, 128, None).unwrap();
+    let pre = ARCH.preprocess(128, None).unwrap();
     let input = pre.batch(&[load_rgb(&fixture_path("chelsea.png")).unwrap()]);
     let out = net.forward(&CpuBackend, &input).unwrap();
     assert_eq!(out[0].shape, vec![1, 40, 16, 16]);
@@ -95,7 +95,7 @@ fn classifies_chelsea_and_coffee_like_pytorch() {
 
     let json = std::fs::read_to_string(fixture_path("efficientnet_classes.json")).unwrap();
     let want: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let pre = Preprocess::for_backbone(ARCH, 224, None).unwrap();
+    let pre = ARCH.preprocess(224, None).unwrap();
     let pictures = [("chelsea.png", 285), ("coffee.png", 967)];
     let images: Vec<_> = pictures.iter().map(|(png, _)| load_rgb(&fixture_path(png)).unwrap()).collect();
     let logits = efficientnet::classify(&CpuBackend, &full, &pre.batch(&images)).unwrap();

@@ -8,7 +8,6 @@ use patchcore::backbone::weights::{HashedWeights, SafetensorsFile, WeightSource}
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::CpuBackend;
 use patchcore::data::dataset::list_training_images;
-use patchcore::data::image::Preprocess;
 use patchcore::ffi::PatchcoreStatus::{self, *};
 use patchcore::ffi::*;
 use patchcore::patchcore::{map_to_image, FitOptions, PatchCore, Prediction};
@@ -26,8 +25,11 @@ fn model() -> &'static PatchCore<CpuBackend> {
         let train = list_training_images(&dir.path().join("train/good")).unwrap();
         let backbone =
             Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
-        let options =
-            FitOptions { preprocess: Preprocess::imagenet(64, None).unwrap(), ratio: 0.25, ..FitOptions::default() };
+        let options = FitOptions {
+            preprocess: Architecture::Resnet18.preprocess(64, None).unwrap(),
+            ratio: 0.25,
+            ..FitOptions::default()
+        };
         PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
     })
 }

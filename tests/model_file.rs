@@ -7,7 +7,7 @@ use patchcore::backbone::weights::{HashedWeights, SafetensorsFile, WeightSource}
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::CpuBackend;
 use patchcore::data::dataset::list_training_images;
-use patchcore::data::image::{load_rgb, Preprocess};
+use patchcore::data::image::load_rgb;
 use patchcore::patchcore::{FitOptions, PatchCore};
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,8 +17,11 @@ fn fit_small(dir: &Path) -> PatchCore<CpuBackend> {
     let train = list_training_images(&dir.join("train/good")).unwrap();
     let backbone =
         Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
-    let options =
-        FitOptions { preprocess: Preprocess::imagenet(64, None).unwrap(), ratio: 0.25, ..FitOptions::default() };
+    let options = FitOptions {
+        preprocess: Architecture::Resnet18.preprocess(64, None).unwrap(),
+        ratio: 0.25,
+        ..FitOptions::default()
+    };
     PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
 }
 
@@ -31,8 +34,11 @@ fn fit_without_val_keeps_every_training_image_in_the_bank() {
     synthetic_category(&cat, 64, 5, 1);
     let train = list_training_images(&cat.join("train/good")).unwrap();
     let val = patchcore::data::dataset::list_labelled(&cat.join("test")).unwrap();
-    let options =
-        FitOptions { preprocess: Preprocess::imagenet(64, None).unwrap(), ratio: 1.0, ..FitOptions::default() };
+    let options = FitOptions {
+        preprocess: Architecture::Resnet18.preprocess(64, None).unwrap(),
+        ratio: 1.0,
+        ..FitOptions::default()
+    };
     let fit = |val: Option<&[patchcore::data::dataset::Sample]>| {
         let backbone =
             Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();

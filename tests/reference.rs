@@ -8,7 +8,7 @@ use common::{assert_close, fixture, fixture_path, tensor};
 use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::{Backend, CpuBackend};
-use patchcore::data::image::{load_rgb, Preprocess};
+use patchcore::data::image::load_rgb;
 use patchcore::patchcore::score::image_scores;
 use patchcore::patchcore::MAP_SIGMA;
 use patchcore::Tensor;
@@ -22,7 +22,7 @@ fn backbone(arch: Architecture) -> Backbone<CpuBackend> {
 
 fn check_backbone(arch: Architecture, file: &str) {
     let fx = fixture(file);
-    let [c2, c3] = arch.channels();
+    let &[c2, c3] = arch.spec().channels else { panic!("two feature layers") };
     let input = Tensor::new(INPUT.to_vec(), tensor(&fx, "input", &INPUT));
     let out = backbone(arch).forward(&CpuBackend, &input).unwrap();
     assert_eq!(out[0].shape, vec![2, c2, 8, 12]);
@@ -94,7 +94,7 @@ fn scores_and_maps_match_anomalib() {
 fn preprocessing_matches_torchvision_v2() {
     let fx = fixture("preprocess.safetensors");
     let img = load_rgb(&fixture_path("preprocess_input.png")).unwrap();
-    let p = Preprocess::imagenet(256, None).unwrap();
+    let p = Architecture::Resnet18.preprocess(256, None).unwrap();
     assert_close("downscale", &p.resize_normalize(&img, 24, 36), &tensor(&fx, "down", &[3, 24, 36]), TOL);
     assert_close("upscale", &p.resize_normalize(&img, 96, 128), &tensor(&fx, "up", &[3, 96, 128]), TOL);
 }

@@ -5,80 +5,96 @@ mod resnet;
 pub mod weights;
 
 use crate::backend::{Backend, ConvSpec, ConvWeights};
-use crate::data::image::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use efficientnet::EfficientNet;
 use resnet::{Depth, ResNet};
 use weights::WeightSource;
 
-/// The backbones this engine knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+/// The backbones this engine knows. Everything that differs between them besides the network
+/// itself is in its [`ArchSpec`]; adding a backbone adds a variant, a spec and a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Architecture {
-    #[value(name = "resnet18")]
-    #[serde(rename = "resnet18")]
     Resnet18,
-    #[value(name = "wide_resnet50_2")]
-    #[serde(rename = "wide_resnet50_2")]
     WideResnet50_2,
     /// The bundled backbone (weights/efficientnet_lite0.safetensors).
-    #[value(name = "efficientnet_lite0")]
-    #[serde(rename = "efficientnet_lite0")]
     EfficientnetLite0,
 }
 
-impl Architecture {
-    pub fn name(self) -> &'static str {
-        match self {
-            Architecture::Resnet18 => "resnet18",
-            Architecture::WideResnet50_2 => "wide_resnet50_2",
-            Architecture::EfficientnetLite0 => "efficientnet_lite0",
-        }
-    }
-
+/// What a backbone's weights and PatchCore's use of them fix: its one name (CLI, model files,
+/// the C ABI), the feature layers, and the input and BatchNorm conventions it was trained with.
+#[derive(Debug, PartialEq)]
+pub struct ArchSpec {
+    pub name: &'static str,
     /// The layers whose features PatchCore concatenates, shallow first.
-    pub fn layers(self) -> [&'static str; 2] {
+    pub layers: &'static [&'static str],
+    /// Channels of each feature layer.
+    pub channels: &'static [usize],
+    /// The input normalisation (mean, std) on [0, 1] pixels.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub bn_eps: f64,
+}
+
+/// ImageNet statistics, which torchvision's weights expect.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+static RESNET18: ArchSpec = ArchSpec {
+    name: "resnet18",
+    layers: &["layer2", "layer3"],
+    channels: &[128, 256],
+    mean: IMAGENET_MEAN,
+    std: IMAGENET_STD,
+    bn_eps: 1e-5,
+};
+
+static WIDE_RESNET50_2: ArchSpec = ArchSpec {
+    name: "wide_resnet50_2",
+    layers: &["layer2", "layer3"],
+    channels: &[512, 1024],
+    mean: IMAGENET_MEAN,
+    std: IMAGENET_STD,
+    bn_eps: 1e-5,
+};
+
+static EFFICIENTNET_LITE0: ArchSpec = ArchSpec {
+    name: "efficientnet_lite0",
+    // 0-indexed `_blocks.N`: the last 40-channel and the last 112-channel block.
+    layers: &["blocks.4", "blocks.10"],
+    channels: &[40, 112],
+    // TensorFlow's (x * 255 - 127) / 128, as the Lite weights were trained.
+    mean: [127.0 / 255.0; 3],
+    std: [128.0 / 255.0; 3],
+    // TensorFlow's BatchNorm default.
+    bn_eps: 1e-3,
+};
+
+impl Architecture {
+    pub const ALL: [Architecture; 3] =
+        [Architecture::Resnet18, Architecture::WideResnet50_2, Architecture::EfficientnetLite0];
+
+    pub fn spec(self) -> &'static ArchSpec {
         match self {
-            Architecture::Resnet18 | Architecture::WideResnet50_2 => ["layer2", "layer3"],
-            // 0-indexed `_blocks.N`: the last 40-channel and the last 112-channel block.
-            Architecture::EfficientnetLite0 => ["blocks.4", "blocks.10"],
+            Architecture::Resnet18 => &RESNET18,
+            Architecture::WideResnet50_2 => &WIDE_RESNET50_2,
+            Architecture::EfficientnetLite0 => &EFFICIENTNET_LITE0,
         }
     }
 
-    /// Channels of each feature layer.
-    pub fn channels(self) -> [usize; 2] {
-        match self {
-            Architecture::Resnet18 => [128, 256],
-            Architecture::WideResnet50_2 => [512, 1024],
-            Architecture::EfficientnetLite0 => [40, 112],
-        }
+    pub fn name(self) -> &'static str {
+        self.spec().name
     }
 
     pub fn embedding_dim(self) -> usize {
-        self.channels().iter().sum()
+        self.spec().channels.iter().sum()
     }
 
-    /// Input pixels per feature cell of the first feature layer.
-    pub fn stride(self) -> usize {
-        8
-    }
-
-    /// The input normalisation (mean, std) its weights were trained with, on [0, 1] pixels.
-    pub fn normalization(self) -> ([f32; 3], [f32; 3]) {
-        match self {
-            Architecture::Resnet18 | Architecture::WideResnet50_2 => (IMAGENET_MEAN, IMAGENET_STD),
-            // TensorFlow's (x * 255 - 127) / 128, as the Lite weights were trained.
-            Architecture::EfficientnetLite0 => ([127.0 / 255.0; 3], [128.0 / 255.0; 3]),
-        }
-    }
-
-    /// The BatchNorm epsilon its weights were trained with.
-    pub fn bn_eps(self) -> f64 {
-        match self {
-            Architecture::Resnet18 | Architecture::WideResnet50_2 => 1e-5,
-            // TensorFlow's BatchNorm default.
-            Architecture::EfficientnetLite0 => 1e-3,
-        }
+    /// The pre-processing its weights expect, at this size.
+    pub fn preprocess(self, resize: usize, crop: Option<usize>) -> Result<Preprocess> {
+        let spec = self.spec();
+        Preprocess::new(resize, crop, spec.mean, spec.std)
     }
 }
 
@@ -91,15 +107,23 @@ impl std::fmt::Display for Architecture {
 impl std::str::FromStr for Architecture {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "resnet18" => Ok(Architecture::Resnet18),
-            "wide_resnet50_2" => Ok(Architecture::WideResnet50_2),
-            "efficientnet_lite0" => Ok(Architecture::EfficientnetLite0),
-            _ => Err(Error::option(
-                "backbone",
-                format!("`{s}`: expected resnet18, wide_resnet50_2 or efficientnet_lite0"),
-            )),
-        }
+        Architecture::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Architecture::ALL.iter().map(|a| a.name()).collect();
+            Error::option("backbone", format!("`{s}`: expected one of {}", names.join(", ")))
+        })
+    }
+}
+
+impl From<Architecture> for &'static str {
+    fn from(arch: Architecture) -> Self {
+        arch.name()
+    }
+}
+
+impl TryFrom<String> for Architecture {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
     }
 }
 
@@ -136,7 +160,7 @@ pub struct ConvLoader<'a, B: Backend> {
 
 impl<'a, B: Backend> ConvLoader<'a, B> {
     pub fn new(backend: &'a B, origin: ConvOrigin<'a>, arch: Architecture) -> Self {
-        ConvLoader { backend, origin, eps: arch.bn_eps(), folded: Vec::new() }
+        ConvLoader { backend, origin, eps: arch.spec().bn_eps, folded: Vec::new() }
     }
 
     pub fn conv(&mut self, conv: &str, bn: &str, spec: ConvSpec) -> Result<B::Conv> {
@@ -177,7 +201,7 @@ impl<B: Backend> Backbone<B> {
         self.arch
     }
 
-    /// The feature maps of [`Architecture::layers`], NCHW on the backend.
+    /// The feature maps of [`ArchSpec::layers`], NCHW on the backend.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
         match &self.net {
             Net::ResNet(net) => net.forward(backend, x),

@@ -25,6 +25,7 @@ pub struct SafetensorsFile {
 
 enum Bytes {
     Mapped(Mmap),
+    #[cfg(feature = "bundled")]
     Static(&'static [u8]),
 }
 
@@ -33,13 +34,15 @@ impl std::ops::Deref for Bytes {
     fn deref(&self) -> &[u8] {
         match self {
             Bytes::Mapped(m) => m,
+            #[cfg(feature = "bundled")]
             Bytes::Static(s) => s,
         }
     }
 }
 
 /// EfficientNet-Lite0's ImageNet weights up to block 10 (weights/NOTICE says where they come
-/// from), compiled in so that `patchcore fit` works with nothing else.
+/// from), compiled in so that `patchcore fit` works with nothing else (feature `bundled`).
+#[cfg(feature = "bundled")]
 static BUNDLED_EFFICIENTNET_LITE0: &[u8] = include_bytes!("../../weights/efficientnet_lite0.safetensors");
 
 impl SafetensorsFile {
@@ -54,6 +57,7 @@ impl SafetensorsFile {
     }
 
     /// The bundled EfficientNet-Lite0 weights.
+    #[cfg(feature = "bundled")]
     pub fn bundled_efficientnet_lite0() -> Self {
         SafetensorsFile {
             path: PathBuf::from("<bundled weights/efficientnet_lite0.safetensors>"),

@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::data::dataset::Category;
 use crate::data::image::load_mask;
 use crate::error::{Error, Result};
-use crate::eval::evaluate::evaluate;
+use crate::patchcore::evaluate::evaluate;
 use crate::patchcore::{FitOptions, PatchCore};
 use crate::render::report::{CategoryReport, Example};
 use crate::render::{prediction_overlay, side_by_side, write_png};

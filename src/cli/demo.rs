@@ -37,10 +37,7 @@ pub fn run(args: Args) -> Result<()> {
     let synth_s = started.elapsed().as_secs_f64();
     eprintln!("generated {} categories in {} ({synth_s:.1} s)", dirs.len(), data.display());
     let weights = SafetensorsFile::bundled_efficientnet_lite0();
-    let fit = FitOptions {
-        preprocess: crate::data::image::Preprocess::for_backbone(arch, 256, None)?,
-        ..FitOptions::default()
-    };
+    let fit = FitOptions { preprocess: arch.preprocess(256, None)?, ..FitOptions::default() };
     let device = DeviceArgs { device: args.device, precision: Precision::F32 };
     let reports = run_categories(&dirs, arch, &weights, &fit, device, &args.out)?;
     let rows: Vec<_> = reports.iter().map(|r| (r.name.clone(), r.metrics)).collect();

@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(long)]
     train: PathBuf,
     /// A labelled folder (good/ and one folder per defect, masks in ../ground_truth/) for
-    /// F1-adaptive thresholds. Without it, a tenth of --train is held out to set them.
+    /// F1-adaptive thresholds. Without it, a tenth of --train, scored against a bank built
+    /// without it, sets them; the bank holds every training image either way.
     #[arg(long)]
     val: Option<PathBuf>,
     /// Where to write the model file.

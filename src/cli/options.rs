@@ -2,15 +2,14 @@
 
 use crate::backbone::weights::SafetensorsFile;
 use crate::backbone::Architecture;
-use crate::backend::{DeviceChoice, Precision};
-use crate::data::image::Preprocess;
+use crate::backend::{AnyBackend, DeviceChoice, Precision};
 use crate::error::{Error, Result};
-use crate::patchcore::FitOptions;
+use crate::patchcore::{FitOptions, PatchCore};
 use std::path::PathBuf;
 
 /// `--batch` of the commands that score a model: 1 to 1024 images per forward pass, checked by
 /// clap so that eval and predict refuse the same values the same way.
-pub fn batch_size(s: &str) -> std::result::Result<usize, String> {
+fn batch_size(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=1024).contains(&n) => Ok(n),
         _ => Err(format!("`{s}`: expected 1 to 1024")),
@@ -29,10 +28,36 @@ pub struct DeviceArgs {
     pub precision: Precision,
 }
 
+/// `--backbone`: the architectures' own names, listed by `--help`.
+fn architecture() -> impl clap::builder::TypedValueParser<Value = Architecture> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Architecture::ALL.map(Architecture::name))
+        .try_map(|name| name.parse::<Architecture>())
+}
+
+/// The model a command scores with, and how: shared by eval and predict.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// The model file written by `patchcore fit`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Images per forward pass (1 to 1024).
+    #[arg(long, default_value_t = 8, value_parser = batch_size)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<PatchCore<AnyBackend>> {
+        PatchCore::load(super::backend_for(self.device)?, &self.model)
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackboneArgs {
     /// The backbone; efficientnet_lite0 is bundled (ImageNet weights, no download needed).
-    #[arg(long, value_enum, default_value = "efficientnet_lite0")]
+    #[arg(long, value_parser = architecture(), default_value = "efficientnet_lite0")]
     pub backbone: Architecture,
     /// Backbone weights as safetensors with torchvision / efficientnet_pytorch names
     /// (`patchcore convert` makes them). Optional for the bundled backbone.
@@ -79,7 +104,7 @@ impl FitArgs {
     /// The options, checked, for `arch`'s input normalisation.
     pub fn options(&self, arch: Architecture) -> Result<FitOptions> {
         let options = FitOptions {
-            preprocess: Preprocess::for_backbone(arch, self.size, self.crop)?,
+            preprocess: arch.preprocess(self.size, self.crop)?,
             ratio: self.ratio,
             seed: self.seed,
             num_neighbors: self.num_neighbors,

@@ -1,29 +1,22 @@
-use super::options::{batch_size, DeviceArgs};
-use super::{backend_for, Bars};
+use super::options::ModelArgs;
+use super::Bars;
 use crate::data::dataset::list_images;
 use crate::data::image::load_rgb;
 use crate::error::{Error, Result};
-use crate::patchcore::PatchCore;
 use crate::render::{prediction_overlay, write_png};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The model file written by `patchcore fit`.
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Images, or folders of images.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Write an overlay PNG per image into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Images per forward pass (1 to 1024).
-    #[arg(long, default_value_t = 8, value_parser = batch_size)]
-    batch: usize,
-    #[command(flatten)]
-    device: DeviceArgs,
 }
 
 /// Every image named or inside a named folder, in the given order (folders sorted).
@@ -42,7 +35,7 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// An image that fails to decode is reported on its own JSON line and the rest are still
 /// scored; the exit status is then non-zero.
 pub fn run(args: Args) -> Result<()> {
-    let model = PatchCore::load(backend_for(args.device)?, &args.model)?;
+    let model = args.model.load()?;
     let paths = expand(&args.inputs)?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -50,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut names = HashSet::new();
     let mut failures = 0;
     let mut bars = Bars::new();
-    for (i, chunk) in paths.chunks(args.batch).enumerate() {
+    for (i, chunk) in paths.chunks(args.model.batch).enumerate() {
         let mut images = Vec::new();
         let mut ok_paths = Vec::new();
         for path in chunk {
@@ -81,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
                 write_png(&target, &prediction_overlay(image, &pred, model.meta(), None))?;
             }
         }
-        bars.update("predict", (i * args.batch + chunk.len()).min(paths.len()), paths.len());
+        bars.update("predict", (i * args.model.batch + chunk.len()).min(paths.len()), paths.len());
     }
     bars.finish();
     if failures > 0 {

@@ -34,18 +34,9 @@ pub struct Preprocess {
     pub std: [f32; 3],
 }
 
-/// ImageNet statistics, which torchvision's weights expect.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
 impl Preprocess {
-    /// The pre-processing `arch`'s weights expect, at this size.
-    pub fn for_backbone(arch: crate::backbone::Architecture, resize: usize, crop: Option<usize>) -> Result<Self> {
-        let (mean, std) = arch.normalization();
-        Ok(Preprocess { mean, std, ..Preprocess::imagenet(resize, crop)? })
-    }
-
-    pub fn imagenet(resize: usize, crop: Option<usize>) -> Result<Self> {
+    /// Checks the sizes; `mean` and `std` are the backbone's (its `ArchSpec`).
+    pub fn new(resize: usize, crop: Option<usize>, mean: [f32; 3], std: [f32; 3]) -> Result<Self> {
         if !(32..=4096).contains(&resize) {
             return Err(Error::option("--size", format!("{resize}: expected 32 to 4096 pixels")));
         }
@@ -54,7 +45,7 @@ impl Preprocess {
                 return Err(Error::option("--crop", format!("{c}: expected 32 to --size ({resize})")));
             }
         }
-        Ok(Preprocess { resize, crop, mean: IMAGENET_MEAN, std: IMAGENET_STD })
+        Ok(Preprocess { resize, crop, mean, std })
     }
 
     /// The side of the square the network sees.

@@ -2,4 +2,5 @@
 
 pub mod dataset;
 pub mod image;
+#[cfg(feature = "synth")]
 pub mod synth;

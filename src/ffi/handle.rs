@@ -7,7 +7,7 @@ use super::{Failure, FfiResult, PatchcoreStatus};
 use crate::backend::AnyBackend;
 use crate::patchcore::PatchCore;
 use std::collections::BTreeMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -22,6 +22,8 @@ pub(crate) struct Model {
     pub core: PatchCore<AnyBackend>,
     /// The device the model runs on, as `patchcore_model_info` reports it.
     pub device: &'static CStr,
+    /// The backbone's name, as `patchcore_model_info` reports it.
+    pub backbone: CString,
 }
 
 /// Live models by token. Calls clone the `Arc` under a short read lock and compute without

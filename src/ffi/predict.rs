@@ -3,10 +3,9 @@
 use super::handle::{lookup, register, release, Model, PatchcoreModel};
 use super::pixels::{PatchcoreImage, Pixels};
 use super::{c_path, c_str, guard, Failure, FfiResult, PatchcoreStatus};
-use crate::backbone::Architecture;
 use crate::backend::{AnyBackend, DeviceChoice, Precision};
 use crate::patchcore::{map_to_image, PatchCore, Prediction};
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, CString};
 
 /// The most images one `patchcore_predict_batch` call takes (the CLI's `--batch` limit).
 pub const PATCHCORE_MAX_BATCH: usize = 1024;
@@ -56,14 +55,6 @@ pub struct PatchcoreModelInfo {
     pub pixel_max: f32,
 }
 
-fn backbone_name(arch: Architecture) -> &'static CStr {
-    match arch {
-        Architecture::Resnet18 => c"resnet18",
-        Architecture::WideResnet50_2 => c"wide_resnet50_2",
-        Architecture::EfficientnetLite0 => c"efficientnet_lite0",
-    }
-}
-
 /// Counts for the header's fixed-width fields; none comes near u32::MAX in a loadable model.
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -101,7 +92,8 @@ pub unsafe extern "C" fn patchcore_load(
             AnyBackend::Cuda(_) => c"cuda",
         };
         let core = PatchCore::load(backend, &path)?;
-        let handle = register(Model { core, device });
+        let backbone = CString::new(core.meta().backbone.name()).expect("backbone names have no NUL");
+        let handle = register(Model { core, device, backbone });
         // SAFETY: as above.
         unsafe { out.write(handle) };
         Ok(())
@@ -133,7 +125,7 @@ pub unsafe extern "C" fn patchcore_model_info(
         let meta = model.core.meta();
         let info = PatchcoreModelInfo {
             format_version: meta.format_version,
-            backbone: backbone_name(meta.backbone).as_ptr(),
+            backbone: model.backbone.as_ptr(),
             device: model.device.as_ptr(),
             resize: count(meta.preprocess.resize),
             input_size: count(meta.preprocess.input_size()),

@@ -2,6 +2,7 @@
 //! model that ties them together. Each stage calls only the [`Backend`] trait.
 
 pub mod coreset;
+pub mod evaluate;
 pub mod model_file;
 pub mod projection;
 pub mod score;
@@ -11,9 +12,9 @@ use crate::backend::Backend;
 use crate::data::dataset::Sample;
 use crate::data::image::{load_rgb, Preprocess};
 use crate::error::{Error, Result};
-use crate::eval::evaluate::evaluate;
 use crate::eval::threshold::{f1_adaptive_threshold, Normalization};
 use crate::tensor::Tensor;
+use evaluate::evaluate;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
@@ -60,7 +61,7 @@ pub struct FitOptions {
 impl Default for FitOptions {
     fn default() -> Self {
         FitOptions {
-            preprocess: Preprocess::imagenet(256, None).expect("256 is valid"),
+            preprocess: Architecture::Resnet18.preprocess(256, None).expect("256 is valid"),
             ratio: 0.1,
             seed: 42,
             num_neighbors: 9,
@@ -197,7 +198,7 @@ impl<B: Backend> PatchCore<B> {
         let meta = ModelMeta {
             format_version: FORMAT_VERSION,
             backbone: arch,
-            layers: arch.layers().iter().map(|s| s.to_string()).collect(),
+            layers: arch.spec().layers.iter().map(|s| s.to_string()).collect(),
             preprocess: options.preprocess.clone(),
             embedding_dim: dim,
             grid,
@@ -227,7 +228,12 @@ impl<B: Backend> PatchCore<B> {
                     .iter()
                     .zip(&held)
                     .filter(|(_, &h)| h)
-                    .map(|(path, _)| Sample { path: path.clone(), category: "good".into(), anomalous: false, mask: None })
+                    .map(|(path, _)| Sample {
+                        path: path.clone(),
+                        category: "good".into(),
+                        anomalous: false,
+                        mask: None,
+                    })
                     .collect();
                 model.thresholds_from_labelled(&samples, options.batch, progress)?;
                 model.meta.thresholds_from = format!(

@@ -1,11 +1,11 @@
 //! Scoring a labelled test set with a fitted model and computing its metrics.
 
-use super::metrics::{ImageResult, Metrics};
+use super::{PatchCore, Prediction, Progress};
 use crate::backend::Backend;
 use crate::data::dataset::Sample;
 use crate::data::image::{load_mask, load_rgb};
 use crate::error::Result;
-use crate::patchcore::{PatchCore, Prediction, Progress};
+use crate::eval::metrics::{ImageResult, Metrics};
 use image::RgbImage;
 
 /// One scored test image, kept for reports and overlays.
