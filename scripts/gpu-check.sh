@@ -7,8 +7,10 @@
 #   scripts/gpu-check.sh prepare     # builds into target/gpu-check (stripped, ~30 MB)
 # then, on the GPU machine, from the repository root with target/gpu-check carried along:
 #   scripts/gpu-check.sh             # < 8 minutes on an H200
-# cuDNN 9 and cuBLAS are found in the machine's Python environment (nvidia/*/lib) or the
-# system's library folders, and put on LD_LIBRARY_PATH.
+# cuDNN 9 and cuBLAS 13 are found in any Python environment's nvidia/*/lib or the system's
+# library folders and put on LD_LIBRARY_PATH; where some are missing and pip reaches an index,
+# pinned CUDA-13.0-era wheels go into target/gpu-libs; where neither works, the missing
+# libraries are named and the check stops (exit 3) before running anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=target/gpu-check
@@ -34,9 +36,22 @@ for line in sys.stdin:
     ls -la "$OUT"
 }
 
-# Folders holding the CUDA libraries, from pip's nvidia/* packages and the usual system places.
+# The libraries the backend loads, by the sonames this build links against: the driver, cuBLAS
+# 13 and cuDNN 9 with the sub-libraries its convolutions load.
+REQUIRED_LIBS=(libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9 libcudnn_graph.so.9
+    libcudnn_ops.so.9 libcudnn_cnn.so.9 libcudnn_engines_precompiled.so.9 libcudnn_heuristic.so.9)
+# CUDA-13.0-era wheels for cuBLAS and cuDNN, pinned (unpinned, pip takes releases that need a
+# newer driver), installed into target/gpu-libs when the machine lacks them.
+GPU_WHEELS=(nvidia-cublas==13.0.2.14 nvidia-cudnn-cu13==9.13.0.50)
+GPU_LIBS=target/gpu-libs
+
+# Folders holding the CUDA libraries: pip's nvidia/*/lib in any site-packages (the machine's
+# Python environments, and target/gpu-libs), then the usual system places.
 library_path() {
     local dirs=""
+    for lib in "$GPU_LIBS"/nvidia/*/lib; do
+        [ -d "$lib" ] && dirs+="$PWD/$lib:"
+    done
     for py in python3 python; do
         command -v "$py" >/dev/null || continue
         dirs+=$("$py" - <<'PY' 2>/dev/null || true
@@ -51,10 +66,47 @@ print(":".join(seen), end=":")
 PY
 )
     done
-    for d in /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64; do
+    for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64; do
         [ -d "$d" ] && dirs+="$d:"
     done
     echo "${dirs%:}"
+}
+
+# The required libraries not found in LD_LIBRARY_PATH's folders, one per line.
+missing_libraries() {
+    local lib dir found
+    for lib in "${REQUIRED_LIBS[@]}"; do
+        found=""
+        local IFS=:
+        for dir in $LD_LIBRARY_PATH; do
+            [ -e "$dir/$lib" ] && { found=$dir; break; }
+        done
+        unset IFS
+        [ -n "$found" ] || echo "$lib"
+    done
+}
+
+# Every required library on LD_LIBRARY_PATH, installing the pinned wheels when some are missing
+# and pip reaches an index; otherwise the missing ones are named and the check stops here,
+# before anything runs.
+find_libraries() {
+    export LD_LIBRARY_PATH="$(library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    local missing
+    missing=$(missing_libraries)
+    [ -z "$missing" ] && return 0
+    echo "not found: $(echo $missing)"
+    # The driver does not come as a wheel: without it, installing the others would not help.
+    if [ "$(echo $missing)" != "libcuda.so.1" ] && echo "installing ${GPU_WHEELS[*]} into $GPU_LIBS" &&
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$GPU_LIBS" \
+        "${GPU_WHEELS[@]}" 2>&1 | tail -3; then
+        export LD_LIBRARY_PATH="$(library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        missing=$(missing_libraries)
+    fi
+    if [ -n "$missing" ]; then
+        echo "gpu-check: missing $(echo $missing): install the NVIDIA driver (libcuda) or the wheels" \
+            "${GPU_WHEELS[*]}, or add their lib folders to LD_LIBRARY_PATH" >&2
+        exit 3
+    fi
 }
 
 run() {
@@ -62,13 +114,13 @@ run() {
         echo "gpu-check: $OUT has no binaries: run 'scripts/gpu-check.sh prepare' on a build machine first" >&2
         exit 2
     }
-    export LD_LIBRARY_PATH="$(library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    find_libraries
     export PATCHCORE_REQUIRE_GPU=1
     echo "binaries built from commit $(cat "$OUT/commit" 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-    for lib in libcuda.so.1 libcudnn.so.9 libcublas.so; do
-        found=$(IFS=:; for d in $LD_LIBRARY_PATH; do ls "$d"/$lib* 2>/dev/null; done | head -1 || true)
-        echo "$lib: ${found:-NOT FOUND}"
+    for lib in "${REQUIRED_LIBS[@]}"; do
+        found=$(IFS=:; for d in $LD_LIBRARY_PATH; do [ -e "$d/$lib" ] && echo "$d/$lib"; done | head -1 || true)
+        echo "$lib: $found"
     done
     local status=0
     echo "== per-backend tests (parity with the CPU backend and float64) =="
