@@ -79,10 +79,13 @@ impl Dnn {
     /// `tensor_cores`: let cuDNN use TF32 tensor-core math (not bit-comparable to f32 FMA).
     pub fn new(stream: Arc<CudaStream>, tensor_cores: bool) -> Result<Self> {
         let handle = Cudnn::new(stream.clone()).map_err(dnn_error("handle"))?;
+        // NaN is not propagated, in the activation and in max pooling alike: the CPU's ReLU is
+        // f32::max(x, 0), which gives 0 for NaN, and its max-pool's f32::max skips a NaN, as
+        // `bias_act` (kernels/conv.cu) does too.
         let relu = handle
             .create_activation::<f32>(
                 cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
-                cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+                cudnnNanPropagation_t::CUDNN_NOT_PROPAGATE_NAN,
                 0.0,
             )
             .map_err(dnn_error("activation"))?;
@@ -219,7 +222,7 @@ impl Dnn {
                     &[c_int(padding); 2],
                     &[c_int(stride); 2],
                     cudnnPoolingMode_t::CUDNN_POOLING_MAX,
-                    cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+                    cudnnNanPropagation_t::CUDNN_NOT_PROPAGATE_NAN,
                 )
                 .map_err(dnn_error("pooling descriptor"))?;
             let entry = PoolEntry { x: self.tensor(x_dims)?, y: self.tensor(out)?, pool };
