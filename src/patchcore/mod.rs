@@ -227,7 +227,12 @@ impl<B: Backend> PatchCore<B> {
                     .iter()
                     .zip(&held)
                     .filter(|(_, &h)| h)
-                    .map(|(path, _)| Sample { path: path.clone(), category: "good".into(), anomalous: false, mask: None })
+                    .map(|(path, _)| Sample {
+                        path: path.clone(),
+                        category: "good".into(),
+                        anomalous: false,
+                        mask: None,
+                    })
                     .collect();
                 model.thresholds_from_labelled(&samples, options.batch, progress)?;
                 model.meta.thresholds_from = format!(
