@@ -80,7 +80,7 @@ fn all<'a, T>(layers: &[&'a AnyTensor], on: impl Fn(&'a AnyTensor) -> Option<&'a
 /// A tensor, convolution or bank of one backend handed to another: a programming error, but
 /// reported, never a panic.
 fn mixed(what: &str) -> Error {
-    Error::Backend(format!("{what}: operands live on different devices"))
+    Error::invalid_backend_input(format!("{what}: operands live on different devices"))
 }
 
 impl Backend for AnyBackend {

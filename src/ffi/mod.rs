@@ -90,8 +90,10 @@ impl From<Error> for Failure {
             Error::Image { .. } => PATCHCORE_IMAGE,
             Error::Weights { .. } | Error::Checkpoint { .. } => PATCHCORE_WEIGHTS,
             Error::Model { .. } => PATCHCORE_MODEL,
-            Error::Dataset { .. } | Error::InvalidOption { .. } => PATCHCORE_INVALID_ARGUMENT,
-            Error::Backend(_) => PATCHCORE_BACKEND,
+            Error::Dataset { .. } | Error::InvalidOption { .. } | Error::InvalidBackendInput { .. } => {
+                PATCHCORE_INVALID_ARGUMENT
+            }
+            Error::CudaUnavailable { .. } | Error::DeviceFailure { .. } => PATCHCORE_BACKEND,
         };
         Failure::new(status, e.to_string())
     }
