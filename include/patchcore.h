@@ -70,7 +70,8 @@ typedef enum PatchcoreStatus {
    */
   PATCHCORE_NULL_ARGUMENT = 1,
   /**
-   * A size, stride, channel count, device string or buffer length is out of range.
+   * A size, stride, channel count, device string or buffer length is out of range, or a size
+   * the compute backend refuses (e.g. a model's `num_neighbors` above the 16 CUDA takes).
    */
   PATCHCORE_INVALID_ARGUMENT = 2,
   /**
@@ -90,7 +91,8 @@ typedef enum PatchcoreStatus {
    */
   PATCHCORE_WEIGHTS = 6,
   /**
-   * The compute backend is unavailable (e.g. CUDA requested from a CPU-only build) or failed.
+   * CUDA is unavailable (a CPU-only build; no driver, libcudnn, libcublas or such device) or
+   * the GPU failed (a driver, memory, kernel or cuDNN error). The message says which.
    */
   PATCHCORE_BACKEND = 7,
   /**

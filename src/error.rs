@@ -35,9 +35,20 @@ pub enum Error {
     #[error("invalid {option}: {reason}")]
     InvalidOption { option: String, reason: String },
 
-    /// A compute backend that is unavailable or failed.
-    #[error("{0}")]
-    Backend(String),
+    /// CUDA cannot be used at all: a build without it, or a missing driver, library or device.
+    /// The one backend error on which `--device auto` takes the CPU instead.
+    #[error("CUDA is unavailable: {reason}")]
+    CudaUnavailable { reason: String },
+
+    /// Tensors or arguments a backend operation refuses (a shape, size or index out of range),
+    /// before any device work: a caller's mistake or a model the backend cannot run.
+    #[error("invalid input to the backend: {reason}")]
+    InvalidBackendInput { reason: String },
+
+    /// A GPU that is there but failed, on start or in use: a driver, allocation, kernel or
+    /// cuDNN error.
+    #[error("the GPU failed: {reason}")]
+    DeviceFailure { reason: String },
 }
 
 impl Error {
@@ -61,5 +72,14 @@ impl Error {
     }
     pub fn option(option: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidOption { option: option.into(), reason: reason.into() }
+    }
+    pub fn cuda_unavailable(reason: impl Into<String>) -> Self {
+        Error::CudaUnavailable { reason: reason.into() }
+    }
+    pub fn invalid_backend_input(reason: impl Into<String>) -> Self {
+        Error::InvalidBackendInput { reason: reason.into() }
+    }
+    pub fn device_failure(reason: impl Into<String>) -> Self {
+        Error::DeviceFailure { reason: reason.into() }
     }
 }

@@ -45,7 +45,7 @@ impl Tensor {
         for &r in rows {
             let r = r as usize;
             if r >= n {
-                return Err(Error::Backend(format!("row {r} out of range for {n} rows")));
+                return Err(Error::invalid_backend_input(format!("row {r} out of range for {n} rows")));
             }
             data.extend_from_slice(&self.data[r * d..(r + 1) * d]);
         }
@@ -56,5 +56,5 @@ impl Tensor {
 /// A shape as exactly `N` dimensions (NCHW for 4, rows x columns for 2), or an error naming
 /// what it is instead. Shared by every backend's tensors.
 pub fn dims<const N: usize>(shape: &[usize]) -> Result<[usize; N]> {
-    shape.try_into().map_err(|_| Error::Backend(format!("expected a {N}-D tensor, got shape {shape:?}")))
+    shape.try_into().map_err(|_| Error::invalid_backend_input(format!("expected a {N}-D tensor, got shape {shape:?}")))
 }

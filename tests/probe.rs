@@ -80,5 +80,5 @@ fn each_missing_cuda_piece_is_named() {
     build_library(&one, "libcublas.so.13", "int patchcore_stand_in;").unwrap();
     build_library(&one, "libcudnn.so.9", "int patchcore_stand_in;").unwrap();
     let e = refusal(&one, "cuda:3");
-    assert!(e.contains("CUDA device 3 does not exist: the driver sees 1 device(s)"), "{e}");
+    assert!(e.contains("CUDA is unavailable: device 3 does not exist: the driver sees 1 device(s)"), "{e}");
 }

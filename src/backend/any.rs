@@ -29,20 +29,32 @@ pub enum AnyBank {
 }
 
 impl AnyBackend {
-    /// The backend for `device`. `Auto` takes CUDA device 0 when it works and otherwise the
-    /// CPU, calling `notice` with the reason; `Cuda(n)` fails with the reason.
+    /// The backend for `device`. `Auto` takes CUDA device 0, or the CPU when CUDA is
+    /// unavailable, calling `notice` with the reason; a GPU that failed is an error there too
+    /// (`cuda_or_fallback`). `Cuda(n)` fails with the reason.
     pub fn open(device: DeviceChoice, precision: Precision, notice: impl FnOnce(&Error)) -> Result<Self> {
         match device {
             DeviceChoice::Cpu => Ok(AnyBackend::Cpu(CpuBackend)),
             DeviceChoice::Cuda(n) => CudaBackend::new(n, precision).map(AnyBackend::Cuda),
-            DeviceChoice::Auto => Ok(match CudaBackend::new(0, precision) {
-                Ok(cuda) => AnyBackend::Cuda(cuda),
-                Err(e) => {
-                    notice(&e);
-                    AnyBackend::Cpu(CpuBackend)
-                }
-            }),
+            DeviceChoice::Auto => cuda_or_fallback(
+                CudaBackend::new(0, precision).map(AnyBackend::Cuda),
+                || AnyBackend::Cpu(CpuBackend),
+                notice,
+            ),
         }
+    }
+}
+
+/// `--device auto`'s rule: CUDA when it opened; `fallback` (after `notice` with the reason)
+/// only when CUDA is unavailable. A GPU that is there but failed is returned as the error:
+/// falling back then would hide a broken driver or device behind a silently slower run.
+fn cuda_or_fallback<T>(cuda: Result<T>, fallback: impl FnOnce() -> T, notice: impl FnOnce(&Error)) -> Result<T> {
+    match cuda {
+        Err(e @ Error::CudaUnavailable { .. }) => {
+            notice(&e);
+            Ok(fallback())
+        }
+        opened_or_failed => opened_or_failed,
     }
 }
 
@@ -80,7 +92,7 @@ fn all<'a, T>(layers: &[&'a AnyTensor], on: impl Fn(&'a AnyTensor) -> Option<&'a
 /// A tensor, convolution or bank of one backend handed to another: a programming error, but
 /// reported, never a panic.
 fn mixed(what: &str) -> Error {
-    Error::Backend(format!("{what}: operands live on different devices"))
+    Error::invalid_backend_input(format!("{what}: operands live on different devices"))
 }
 
 impl Backend for AnyBackend {
@@ -199,4 +211,37 @@ fn cuda_shape(t: &<CudaBackend as Backend>::Tensor) -> &[usize] {
 #[cfg(not(feature = "cuda"))]
 fn cuda_shape(t: &<CudaBackend as Backend>::Tensor) -> &[usize] {
     match *t {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `cuda_or_fallback` made of `cuda`, and the reason it noticed, if any.
+    fn auto(cuda: Result<&'static str>) -> (Result<&'static str>, Option<String>) {
+        let mut noticed = None;
+        let chosen = cuda_or_fallback(cuda, || "cpu", |e| noticed = Some(e.to_string()));
+        (chosen, noticed)
+    }
+
+    #[test]
+    fn auto_takes_the_cpu_when_cuda_is_unavailable_and_says_why() {
+        let (chosen, noticed) = auto(Err(Error::cuda_unavailable("libcudnn was not found")));
+        assert_eq!(chosen.unwrap(), "cpu");
+        assert_eq!(noticed.as_deref(), Some("CUDA is unavailable: libcudnn was not found"));
+    }
+
+    #[test]
+    fn auto_returns_a_device_failure_instead_of_falling_back() {
+        let (chosen, noticed) = auto(Err(Error::device_failure("CUDA allocation failed: out of memory")));
+        assert!(matches!(chosen, Err(Error::DeviceFailure { .. })), "{chosen:?}");
+        assert_eq!(noticed, None);
+    }
+
+    #[test]
+    fn auto_takes_cuda_when_it_opened() {
+        let (chosen, noticed) = auto(Ok("cuda"));
+        assert_eq!(chosen.unwrap(), "cuda");
+        assert_eq!(noticed, None);
+    }
 }

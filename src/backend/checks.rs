@@ -9,17 +9,20 @@ use crate::tensor::dims;
 pub fn conv_output(spec: &ConvSpec, x: &[usize], residual: Option<&[usize]>) -> Result<[usize; 4]> {
     let [b, c, h, w] = dims(x)?;
     if c != spec.in_channels {
-        return Err(Error::Backend(format!("conv2d: input has {c} channels, the weights expect {}", spec.in_channels)));
+        return Err(Error::invalid_backend_input(format!(
+            "conv2d: input has {c} channels, the weights expect {}",
+            spec.in_channels
+        )));
     }
     if h == 0 || w == 0 {
-        return Err(Error::Backend(format!("conv2d: empty {h}x{w} input")));
+        return Err(Error::invalid_backend_input(format!("conv2d: empty {h}x{w} input")));
     }
     let (ho, _) = spec.padding.resolve(h, spec.kernel, spec.stride);
     let (wo, _) = spec.padding.resolve(w, spec.kernel, spec.stride);
     let out = [b, spec.out_channels, ho, wo];
     if let Some(r) = residual {
         if r != out {
-            return Err(Error::Backend(format!("conv2d: residual {r:?} does not match output {out:?}")));
+            return Err(Error::invalid_backend_input(format!("conv2d: residual {r:?} does not match output {out:?}")));
         }
     }
     Ok(out)
@@ -29,7 +32,7 @@ pub fn conv_output(spec: &ConvSpec, x: &[usize], residual: Option<&[usize]>) -> 
 pub fn pool_output(x: &[usize], kernel: usize, stride: usize, padding: usize) -> Result<[usize; 4]> {
     let [b, c, h, w] = dims(x)?;
     if kernel == 0 || stride == 0 || h + 2 * padding < kernel || w + 2 * padding < kernel || 2 * padding > kernel {
-        return Err(Error::Backend(format!(
+        return Err(Error::invalid_backend_input(format!(
             "max_pool: kernel {kernel} stride {stride} padding {padding} does not fit {h}x{w}"
         )));
     }
@@ -40,10 +43,10 @@ pub fn pool_output(x: &[usize], kernel: usize, stride: usize, padding: usize) ->
 pub fn knn_args(queries: &[usize], bank_rows: usize, bank_dims: usize, k: usize) -> Result<[usize; 2]> {
     let [nq, d] = dims(queries)?;
     if d != bank_dims {
-        return Err(Error::Backend(format!("knn: queries have {d} dims, the bank {bank_dims}")));
+        return Err(Error::invalid_backend_input(format!("knn: queries have {d} dims, the bank {bank_dims}")));
     }
     if k == 0 || k > bank_rows {
-        return Err(Error::Backend(format!("knn: k = {k} must be in 1..={bank_rows} (the bank size)")));
+        return Err(Error::invalid_backend_input(format!("knn: k = {k} must be in 1..={bank_rows} (the bank size)")));
     }
     Ok([nq, d])
 }
@@ -52,17 +55,21 @@ pub fn knn_args(queries: &[usize], bank_rows: usize, bank_dims: usize, k: usize)
 pub fn coreset_args(rows: &[usize], n_select: usize, start: usize) -> Result<[usize; 2]> {
     let [n, d] = dims(rows)?;
     if n_select > n || start >= n {
-        return Err(Error::Backend(format!("coreset: cannot select {n_select} of {n} rows from start {start}")));
+        return Err(Error::invalid_backend_input(format!(
+            "coreset: cannot select {n_select} of {n} rows from start {start}"
+        )));
     }
     Ok([n, d])
 }
 
 /// [B, h, w] of the patch-score grids, after checking the map's size and sigma.
 pub fn map_args(scores: &[usize], out_h: usize, out_w: usize, sigma: f32) -> Result<[usize; 3]> {
-    let [b, h, w] =
-        dims(scores).map_err(|_| Error::Backend(format!("anomaly_map: expected [B, h, w] scores, got {scores:?}")))?;
+    let [b, h, w] = dims(scores)
+        .map_err(|_| Error::invalid_backend_input(format!("anomaly_map: expected [B, h, w] scores, got {scores:?}")))?;
     if sigma.is_nan() || sigma <= 0.0 || out_h == 0 || out_w == 0 || h == 0 || w == 0 {
-        return Err(Error::Backend(format!("anomaly_map: sigma {sigma}, {h}x{w} -> {out_h}x{out_w} is invalid")));
+        return Err(Error::invalid_backend_input(format!(
+            "anomaly_map: sigma {sigma}, {h}x{w} -> {out_h}x{out_w} is invalid"
+        )));
     }
     Ok([b, h, w])
 }
@@ -70,11 +77,11 @@ pub fn map_args(scores: &[usize], out_h: usize, out_w: usize, sigma: f32) -> Res
 /// The feature maps' shapes [B, C, h, w] after checking they share a batch; the first sets the grid.
 pub fn embed_args(layers: &[&[usize]]) -> Result<Vec<[usize; 4]>> {
     if layers.is_empty() {
-        return Err(Error::Backend("embed: no feature maps".into()));
+        return Err(Error::invalid_backend_input("embed: no feature maps"));
     }
     let shapes = layers.iter().map(|s| dims::<4>(s)).collect::<Result<Vec<_>>>()?;
     if let Some(s) = shapes.iter().find(|s| s[0] != shapes[0][0]) {
-        return Err(Error::Backend(format!("embed: batch sizes differ ({} vs {})", s[0], shapes[0][0])));
+        return Err(Error::invalid_backend_input(format!("embed: batch sizes differ ({} vs {})", s[0], shapes[0][0])));
     }
     Ok(shapes)
 }

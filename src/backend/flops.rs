@@ -19,7 +19,7 @@ impl FlopCounter {
 }
 
 fn unsupported(op: &str) -> Error {
-    Error::Backend(format!("FlopCounter counts convolutions only; `{op}` is not modelled"))
+    Error::invalid_backend_input(format!("FlopCounter counts convolutions only; `{op}` is not modelled"))
 }
 
 impl Backend for FlopCounter {

@@ -39,7 +39,8 @@ pub enum PatchcoreStatus {
     PATCHCORE_OK = 0,
     /// A required pointer argument was NULL.
     PATCHCORE_NULL_ARGUMENT = 1,
-    /// A size, stride, channel count, device string or buffer length is out of range.
+    /// A size, stride, channel count, device string or buffer length is out of range, or a size
+    /// the compute backend refuses (e.g. a model's `num_neighbors` above the 16 CUDA takes).
     PATCHCORE_INVALID_ARGUMENT = 2,
     /// The file system refused: missing file, permissions.
     PATCHCORE_IO = 3,
@@ -49,7 +50,8 @@ pub enum PatchcoreStatus {
     PATCHCORE_MODEL = 5,
     /// Backbone weights inside the model that are missing, misshaped or non-finite.
     PATCHCORE_WEIGHTS = 6,
-    /// The compute backend is unavailable (e.g. CUDA requested from a CPU-only build) or failed.
+    /// CUDA is unavailable (a CPU-only build; no driver, libcudnn, libcublas or such device) or
+    /// the GPU failed (a driver, memory, kernel or cuDNN error). The message says which.
     PATCHCORE_BACKEND = 7,
     /// A bug: the library panicked (the message says where; please report it). Outputs may be
     /// partly written; the handle stays usable.
@@ -90,8 +92,10 @@ impl From<Error> for Failure {
             Error::Image { .. } => PATCHCORE_IMAGE,
             Error::Weights { .. } | Error::Checkpoint { .. } => PATCHCORE_WEIGHTS,
             Error::Model { .. } => PATCHCORE_MODEL,
-            Error::Dataset { .. } | Error::InvalidOption { .. } => PATCHCORE_INVALID_ARGUMENT,
-            Error::Backend(_) => PATCHCORE_BACKEND,
+            Error::Dataset { .. } | Error::InvalidOption { .. } | Error::InvalidBackendInput { .. } => {
+                PATCHCORE_INVALID_ARGUMENT
+            }
+            Error::CudaUnavailable { .. } | Error::DeviceFailure { .. } => PATCHCORE_BACKEND,
         };
         Failure::new(status, e.to_string())
     }
@@ -229,6 +233,22 @@ mod tests {
         let status = guard("h", || Err(Failure::invalid("nul \0 inside")));
         assert_eq!(status, PATCHCORE_INVALID_ARGUMENT);
         assert_eq!(last_error(), "h: nul \\0 inside");
+    }
+
+    /// Without a GPU no C call reaches a backend's input checks (images are checked and resized
+    /// before the backend sees them; on CUDA a model with more than 16 neighbours would), so
+    /// the mapping of backend errors is tested here.
+    #[test]
+    fn backend_errors_map_to_invalid_argument_or_backend() {
+        let status = guard("f", || Err(Error::invalid_backend_input("conv2d: empty 0x0 input").into()));
+        assert_eq!(status, PATCHCORE_INVALID_ARGUMENT);
+        assert_eq!(last_error(), "f: invalid input to the backend: conv2d: empty 0x0 input");
+        let status = guard("g", || Err(Error::cuda_unavailable("libcudnn was not found").into()));
+        assert_eq!(status, PATCHCORE_BACKEND);
+        assert_eq!(last_error(), "g: CUDA is unavailable: libcudnn was not found");
+        let status = guard("h", || Err(Error::device_failure("CUDA allocation failed: out of memory").into()));
+        assert_eq!(status, PATCHCORE_BACKEND);
+        assert_eq!(last_error(), "h: the GPU failed: CUDA allocation failed: out of memory");
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn embed_images<B: Backend>(
     let features = backbone.forward(backend, &input)?;
     let grid = match backend.shape(&features[0]) {
         [_, _, h, w] => [*h, *w],
-        other => return Err(Error::Backend(format!("backbone returned shape {other:?}"))),
+        other => return Err(Error::invalid_backend_input(format!("backbone returned shape {other:?}"))),
     };
     let refs: Vec<&B::Tensor> = features.iter().collect();
     Ok((backend.embed(&refs)?, grid))

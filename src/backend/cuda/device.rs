@@ -64,7 +64,13 @@ pub struct CudaBackend {
 }
 
 fn driver_error(what: &'static str) -> impl Fn(DriverError) -> Error {
-    move |e| Error::Backend(format!("CUDA {what}: {e}"))
+    move |e| Error::device_failure(format!("CUDA {what}: {e}"))
+}
+
+/// A panic inside a cuDNN call (caught by a C host's guard, or a thread's join) poisons the
+/// lock: the handle's descriptors may be half made, so the backend is not trusted again.
+fn poisoned_dnn<T>(_: T) -> Error {
+    Error::device_failure("an earlier cuDNN call panicked: open the backend again (reload the model)")
 }
 
 /// The kernel parameter for an absent pointer (`residual` of `bias_act`).
@@ -241,7 +247,7 @@ impl Backend for CudaBackend {
     fn download_rows(&self, tensor: &CudaTensor, rows: &[u32]) -> Result<Tensor> {
         let [n, d] = dims::<2>(&tensor.shape)?;
         if let Some(r) = rows.iter().find(|&&r| r as usize >= n) {
-            return Err(Error::Backend(format!("download_rows: row {r} of a {n}-row tensor")));
+            return Err(Error::invalid_backend_input(format!("download_rows: row {r} of a {n}-row tensor")));
         }
         let mut host = vec![0.0f32; rows.len() * d];
         for (dst, &r) in host.chunks_exact_mut(d).zip(rows) {
@@ -280,8 +286,7 @@ impl Backend for CudaBackend {
             bias: &conv.bias,
             residual: residual.map(|r| &r.data),
         };
-        let (mut y, fused) =
-            self.dnn.lock().map_err(|_| Error::Backend("an earlier cuDNN call panicked".into()))?.conv(&call)?;
+        let (mut y, fused) = self.dnn.lock().map_err(poisoned_dnn)?.conv(&call)?;
         if !fused {
             self.bias_act(&mut y, conv, residual, out)?;
         }
@@ -291,7 +296,7 @@ impl Backend for CudaBackend {
     fn max_pool(&self, x: &CudaTensor, kernel: usize, stride: usize, padding: usize) -> Result<CudaTensor> {
         let out = pool_output(&x.shape, kernel, stride, padding)?;
         fits_i32("max_pool", &[x.data.len()])?;
-        let mut dnn = self.dnn.lock().map_err(|_| Error::Backend("an earlier cuDNN call panicked".into()))?;
+        let mut dnn = self.dnn.lock().map_err(poisoned_dnn)?;
         let data = dnn.max_pool(&x.data, dims::<4>(&x.shape)?, out, (kernel, stride, padding))?;
         Ok(CudaTensor { shape: out.to_vec(), data })
     }
@@ -454,7 +459,7 @@ impl Backend for CudaBackend {
         let taps = gaussian_taps(sigma);
         let radius = taps.len() / 2;
         if radius > MAX_BLUR_RADIUS {
-            return Err(Error::Backend(format!(
+            return Err(Error::invalid_backend_input(format!(
                 "anomaly_map: sigma {sigma} needs a {radius}-pixel radius; the CUDA blur takes at most {MAX_BLUR_RADIUS}"
             )));
         }

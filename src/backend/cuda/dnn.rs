@@ -19,7 +19,7 @@ use std::sync::Arc;
 const NCHW: cudnnTensorFormat_t = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
 
 fn dnn_error(what: &str) -> impl Fn(CudnnError) -> Error + '_ {
-    move |e| Error::Backend(format!("cuDNN {what}: {e}"))
+    move |e| Error::device_failure(format!("cuDNN {what}: {e}"))
 }
 
 fn c_int(v: usize) -> i32 {
@@ -105,7 +105,7 @@ impl Dnn {
     /// cuDNN calls run in the calling thread's current context, which a C host's worker thread
     /// may not have yet (cudarc's own calls bind it themselves).
     fn bind(&self) -> Result<()> {
-        self.stream.context().bind_to_thread().map_err(|e| Error::Backend(format!("CUDA context: {e}")))
+        self.stream.context().bind_to_thread().map_err(|e| Error::device_failure(format!("CUDA context: {e}")))
     }
 
     fn tensor(&self, dims: [usize; 4]) -> Result<TensorDescriptor<f32>> {
@@ -239,5 +239,5 @@ impl Dnn {
 }
 
 pub fn alloc_error(e: cudarc::driver::DriverError) -> Error {
-    Error::Backend(format!("CUDA allocation failed: {e}"))
+    Error::device_failure(format!("CUDA allocation failed: {e}"))
 }

@@ -35,12 +35,16 @@ macro_rules! kernels {
                     .map(|(file, ptx)| {
                         ctx.load_module(Ptx::from_src(*ptx))
                             .map(|m| (*file, m))
-                            .map_err(|e| Error::Backend(format!("CUDA could not load kernels/{file}.cu's PTX: {e}")))
+                            .map_err(|e| {
+                                Error::device_failure(format!(
+                                    "kernels/{file}.cu's PTX did not load: {e} (it needs a driver for CUDA 13.0 or newer)"
+                                ))
+                            })
                     })
                     .collect::<Result<Vec<(&str, Arc<CudaModule>)>>>()?;
                 let function = |file: &str, name: &str| {
                     let (_, module) = modules.iter().find(|(f, _)| *f == file).expect("every file is in SOURCES");
-                    module.load_function(name).map_err(|e| Error::Backend(format!("CUDA kernel {name}: {e}")))
+                    module.load_function(name).map_err(|e| Error::device_failure(format!("CUDA kernel {name}: {e}")))
                 };
                 Ok(Kernels { $($name: function(stringify!($file), stringify!($name))?,)* })
             }

@@ -30,7 +30,7 @@ pub const NORM_ROWS_PER_BLOCK: usize = 8;
 pub fn fits_i32(what: &str, values: &[usize]) -> Result<()> {
     match values.iter().find(|&&v| v > i32::MAX as usize) {
         None => Ok(()),
-        Some(v) => Err(Error::Backend(format!(
+        Some(v) => Err(Error::invalid_backend_input(format!(
             "{what}: {v} elements is more than one launch indexes (2^31 - 1); split the batch"
         ))),
     }
@@ -65,7 +65,7 @@ pub struct KnnPlan {
 /// while every split adds `KNN_LISTS * k` candidates per query for the merge to read.
 pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, sm_count: usize) -> Result<KnnPlan> {
     if nq == 0 || m == 0 || d == 0 || k == 0 || k > KNN_MAX_K.min(m) {
-        return Err(Error::Backend(format!(
+        return Err(Error::invalid_backend_input(format!(
             "knn: {nq} queries, {m} bank rows, {d} dims, k = {k}: need all non-zero and k <= {KNN_MAX_K} on CUDA"
         )));
     }

@@ -42,13 +42,15 @@ fn cudnn_present() -> bool {
 pub fn probe(ordinal: usize) -> Result<()> {
     for Library { name, present, advice } in LIBRARIES {
         if !present() {
-            return Err(Error::Backend(format!("CUDA is unavailable: {name} was not found ({advice})")));
+            return Err(Error::cuda_unavailable(format!("{name} was not found ({advice})")));
         }
     }
     let count = CudaContext::device_count()
-        .map_err(|e| Error::Backend(format!("CUDA is unavailable: the driver reports {e}")))?;
+        .map_err(|e| Error::cuda_unavailable(format!("the driver reports {e} (`nvidia-smi` shows what it sees)")))?;
     if ordinal >= count.max(0) as usize {
-        return Err(Error::Backend(format!("CUDA device {ordinal} does not exist: the driver sees {count} device(s)")));
+        return Err(Error::cuda_unavailable(format!(
+            "device {ordinal} does not exist: the driver sees {count} device(s), numbered from 0"
+        )));
     }
     Ok(())
 }

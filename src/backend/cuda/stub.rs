@@ -9,7 +9,7 @@ use std::convert::Infallible;
 
 /// Why CUDA cannot be used from this build.
 fn unavailable() -> Error {
-    Error::Backend("this build of patchcore has no CUDA backend: rebuild with `--features cuda`".into())
+    Error::cuda_unavailable("this build of patchcore has no CUDA backend: rebuild with `--features cuda`")
 }
 
 /// Probes for a usable GPU; without the feature there never is one.
