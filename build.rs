@@ -1,7 +1,8 @@
 //! Build script. Without the `cuda` feature (the default) there is nothing to build: the CPU
 //! backend is pure Rust. With it, every kernels/*.cu is compiled to PTX by nvcc into OUT_DIR
 //! (the CUDA backend embeds it with include_str!), and checked by ptxas for sm_90 when ptxas
-//! is beside nvcc or on PATH.
+//! is beside nvcc or on PATH. The kernels include geometry.cuh, written into OUT_DIR first from
+//! the launch geometry the host uses (src/backend/cuda/geometry.rs).
 //!
 //! Why PTX for compute_80 and not a cubin: the driver JIT-compiles PTX for whatever GPU it
 //! finds (A100, H100, H200), and PTX ISA 9.0, which nvcc 13.0 writes, is the newest a CUDA 13.0
@@ -10,6 +11,12 @@
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The launch geometry the kernels share with the host (include! needs the path as a literal).
+const GEOMETRY: &str = "src/backend/cuda/geometry.rs";
+mod geometry {
+    include!("src/backend/cuda/geometry.rs");
+}
 
 /// The newest PTX ISA the target driver (CUDA 13.0) loads.
 const MAX_PTX_ISA: (u32, u32) = (9, 0);
@@ -32,6 +39,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={PIP_NVCC}");
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed={GEOMETRY}");
     let nvcc = find_nvcc().unwrap_or_else(|| fail(GET_NVCC));
     let ptxas = nvcc.with_file_name("ptxas");
     let ptxas = if ptxas.is_file() { Some(ptxas) } else { which("ptxas") };
@@ -39,6 +47,8 @@ fn main() {
         println!("cargo:warning=ptxas not found: the PTX is not validated for sm_90");
     }
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let header = out_dir.join("geometry.cuh");
+    std::fs::write(&header, geometry_header()).unwrap_or_else(|e| fail(&format!("{}: {e}", header.display())));
     let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
         .unwrap_or_else(|e| fail(&format!("kernels/: {e}")))
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -54,13 +64,26 @@ fn main() {
         // -lineinfo lets Nsight Compute attribute time to source lines; no fast-math: the
         // coreset distance must round exactly like the CPU's (kernels/coreset.cu).
         let mut nvcc_cmd = Command::new(&nvcc);
-        nvcc_cmd.args(["-arch=compute_80", "--ptx", "-O3", "-lineinfo", "-std=c++17", "-Ikernels", "-o"]);
-        run(nvcc_cmd.arg(&ptx).arg(source), "nvcc", source);
+        nvcc_cmd.args(["-arch=compute_80", "--ptx", "-O3", "-lineinfo", "-std=c++17", "-Ikernels", "-I"]);
+        run(nvcc_cmd.arg(&out_dir).arg("-o").arg(&ptx).arg(source), "nvcc", source);
         check_isa(&ptx, source);
         if let Some(ptxas) = &ptxas {
             run(Command::new(ptxas).args(["-arch=sm_90", "-o", "/dev/null"]).arg(&ptx), "ptxas -arch=sm_90", source);
         }
     }
+}
+
+/// geometry.cuh: each constant of geometry.rs as a C++ constant of the same name. One left out
+/// here is unused in this script, which the dead-code lint reports.
+fn geometry_header() -> String {
+    macro_rules! define {
+        ($($name:ident),*) => {
+            [$(format!("constexpr int {} = {};\n", stringify!($name), geometry::$name)),*].concat()
+        };
+    }
+    let constants =
+        define!(BLOCK, KNN_TILE, KNN_LISTS, KNN_MERGE_BLOCK, KNN_MAX_K, CORESET_ROWS_PER_BLOCK, CORESET_BLOCKS_PER_SM);
+    format!("// Written by build.rs from {GEOMETRY}: edit that file, not this one.\n#pragma once\n\n{constants}")
 }
 
 fn find_nvcc() -> Option<PathBuf> {

@@ -8,7 +8,7 @@
 // blur_cols(tmp, batch, out_h, out_w, taps, radius, out)
 //   out[b, y, x] = sum_{t = 0..2 radius} taps[t] * tmp[b, reflect(y + t - radius, out_h), x]
 //   taps: 2 radius + 1 f32 on the device (any radius; 33 taps for sigma 4).
-//   Launch (both): block 256, grid min(ceil(batch * out_h * out_w / 256), 65535), grid-stride,
+//   Launch (both): block BLOCK, grid min(ceil(batch * out_h * out_w / BLOCK), 65535), grid-stride,
 //   dynamic shared memory (2 radius + 1) * 4 bytes, which holds the taps.
 //
 // Why the upsample is folded into the horizontal pass: the upsampled map is never stored (the
@@ -21,6 +21,7 @@
 // first term plus the rest, including the sign of an all-zero sum).
 
 #include "common.cuh"
+#include "geometry.cuh"
 
 namespace {
 
@@ -40,9 +41,9 @@ __device__ __forceinline__ const float* stage_taps(const float* __restrict__ tap
 
 // x is the fastest coordinate: a warp reads (nearly) consecutive source pixels of one line and
 // writes 32 consecutive floats.
-extern "C" __global__ void __launch_bounds__(256) blur_rows(const float* __restrict__ scores, int batch, int h, int w,
-                                                            int out_h, int out_w, const float* __restrict__ taps,
-                                                            int radius, float* __restrict__ tmp)
+extern "C" __global__ void __launch_bounds__(BLOCK) blur_rows(const float* __restrict__ scores, int batch, int h, int w,
+                                                              int out_h, int out_w, const float* __restrict__ taps,
+                                                              int radius, float* __restrict__ tmp)
 {
     const float* k = stage_taps(taps, radius);
     const kern::Nearest ny(h, out_h);
@@ -62,9 +63,9 @@ extern "C" __global__ void __launch_bounds__(256) blur_rows(const float* __restr
 }
 
 // x is the fastest coordinate: for every tap a warp reads 32 consecutive floats of one row.
-extern "C" __global__ void __launch_bounds__(256) blur_cols(const float* __restrict__ tmp, int batch, int out_h,
-                                                            int out_w, const float* __restrict__ taps, int radius,
-                                                            float* __restrict__ out)
+extern "C" __global__ void __launch_bounds__(BLOCK) blur_cols(const float* __restrict__ tmp, int batch, int out_h,
+                                                              int out_w, const float* __restrict__ taps, int radius,
+                                                              float* __restrict__ out)
 {
     const float* k = stage_taps(taps, radius);
     const long long total = (long long)batch * out_h * out_w;

@@ -6,14 +6,14 @@
 //   residual: [batch, channels, hw] or a null pointer.
 //   y[b, c, p] = act((y[b, c, p] + bias[c]) + (residual ? residual[b, c, p] : 0))
 //   act: 0 none, 1 ReLU, 2 ReLU6.
-//   Launch: block 256, grid min(ceil(batch * channels * hw / 256), 65535), grid-stride.
+//   Launch: block BLOCK, grid min(ceil(batch * channels * hw / BLOCK), 65535), grid-stride.
 //
 // pad_nchw(x, planes, h, w, top, left, ph, pw, y)
 //   x: [planes, h, w]; y: [planes, ph, pw]; y[p, yy, xx] = x[p, yy - top, xx - left] inside the
 //   image, 0 outside. cuDNN pads both sides alike; TF-same convolutions with an odd total padding
 //   (EfficientNet-Lite's strided layers) put the extra pixel bottom/right, so the host copies the
 //   input into this padded buffer and runs cuDNN without padding.
-//   Launch: block 256, grid min(ceil(planes * ph * pw / 256), 65535), grid-stride.
+//   Launch: block BLOCK, grid min(ceil(planes * ph * pw / BLOCK), 65535), grid-stride.
 //
 // Exactness: the additions run in the CPU's order, and a missing residual still adds +0.0 as the
 // CPU's does (which turns a -0.0 into +0.0). The activations keep the CPU's NaN behaviour:
@@ -21,6 +21,7 @@
 // comparisons rather than fminf(fmaxf(...)), which would return 0 for NaN.
 
 #include "common.cuh"
+#include "geometry.cuh"
 
 namespace {
 
@@ -42,9 +43,9 @@ __device__ __forceinline__ float activate(float v, int act)
 // Flat index order = memory order, so loads and stores are coalesced; the channel is recovered
 // per element for the bias (a cached broadcast-like load). residual is read with a plain load,
 // not __ldg, in case a caller ever passes the output itself as the residual.
-extern "C" __global__ void __launch_bounds__(256) bias_act(float* y, const float* __restrict__ bias,
-                                                           const float* residual, int batch, int channels, int hw,
-                                                           int act)
+extern "C" __global__ void __launch_bounds__(BLOCK) bias_act(float* y, const float* __restrict__ bias,
+                                                             const float* residual, int batch, int channels, int hw,
+                                                             int act)
 {
     const long long total = (long long)batch * channels * hw;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
@@ -56,8 +57,8 @@ extern "C" __global__ void __launch_bounds__(256) bias_act(float* y, const float
 }
 
 // Flat index over the padded output, so stores are coalesced and loads are too within a row.
-extern "C" __global__ void __launch_bounds__(256) pad_nchw(const float* __restrict__ x, int planes, int h, int w,
-                                                           int top, int left, int ph, int pw, float* __restrict__ y)
+extern "C" __global__ void __launch_bounds__(BLOCK) pad_nchw(const float* __restrict__ x, int planes, int h, int w,
+                                                             int top, int left, int ph, int pw, float* __restrict__ y)
 {
     const long long total = (long long)planes * ph * pw;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;

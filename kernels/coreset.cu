@@ -11,10 +11,11 @@
 // coreset_step_f16(same, rows as __half)
 //   rows: [n, d] row-major; min_dist: [n] f32; selected: [n_select] u32;
 //   block_d, block_i: [gridDim.x]; counter: one u32.
-//   Launch: block 256, grid G = min(ceil(n / 16), 4 * SM count), no dynamic shared memory,
+//   Launch: block BLOCK, grid G = min(ceil(n / CORESET_ROWS_PER_BLOCK), CORESET_BLOCKS_PER_SM * SM count)
+//   (geometry.cuh, from src/backend/cuda/geometry.rs: 256, 16 and 4), no dynamic shared memory,
 //   once for each step = 0..n_select-1, back to back on one stream. Before step 0 the host
 //   fills min_dist with +inf (fill_f32) and zeroes *counter.
-// fill_f32(p, n, v): p[0..n) = v. Launch: block 256, grid min(ceil(n / 256), 4096), grid-stride.
+// fill_f32(p, n, v): p[0..n) = v. Launch: block BLOCK, grid min(ceil(n / BLOCK), 4096), grid-stride.
 //
 // Why one launch per step, and the "last block done" pattern: a step needs the previous step's
 // argmax over all rows, i.e. a grid-wide barrier. The launch boundary provides it: the kernel
@@ -49,14 +50,14 @@
 #include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "geometry.cuh"
 
 namespace {
 
-constexpr int BLOCK = 256;
-constexpr int LANES = 16;                     // of the distance sum: one thread per lane
-constexpr int ROWS_PER_ITER = BLOCK / LANES;  // rows a block handles per grid-stride iteration
-constexpr int CENTRE_CAP = 2048;              // the widest centre row staged in shared memory
-constexpr unsigned NO_ROW = 0xffffffffu;      // index of "no candidate": loses every tie
+constexpr int LANES = 16;                 // of the distance sum: one thread per lane
+constexpr int CENTRE_CAP = 2048;          // the widest centre row staged in shared memory
+constexpr unsigned NO_ROW = 0xffffffffu;  // index of "no candidate": loses every tie
+static_assert(BLOCK / LANES == CORESET_ROWS_PER_BLOCK, "a half-warp per row");
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -189,8 +190,8 @@ __device__ __forceinline__ void sweep(const T* __restrict__ rows, int n, int d, 
 {
     const int lane = threadIdx.x % LANES;
     // The loop condition depends on the block only, so all threads stay in step for the shuffles.
-    for (long long first = (long long)blockIdx.x * ROWS_PER_ITER; first < n;
-         first += (long long)gridDim.x * ROWS_PER_ITER) {
+    for (long long first = (long long)blockIdx.x * CORESET_ROWS_PER_BLOCK; first < n;
+         first += (long long)gridDim.x * CORESET_ROWS_PER_BLOCK) {
         const long long r = first + threadIdx.x / LANES;
         const bool valid = r < n;
         float md = 0.0f;
@@ -277,9 +278,9 @@ __device__ __forceinline__ void coreset_step(const T* __restrict__ rows, int n, 
 
 }  // namespace
 
-// __launch_bounds__(256, 4): at most 64 registers a thread, so the host's 4 blocks per SM are
-// all resident at once (one wave, no tail of late blocks).
-extern "C" __global__ void __launch_bounds__(BLOCK, 4)
+// __launch_bounds__(BLOCK, CORESET_BLOCKS_PER_SM), i.e. (256, 4): at most 64 registers a thread,
+// so the host's 4 blocks per SM are all resident at once (one wave, no tail of late blocks).
+extern "C" __global__ void __launch_bounds__(BLOCK, CORESET_BLOCKS_PER_SM)
     coreset_step_f32(const float* __restrict__ rows, int n, int d, unsigned start, int step,
                      float* __restrict__ min_dist, unsigned* __restrict__ selected, float* __restrict__ block_d,
                      unsigned* __restrict__ block_i, unsigned* __restrict__ counter)
@@ -287,7 +288,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK, 4)
     coreset_step(rows, n, d, start, step, min_dist, selected, block_d, block_i, counter);
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK, 4)
+extern "C" __global__ void __launch_bounds__(BLOCK, CORESET_BLOCKS_PER_SM)
     coreset_step_f16(const __half* __restrict__ rows, int n, int d, unsigned start, int step,
                      float* __restrict__ min_dist, unsigned* __restrict__ selected, float* __restrict__ block_d,
                      unsigned* __restrict__ block_i, unsigned* __restrict__ counter)

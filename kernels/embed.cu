@@ -8,7 +8,7 @@
 //         with that layer's column offset, which is the CPU's concatenation of layers.
 //   rows[((b * gh + y) * gw + x) * row_width + col_offset + c] =
 //       bilinear(avgpool3x3(feat[b, c]), h x w -> gh x gw)(y, x)
-//   Launch: block 256, grid min(ceil(batch * gh * gw * channels / 256), 65535), grid-stride,
+//   Launch: block BLOCK, grid min(ceil(batch * gh * gw * channels / BLOCK), 65535), grid-stride,
 //   no shared memory.
 //
 // Each output is computed straight from the input: the (up to four) pooled taps it needs are
@@ -23,6 +23,7 @@
 // skipping matches the CPU for every input.
 
 #include "common.cuh"
+#include "geometry.cuh"
 
 namespace {
 
@@ -49,9 +50,9 @@ __device__ __forceinline__ float pool3(const float* __restrict__ plane, int h, i
 // are written by the next few warps (the next planes), so L2 merges the sectors before they go
 // to DRAM. The other order (c fastest) would coalesce the store but scatter every one of the
 // loads over 32 planes.
-extern "C" __global__ void __launch_bounds__(256) embed_layer(const float* __restrict__ feat, int batch, int channels,
-                                                              int h, int w, int gh, int gw, int row_width,
-                                                              int col_offset, float* __restrict__ rows)
+extern "C" __global__ void __launch_bounds__(BLOCK) embed_layer(const float* __restrict__ feat, int batch, int channels,
+                                                                int h, int w, int gh, int gw, int row_width,
+                                                                int col_offset, float* __restrict__ rows)
 {
     const long long total = (long long)batch * channels * gh * gw;
     const bool same_size = h == gh && w == gw;

@@ -4,6 +4,9 @@
 // Contract (the Rust host is written against it; names, parameter order and types are fixed)
 // ---------------------------------------------------------------------------------------------
 // All kernels are extern "C"; int is 32-bit and every size fits in int. Rows are row-major, d wide.
+// The launch geometry comes from geometry.cuh (src/backend/cuda/geometry.rs, which the host launches with):
+// below, 256 is BLOCK, 64 KNN_TILE, 4 KNN_LISTS and 16 KNN_MAX_K, values the code is written for and
+// static_asserts pin; the merge works with any KNN_MERGE_BLOCK.
 // Distance: sq = max(0, (|q|^2 - 2 q.b) + |b|^2), evaluated in that order (the CPU's, anomalib's); a NaN
 // stays NaN and never ranks. Ranking: smaller sq first, equal sq -> lower bank index first.
 //
@@ -26,7 +29,8 @@
 //                                     per_query = S*4*k contiguous candidates per query. Best k by (sq, index),
 //                                     skipping +inf/NaN and index 0xFFFFFFFF; out_d = sqrtf(sq) ascending,
 //                                     out_i the bank index; a slot nothing fills is (NaN, 0), as on the CPU.
-//                                     block 128, grid ceil(nq/128), one thread per query, k <= 16.
+//                                     block KNN_MERGE_BLOCK, grid ceil(nq/KNN_MERGE_BLOCK), one thread per
+//                                     query, k <= 16.
 //
 // Why this design
 // ---------------
@@ -57,13 +61,14 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include "geometry.cuh"
+
 namespace {
 
-constexpr int THREADS = 256;      // every partial kernel's block
-constexpr int TILE = 64;          // queries per block and bank rows per tile
-constexpr int LISTS = 4;          // lists per query = threads per query
-constexpr int KMAX = 16;          // longest list any kernel keeps
-constexpr int D_LD = TILE + 4;    // distance-tile row stride: the fold's warp reads 32 distinct banks
+// The launch geometry (geometry.cuh, from src/backend/cuda/geometry.rs): BLOCK threads per partial block,
+// KNN_TILE queries per block and bank rows per tile, KNN_LISTS lists per query, lists of at most KNN_MAX_K.
+static_assert(KNN_TILE * KNN_LISTS == BLOCK, "a partial block has one thread per (query, list)");
+constexpr int D_LD = KNN_TILE + 4;  // distance-tile row stride: the fold's warp reads 32 distinct banks
 constexpr unsigned NO_INDEX = 0xFFFFFFFFu;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -143,6 +148,7 @@ struct TopK {
 // interleave (rather than 4 adjacent rows) puts the 8 rows a quarter-warp reads at once in 8 distinct bank
 // quads with LD = 36, so the 128-bit shared loads are conflict-free. Each dot is one fmaf chain in k order.
 struct PolicyF32 {
+    static_assert(BLOCK == 16 * 16 && KNN_TILE == 4 * 16, "a 16 x 16 grid of threads, 4 x 4 outputs each");
     using T = float;
     static constexpr int KS = 32;
     static constexpr int LD = KS + 4;
@@ -212,6 +218,7 @@ struct PolicyF32 {
 // a few cycles slower; the wmma API has no way to say "shared".)
 template <class Elem, class FragElem, int WK, int KSTEP, bool TF32>
 struct PolicyWmma {
+    static_assert(BLOCK == 8 * 32 && KNN_TILE == 4 * 16 && KNN_TILE == 2 * 32, "8 warps, two 16 x 16 blocks each");
     using T = Elem;
     static constexpr int KS = KSTEP;
     static constexpr int LD = KS + 16 / static_cast<int>(sizeof(T));  // pad one 16-byte group per row
@@ -304,8 +311,8 @@ template <class T, int KS>
 struct Stager {
     static constexpr int G = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte group
     static constexpr int GROUPS_PER_ROW = KS / G;
-    static constexpr int PER_THREAD = TILE * GROUPS_PER_ROW / THREADS;
-    static_assert(KS % G == 0 && (TILE * GROUPS_PER_ROW) % THREADS == 0, "tile must split evenly into groups");
+    static constexpr int PER_THREAD = KNN_TILE * GROUPS_PER_ROW / BLOCK;
+    static_assert(KS % G == 0 && (KNN_TILE * GROUPS_PER_ROW) % BLOCK == 0, "tile must split evenly into groups");
 
     using U = typename Raw<T>::U;
 
@@ -316,7 +323,7 @@ struct Stager {
         const U* raw = reinterpret_cast<const U*>(src);
 #pragma unroll
         for (int p = 0; p < PER_THREAD; ++p) {
-            const int g = tid + THREADS * p;
+            const int g = tid + BLOCK * p;
             const int row = g / GROUPS_PER_ROW;
             const int col = k0 + (g % GROUPS_PER_ROW) * G;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
@@ -340,7 +347,7 @@ struct Stager {
     __device__ __forceinline__ static void store(const uint4 (&st)[PER_THREAD], T* dst, int ld, int tid) {
 #pragma unroll
         for (int p = 0; p < PER_THREAD; ++p) {
-            const int g = tid + THREADS * p;
+            const int g = tid + BLOCK * p;
             const int row = g / GROUPS_PER_ROW;
             const int col = (g % GROUPS_PER_ROW) * G;
             *reinterpret_cast<uint4*>(dst + row * ld + col) = st[p];
@@ -363,17 +370,17 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
                                             float* __restrict__ cand_d, unsigned* __restrict__ cand_i) {
     using T = typename P::T;
     using St = Stager<T, P::KS>;
-    constexpr int OPERAND_BYTES = TILE * P::LD * static_cast<int>(sizeof(T));
+    constexpr int OPERAND_BYTES = KNN_TILE * P::LD * static_cast<int>(sizeof(T));
     constexpr int PIPE_BYTES = 4 * OPERAND_BYTES;  // A and B, two buffers each
-    constexpr int DIST_BYTES = TILE * D_LD * static_cast<int>(sizeof(float));
+    constexpr int DIST_BYTES = KNN_TILE * D_LD * static_cast<int>(sizeof(float));
     constexpr int SMEM_BYTES = PIPE_BYTES > DIST_BYTES ? PIPE_BYTES : DIST_BYTES;
     static_assert(OPERAND_BYTES % 128 == 0, "wmma needs 32-byte aligned tiles; keep buffers line-aligned");
-    static_assert(SMEM_BYTES + TILE * sizeof(float) <= 48 * 1024, "static shared memory is capped at 48 KB");
+    static_assert(SMEM_BYTES + KNN_TILE * sizeof(float) <= 48 * 1024, "static shared memory is capped at 48 KB");
 
     // The distance tile aliases the operand buffers: it is written only after the last k-step's barrier and
     // read before the barrier that precedes the next tile's first staging store.
     __shared__ __align__(128) unsigned char smem[SMEM_BYTES];
-    __shared__ float s_bn[TILE];
+    __shared__ float s_bn[KNN_TILE];
     // Buffer b of A at 2b * OPERAND_BYTES, of B right after it. Computed, not an array of pointers: a
     // runtime index into a local array would put it in local memory.
     auto s_a = [&](int b) { return reinterpret_cast<T*>(smem + 2 * b * OPERAND_BYTES); };
@@ -381,8 +388,8 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
     float* const s_d = reinterpret_cast<float*>(smem);
 
     const int tid = threadIdx.x;
-    const int q0 = blockIdx.x * TILE;
-    const int nqv = min(TILE, nq - q0);
+    const int q0 = blockIdx.x * KNN_TILE;
+    const int nqv = min(KNN_TILE, nq - q0);
     const long long begin_ll = static_cast<long long>(blockIdx.y) * chunk;
     const int begin = static_cast<int>(min(begin_ll, static_cast<long long>(m)));
     const int end = static_cast<int>(min(begin_ll + chunk, static_cast<long long>(m)));
@@ -391,7 +398,7 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
 
     // This thread's list: query r of the block, bank columns l, l+4, ..., l+60 of every tile. With D_LD = 68
     // a warp (8 queries x 4 lists) reads 32 distinct banks of the distance tile at each step.
-    const int r = tid >> 2;
+    const int r = tid >> 2;  // tid / KNN_LISTS, KNN_LISTS being 4
     const int l = tid & 3;
     const float qn = r < nqv ? q_norms[q0 + r] : 0.0f;
     TopK<N, true> top;
@@ -401,11 +408,11 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
     uint4 st_b[St::PER_THREAD];
     if (begin < end) {
         St::load(st_a, q, q0, nqv, 0, d, vec, tid);
-        St::load(st_b, bank, begin, min(TILE, end - begin), 0, d, vec, tid);
+        St::load(st_b, bank, begin, min(KNN_TILE, end - begin), 0, d, vec, tid);
     }
-    for (int b0 = begin; b0 < end; b0 += TILE) {
-        const int nb = min(TILE, end - b0);
-        if (tid < TILE) {
+    for (int b0 = begin; b0 < end; b0 += KNN_TILE) {
+        const int nb = min(KNN_TILE, end - b0);
+        if (tid < KNN_TILE) {
             s_bn[tid] = tid < nb ? bank_norms[b0 + tid] : 0.0f;
         }
         typename P::Acc acc;
@@ -428,16 +435,16 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
             __syncthreads();
         }
         P::store(acc, s_d, tid);
-        if (b0 + TILE < end) {
+        if (b0 + KNN_TILE < end) {
             // The next tile's first k-step is in flight while this tile is folded.
             St::load(st_a, q, q0, nqv, 0, d, vec, tid);
-            St::load(st_b, bank, b0 + TILE, min(TILE, end - b0 - TILE), 0, d, vec, tid);
+            St::load(st_b, bank, b0 + KNN_TILE, min(KNN_TILE, end - b0 - KNN_TILE), 0, d, vec, tid);
         }
         __syncthreads();
         const float* row = s_d + r * D_LD;
 #pragma unroll
-        for (int j = 0; j < TILE / LISTS; ++j) {
-            const int c = LISTS * j + l;
+        for (int j = 0; j < KNN_TILE / KNN_LISTS; ++j) {
+            const int c = KNN_LISTS * j + l;
             if (c < nb) {
                 const float raw = (qn + -2.0f * row[c]) + s_bn[c];
                 const float sq = raw < 0.0f ? 0.0f : raw;  // not fmaxf: a NaN must stay NaN and never rank
@@ -448,7 +455,7 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
     }
 
     if (r < nqv) {
-        const size_t base = ((static_cast<size_t>(q0 + r) * gridDim.y + blockIdx.y) * LISTS + l) * k;
+        const size_t base = ((static_cast<size_t>(q0 + r) * gridDim.y + blockIdx.y) * KNN_LISTS + l) * k;
 #pragma unroll
         for (int j = 0; j < N; ++j) {
             if (j < k) {
@@ -465,8 +472,8 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
 // Kernels
 // ---------------------------------------------------------------------------------------------------------
 
-extern "C" __global__ void __launch_bounds__(256) squared_norms(const float* __restrict__ rows, int n, int d,
-                                                                  float* __restrict__ out) {
+extern "C" __global__ void __launch_bounds__(BLOCK) squared_norms(const float* __restrict__ rows, int n, int d,
+                                                                    float* __restrict__ out) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= n) {
@@ -487,8 +494,8 @@ extern "C" __global__ void __launch_bounds__(256) squared_norms(const float* __r
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) to_f16(const float* __restrict__ src, __half* __restrict__ dst,
-                                                           long long n) {
+extern "C" __global__ void __launch_bounds__(BLOCK) to_f16(const float* __restrict__ src, __half* __restrict__ dst,
+                                                             long long n) {
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
         dst[i] = __float2half_rn(src[i]);
@@ -496,35 +503,37 @@ extern "C" __global__ void __launch_bounds__(256) to_f16(const float* __restrict
 }
 
 #define KNN_PARTIAL(NAME, POLICY, N)                                                                            \
-    extern "C" __global__ void __launch_bounds__(THREADS)                                                       \
+    extern "C" __global__ void __launch_bounds__(BLOCK)                                                         \
         NAME(const POLICY::T* __restrict__ q, const float* __restrict__ q_norms, int nq,                        \
              const POLICY::T* __restrict__ bank, const float* __restrict__ bank_norms, int m, int d, int k,     \
              int chunk, float* __restrict__ cand_d, unsigned* __restrict__ cand_i) {                            \
         knn_partial<POLICY, N>(q, q_norms, nq, bank, bank_norms, m, d, k, chunk, cand_d, cand_i);               \
     }
 
+static_assert(KNN_MAX_K == 16, "the longest lists are the _k16 kernels' (the host names them)");
 KNN_PARTIAL(knn_partial_f32_k1, PolicyF32, 1)
-KNN_PARTIAL(knn_partial_f32_k16, PolicyF32, KMAX)
+KNN_PARTIAL(knn_partial_f32_k16, PolicyF32, KNN_MAX_K)
 KNN_PARTIAL(knn_partial_tf32_k1, PolicyTF32, 1)
-KNN_PARTIAL(knn_partial_tf32_k16, PolicyTF32, KMAX)
+KNN_PARTIAL(knn_partial_tf32_k16, PolicyTF32, KNN_MAX_K)
 KNN_PARTIAL(knn_partial_f16_k1, PolicyF16, 1)
-KNN_PARTIAL(knn_partial_f16_k16, PolicyF16, KMAX)
+KNN_PARTIAL(knn_partial_f16_k16, PolicyF16, KNN_MAX_K)
 
 #undef KNN_PARTIAL
 
 // Candidates come from different lists and splits in no particular index order, so ties are broken on the
 // index explicitly here.
-extern "C" __global__ void __launch_bounds__(128) knn_merge(const float* __restrict__ cand_d,
-                                                              const unsigned* __restrict__ cand_i, int nq,
-                                                              int per_query, int k, float* __restrict__ out_d,
-                                                              unsigned* __restrict__ out_i) {
+extern "C" __global__ void __launch_bounds__(KNN_MERGE_BLOCK) knn_merge(const float* __restrict__ cand_d,
+                                                                          const unsigned* __restrict__ cand_i, int nq,
+                                                                          int per_query, int k,
+                                                                          float* __restrict__ out_d,
+                                                                          unsigned* __restrict__ out_i) {
     const int qi = blockIdx.x * blockDim.x + threadIdx.x;
     if (qi >= nq) {
         return;
     }
     const float* cd = cand_d + static_cast<size_t>(qi) * static_cast<size_t>(per_query);
     const unsigned* ci = cand_i + static_cast<size_t>(qi) * static_cast<size_t>(per_query);
-    TopK<KMAX, false> top;
+    TopK<KNN_MAX_K, false> top;
     top.init();
     // Groups of 4 with the loads first: one thread walks up to S*4*16 candidates serially, so it needs
     // several loads in flight rather than one load's latency per candidate. per_query is a multiple of 4
@@ -553,7 +562,7 @@ extern "C" __global__ void __launch_bounds__(128) knn_merge(const float* __restr
     }
     const size_t base = static_cast<size_t>(qi) * static_cast<size_t>(k);
 #pragma unroll
-    for (int j = 0; j < KMAX; ++j) {
+    for (int j = 0; j < KNN_MAX_K; ++j) {
         if (j < k) {
             const bool filled = top.i[j] != NO_INDEX;
             out_d[base + j] = filled ? sqrtf(top.d[j]) : __int_as_float(0x7FC00000);  // the CPU's f32::NAN

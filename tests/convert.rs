@@ -2,36 +2,14 @@
 //! scripts/make_fixtures.py): both container formats, a nested training checkpoint, shared and
 //! non-contiguous storages, conversion to safetensors, and damaged files.
 
+mod common;
+
+use common::{fixture_path, TempDir};
 use patchcore::convert::{convert, read_checkpoint, CheckpointTensor, ConvertOptions};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// A fresh folder for one test's outputs, removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("patchcore-convert-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use std::path::Path;
 
 /// name -> (dtype, shape, bytes) of a safetensors file.
 fn load_safetensors(path: &Path) -> HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> {
@@ -41,7 +19,7 @@ fn load_safetensors(path: &Path) -> HashMap<String, (Dtype, Vec<usize>, Vec<u8>)
 }
 
 fn expected() -> HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> {
-    load_safetensors(&fixture("checkpoint_expected.safetensors"))
+    load_safetensors(&fixture_path("checkpoint_expected.safetensors"))
 }
 
 /// BatchNorm's step counters, which `convert` drops.
@@ -61,9 +39,9 @@ fn assert_matches_expected(tensors: &[CheckpointTensor]) {
 
 #[test]
 fn zip_and_legacy_checkpoints_match_expected() {
-    let zip = read_checkpoint(&fixture("checkpoint_zip.pth")).unwrap();
+    let zip = read_checkpoint(&fixture_path("checkpoint_zip.pth")).unwrap();
     assert_matches_expected(&zip);
-    let legacy = read_checkpoint(&fixture("checkpoint_legacy.pth")).unwrap();
+    let legacy = read_checkpoint(&fixture_path("checkpoint_legacy.pth")).unwrap();
     assert_matches_expected(&legacy);
     // Both come back in the dict's own order.
     assert_eq!(zip, legacy);
@@ -80,11 +58,11 @@ fn zip_and_legacy_checkpoints_match_expected() {
 
 #[test]
 fn nested_checkpoint_strips_the_state_dict_level() {
-    let nested = read_checkpoint(&fixture("checkpoint_nested.pth")).unwrap();
-    assert_eq!(nested, read_checkpoint(&fixture("checkpoint_zip.pth")).unwrap());
+    let nested = read_checkpoint(&fixture_path("checkpoint_nested.pth")).unwrap();
+    assert_eq!(nested, read_checkpoint(&fixture_path("checkpoint_zip.pth")).unwrap());
     let dir = TempDir::new("nested");
-    let out = dir.join("nested.safetensors");
-    let summary = convert(&fixture("checkpoint_nested.pth"), &out, &ConvertOptions::default()).unwrap();
+    let out = dir.path().join("nested.safetensors");
+    let summary = convert(&fixture_path("checkpoint_nested.pth"), &out, &ConvertOptions::default()).unwrap();
     let counters = expected().keys().filter(|n| is_counter(n)).count();
     assert!(counters > 0);
     // The counters and "epoch".
@@ -96,8 +74,8 @@ fn nested_checkpoint_strips_the_state_dict_level() {
 fn convert_writes_every_tensor_but_num_batches_tracked() {
     let dir = TempDir::new("convert");
     for input in ["checkpoint_zip.pth", "checkpoint_legacy.pth"] {
-        let out = dir.join(input).with_extension("safetensors");
-        let summary = convert(&fixture(input), &out, &ConvertOptions::default()).unwrap();
+        let out = dir.path().join(input).with_extension("safetensors");
+        let summary = convert(&fixture_path(input), &out, &ConvertOptions::default()).unwrap();
         let written = load_safetensors(&out);
         let all = expected();
         let expected: HashMap<_, _> = all.clone().into_iter().filter(|(n, _)| !is_counter(n)).collect();
@@ -110,9 +88,9 @@ fn convert_writes_every_tensor_but_num_batches_tracked() {
 #[test]
 fn convert_to_f16_and_keep_prefixes() {
     let dir = TempDir::new("f16");
-    let out = dir.join("f16.safetensors");
+    let out = dir.path().join("f16.safetensors");
     let options = ConvertOptions { keep_prefixes: vec!["layer1.".into(), "extra.".into()], to_f16: true };
-    let summary = convert(&fixture("checkpoint_zip.pth"), &out, &options).unwrap();
+    let summary = convert(&fixture_path("checkpoint_zip.pth"), &out, &options).unwrap();
     let written = load_safetensors(&out);
     let kept = |n: &str| (n.starts_with("layer1.") || n.starts_with("extra.")) && !is_counter(n);
     let expected: HashMap<_, _> = expected().into_iter().filter(|(n, _)| kept(n)).collect();
@@ -137,16 +115,16 @@ fn convert_to_f16_and_keep_prefixes() {
 #[test]
 fn convert_refuses_when_no_tensor_is_kept() {
     let dir = TempDir::new("none");
-    let out = dir.join("none.safetensors");
+    let out = dir.path().join("none.safetensors");
     let options = ConvertOptions { keep_prefixes: vec!["no_such.".into()], to_f16: false };
-    assert!(convert(&fixture("checkpoint_zip.pth"), &out, &options).is_err());
+    assert!(convert(&fixture_path("checkpoint_zip.pth"), &out, &options).is_err());
     assert!(!out.exists());
 }
 
 /// Rewrites the zip fixture entry by entry, replacing the content of entries for which
 /// `replace` returns some, with every entry compressed by `method`.
 fn rezip(path: &Path, method: zip::CompressionMethod, replace: impl Fn(&str) -> Option<Vec<u8>>) {
-    let mut src = zip::ZipArchive::new(std::fs::File::open(fixture("checkpoint_zip.pth")).unwrap()).unwrap();
+    let mut src = zip::ZipArchive::new(std::fs::File::open(fixture_path("checkpoint_zip.pth")).unwrap()).unwrap();
     let mut dst = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     let options = zip::write::SimpleFileOptions::default().compression_method(method);
     for i in 0..src.len() {
@@ -166,7 +144,7 @@ fn rezip(path: &Path, method: zip::CompressionMethod, replace: impl Fn(&str) -> 
 #[test]
 fn compressed_archives_read_the_same() {
     let dir = TempDir::new("deflated");
-    let path = dir.join("deflated.pth");
+    let path = dir.path().join("deflated.pth");
     rezip(&path, zip::CompressionMethod::Deflated, |_| None);
     assert_matches_expected(&read_checkpoint(&path).unwrap());
 }
@@ -174,7 +152,7 @@ fn compressed_archives_read_the_same() {
 #[test]
 fn big_endian_archives_are_refused() {
     let dir = TempDir::new("big");
-    let path = dir.join("big.pth");
+    let path = dir.path().join("big.pth");
     rezip(&path, zip::CompressionMethod::Stored, |name| name.ends_with("/byteorder").then(|| b"big".to_vec()));
     let err = read_checkpoint(&path).unwrap_err().to_string();
     assert!(err.contains("little-endian"), "{err}");
@@ -184,8 +162,8 @@ fn big_endian_archives_are_refused() {
 fn truncated_files_are_errors() {
     let dir = TempDir::new("truncated");
     for input in ["checkpoint_zip.pth", "checkpoint_legacy.pth"] {
-        let bytes = std::fs::read(fixture(input)).unwrap();
-        let path = dir.join(input);
+        let bytes = std::fs::read(fixture_path(input)).unwrap();
+        let path = dir.path().join(input);
         let step = bytes.len() / 97;
         for len in (0..bytes.len()).step_by(step).chain([bytes.len() - 1]) {
             std::fs::write(&path, &bytes[..len]).unwrap();
@@ -199,8 +177,8 @@ fn truncated_files_are_errors() {
 fn garbage_bytes_are_errors_not_panics() {
     let dir = TempDir::new("garbage");
     for input in ["checkpoint_zip.pth", "checkpoint_legacy.pth"] {
-        let bytes = std::fs::read(fixture(input)).unwrap();
-        let path = dir.join(input);
+        let bytes = std::fs::read(fixture_path(input)).unwrap();
+        let path = dir.path().join(input);
         // An unknown opcode where the object pickle starts: named with its offset.
         let (at, pickle_start) = if input == "checkpoint_zip.pth" {
             let at = bytes.windows(3).position(|w| w == b"\x80\x02c").unwrap() + 2;
@@ -238,11 +216,11 @@ fn garbage_bytes_are_errors_not_panics() {
 #[test]
 fn non_checkpoints_are_errors() {
     let dir = TempDir::new("other");
-    let empty = dir.join("empty.pth");
+    let empty = dir.path().join("empty.pth");
     std::fs::write(&empty, b"").unwrap();
     assert!(read_checkpoint(&empty).unwrap_err().to_string().contains("empty"));
     // A safetensors file is not a checkpoint.
-    let err = read_checkpoint(&fixture("checkpoint_expected.safetensors")).unwrap_err().to_string();
+    let err = read_checkpoint(&fixture_path("checkpoint_expected.safetensors")).unwrap_err().to_string();
     assert!(err.contains("not a PyTorch checkpoint"), "{err}");
-    assert!(read_checkpoint(&dir.join("missing.pth")).is_err());
+    assert!(read_checkpoint(&dir.path().join("missing.pth")).is_err());
 }

@@ -74,6 +74,9 @@ fn build_driver() -> Result<PathBuf, NoDriver> {
         .arg(src.join("shim"))
         .arg("-I")
         .arg(root.join("kernels"))
+        // geometry.cuh, which build.rs writes from the host's launch geometry.
+        .arg("-I")
+        .arg(env!("OUT_DIR"))
         .arg(src.join("driver.cpp"))
         .output()
         .map_err(|e| NoDriver::Skip(format!("cannot run g++ ({e}); the kernel emulation needs g++ 12 or newer")))?;

@@ -2,7 +2,8 @@
 // shim/ (cuda_emu.h, cuda_fp16.h, mma.h), and launched from a script that the Rust test
 // tests/kernel_emulation.rs writes with the host's own launch geometry (src/backend/cuda/launch.rs).
 //
-// Build: g++ -std=c++20 -O2 -pthread -ffp-contract=off -Ishim -I../../kernels driver.cpp -o driver
+// Build: g++ -std=c++20 -O2 -pthread -ffp-contract=off -Ishim -I../../kernels -I$OUT_DIR driver.cpp -o driver
+//        (OUT_DIR: where build.rs wrote geometry.cuh, the launch geometry the kernels include)
 // Run:   driver SCRIPT, one command per line (tokens separated by spaces):
 //   load NAME PATH             a device buffer holding the file's bytes (raw little-endian arrays)
 //   alloc NAME BYTES FILL      a device buffer of BYTES bytes, each FILL (0..255): what an uninitialised
@@ -64,9 +65,10 @@
 #include <string>
 #include <tuple>
 
-// The kernels' shared helpers, included once here so that each kernel file's own #include is a no-op inside
-// the namespace it is wrapped in below.
+// The kernels' shared helpers and launch geometry, included once here so that each kernel file's own #include
+// is a no-op inside the namespace it is wrapped in below.
 #include "common.cuh"
+#include "geometry.cuh"
 
 // One namespace per kernel file: their file-local helpers stay apart, whatever they are called.
 namespace embed_cu {

@@ -1,30 +1,20 @@
 //! Launch geometry for kernels/*.cu, kept apart from the launches so that it is tested without a
-//! GPU. Each constant mirrors the kernel contract written at the top of the .cu file it names;
-//! each size that a kernel indexes with a 32-bit `int` is checked to fit here, before launch.
+//! GPU. The constants the kernels are compiled with come from geometry.rs (see there); each size
+//! that a kernel indexes with a 32-bit `int` is checked to fit here, before launch.
 
 use super::super::{ConvSpec, Padding};
 use crate::error::{Error, Result};
 use cudarc::driver::LaunchConfig;
 
-/// Threads per block of every element-wise and grid-stride kernel.
-pub const BLOCK: u32 = 256;
+include!("geometry.rs");
+
 /// The grid cap of grid-stride kernels: the loop covers the rest, so a cap only trades blocks
 /// for iterations; 65,535 keeps any grid valid on every GPU generation.
 pub const GRID_CAP: u32 = 65_535;
-/// knn.cu: queries per block, bank rows per tile (a split is a whole number of them), candidate
-/// lists kept per (query, split), threads per block, and queries per merge block.
-pub const KNN_TILE_Q: usize = 64;
-pub const KNN_TILE_M: usize = 64;
-pub const KNN_LISTS: usize = 4;
-pub const KNN_MERGE_BLOCK: u32 = 128;
-/// The largest k knn.cu's register-resident lists hold.
-pub const KNN_MAX_K: usize = 16;
-/// coreset.cu: rows per block per grid-stride step (a half-warp per row).
-pub const CORESET_ROWS_PER_BLOCK: usize = 16;
 /// blur.cu keeps the taps in shared memory: 2 * 256 + 1 of them at most (sigma <= 63).
 pub const MAX_BLUR_RADIUS: usize = 256;
-/// knn.cu's `squared_norms`: one warp per row, 8 rows per block.
-pub const NORM_ROWS_PER_BLOCK: usize = 8;
+/// knn.cu's `squared_norms`: one warp per row.
+pub const NORM_ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
 
 /// Refuses sizes a kernel would index past `i32::MAX` with.
 pub fn fits_i32(what: &str, values: &[usize]) -> Result<()> {
@@ -52,7 +42,7 @@ pub fn norms_config(rows: usize) -> LaunchConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct KnnPlan {
     pub partial: LaunchConfig,
-    /// Bank rows per split, a multiple of KNN_TILE_M; splits * chunk >= m.
+    /// Bank rows per split, a multiple of KNN_TILE; splits * chunk >= m.
     pub chunk: usize,
     pub splits: usize,
     /// Candidates per query the merge reads: splits * KNN_LISTS * k.
@@ -69,10 +59,10 @@ pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, sm_count: usize) -> Res
             "knn: {nq} queries, {m} bank rows, {d} dims, k = {k}: need all non-zero and k <= {KNN_MAX_K} on CUDA"
         )));
     }
-    let query_blocks = nq.div_ceil(KNN_TILE_Q);
-    let bank_tiles = m.div_ceil(KNN_TILE_M);
+    let query_blocks = nq.div_ceil(KNN_TILE);
+    let bank_tiles = m.div_ceil(KNN_TILE);
     let wanted = (4 * sm_count.max(1)).div_ceil(query_blocks).clamp(1, bank_tiles);
-    let chunk = bank_tiles.div_ceil(wanted) * KNN_TILE_M;
+    let chunk = bank_tiles.div_ceil(wanted) * KNN_TILE;
     let splits = m.div_ceil(chunk);
     let per_query = splits * KNN_LISTS * k;
     fits_i32("knn", &[nq * d, m * d, nq * per_query, query_blocks])?;
@@ -93,11 +83,11 @@ pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, sm_count: usize) -> Res
     })
 }
 
-/// `coreset_step_*`: a few blocks per SM stream the rows; more blocks would only lengthen the
-/// last block's reduction over all block results.
+/// `coreset_step_*`: CORESET_BLOCKS_PER_SM blocks per SM stream the rows; more blocks would only
+/// lengthen the last block's reduction over all block results.
 pub fn coreset_config(n: usize, d: usize, sm_count: usize) -> Result<LaunchConfig> {
     fits_i32("coreset", &[n * d])?;
-    let blocks = n.div_ceil(CORESET_ROWS_PER_BLOCK).clamp(1, 4 * sm_count.max(1)) as u32;
+    let blocks = n.div_ceil(CORESET_ROWS_PER_BLOCK).clamp(1, CORESET_BLOCKS_PER_SM * sm_count.max(1)) as u32;
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
@@ -194,14 +184,17 @@ mod tests {
     fn knn_plan_covers_the_bank_once_and_fills_the_gpu() {
         for (nq, m, k) in [(1, 1, 1), (1024, 21_401, 9), (4096, 13_107, 1), (65, 64, 16), (32_768, 21_401, 9)] {
             let plan = knn_plan(nq, m, 384, k, 132).unwrap();
-            assert_eq!(plan.chunk % KNN_TILE_M, 0);
+            assert_eq!(plan.chunk % KNN_TILE, 0);
             assert!(plan.splits * plan.chunk >= m && (plan.splits - 1) * plan.chunk < m, "no empty split");
-            assert!(plan.partial.grid_dim.0 as usize * KNN_TILE_Q >= nq);
+            assert!(plan.partial.grid_dim.0 as usize * KNN_TILE >= nq);
             assert_eq!(plan.partial.grid_dim.1 as usize, plan.splits);
             assert_eq!(plan.per_query, plan.splits * KNN_LISTS * k);
             assert!(plan.merge.grid_dim.0 as usize * KNN_MERGE_BLOCK as usize >= nq);
             let blocks = plan.partial.grid_dim.0 as usize * plan.splits;
-            assert!(blocks >= (4 * 132).min(nq.div_ceil(64) * m.div_ceil(64)) / 2, "{nq}x{m}: {blocks} blocks");
+            assert!(
+                blocks >= (4 * 132).min(nq.div_ceil(KNN_TILE) * m.div_ceil(KNN_TILE)) / 2,
+                "{nq}x{m}: {blocks} blocks"
+            );
         }
     }
 
