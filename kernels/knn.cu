@@ -10,7 +10,10 @@
 // Distance: sq = max(0, (|q|^2 - 2 q.b) + |b|^2), evaluated in that order (the CPU's, anomalib's); a NaN
 // stays NaN and never ranks. Ranking: smaller sq first, equal sq -> lower bank index first.
 //
-// squared_norms(rows, n, d, out)      out[i] = sum_j rows[i*d+j]^2 in double, rounded to float once.
+// squared_norms_{f32,tf32,f16}(rows, n, d, out)
+//                                     out[i] = sum_j r(rows[i*d+j])^2 in double, rounded to float once, r the
+//                                     rounding the products of that precision see: none, __float_to_tf32,
+//                                     f16 round-to-nearest-even (as to_f16).
 //                                     block 256, grid ceil(n/8): one warp per row.
 // to_f16(src, dst, n)                 dst[i] = __float2half_rn(src[i]); grid-stride, any grid works.
 // knn_partial_{f32,tf32,f16}_{k1,k16}(q, q_norms, nq, bank, bank_norms, m, d, k, chunk, cand_d, cand_i)
@@ -18,7 +21,7 @@
 //                                     [64x, min(nq, 64x+64)) against bank rows [y*chunk, min(m, (y+1)*chunk)),
 //                                     chunk a multiple of 64 with gridDim.y*chunk >= m (a split may be empty).
 //                                     _k1 only for k == 1, _k16 for 1 <= k <= 16. q and bank are float, or
-//                                     __half for f16; the norms are always float (from the f32 rows).
+//                                     __half for f16; the norms are float, from squared_norms_<same precision>.
 //                                     Output: 4 lists of k per (query, split), S = gridDim.y:
 //                                       cand_d[((qi*S + y)*4 + l)*k + j], cand_i[same]
 //                                     clamped squared distances, unsorted within a list; unused slots hold
@@ -472,8 +475,22 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
 // Kernels
 // ---------------------------------------------------------------------------------------------------------
 
-extern "C" __global__ void __launch_bounds__(BLOCK) squared_norms(const float* __restrict__ rows, int n, int d,
-                                                                    float* __restrict__ out) {
+// The norms must be of the very operands the products see: |q|^2 - 2 q.b + |b|^2 cancels to 0 for q == b
+// only when all three terms come from the same values. TF32 and f16 products use rounded rows (the tf32
+// x tf32 and f16 x f16 products are exact in f32), so their norms are taken of the rounded rows too; with
+// norms of the unrounded rows a row's distance to itself came out near 0.1-0.6 instead of 0.
+struct AsF32 {
+    __device__ __forceinline__ static float seen(float v) { return v; }
+};
+struct AsTF32 {
+    __device__ __forceinline__ static float seen(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+};
+struct AsF16 {
+    __device__ __forceinline__ static float seen(float v) { return __half2float(__float2half_rn(v)); }
+};
+
+template <class Rounding>
+__device__ __forceinline__ void squared_norms(const float* __restrict__ rows, int n, int d, float* __restrict__ out) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= n) {
@@ -482,7 +499,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) squared_norms(const float* _
     const float* x = rows + static_cast<size_t>(row) * static_cast<size_t>(d);
     double s = 0.0;
     for (int j = lane; j < d; j += 32) {
-        const double v = x[j];
+        const double v = Rounding::seen(x[j]);
         s += v * v;  // a float squared is exact in double: only the additions round
     }
 #pragma unroll
@@ -493,6 +510,16 @@ extern "C" __global__ void __launch_bounds__(BLOCK) squared_norms(const float* _
         out[row] = static_cast<float>(s);
     }
 }
+
+#define SQUARED_NORMS(NAME, ROUNDING)                                                                           \
+    extern "C" __global__ void __launch_bounds__(BLOCK)                                                         \
+        NAME(const float* __restrict__ rows, int n, int d, float* __restrict__ out) {                          \
+        squared_norms<ROUNDING>(rows, n, d, out);                                                               \
+    }
+
+SQUARED_NORMS(squared_norms_f32, AsF32)
+SQUARED_NORMS(squared_norms_tf32, AsTF32)
+SQUARED_NORMS(squared_norms_f16, AsF16)
 
 extern "C" __global__ void __launch_bounds__(BLOCK) to_f16(const float* __restrict__ src, __half* __restrict__ dst,
                                                              long long n) {

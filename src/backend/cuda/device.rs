@@ -9,7 +9,7 @@ use super::launch::{
 };
 use super::{probe, Precision};
 use crate::backend::checks::{conv_output, coreset_args, embed_args, knn_args, map_args, pool_output};
-use crate::backend::cpu::{gaussian_taps, squared_norms};
+use crate::backend::cpu::gaussian_taps;
 use crate::backend::{Activation, Backend, ConvSpec, ConvWeights};
 use crate::error::{Error, Result};
 use crate::tensor::{dims, Tensor};
@@ -173,19 +173,20 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// One squared norm per row, accumulated in f64 like the CPU's `squared_norms`.
+    /// One squared norm per row, accumulated in f64 like the CPU's `squared_norms`, of the rows
+    /// as this precision's distance products see them (rounded to tf32 or f16), so that a row's
+    /// distance to itself cancels to 0 (kernels/knn.cu).
     fn row_norms(&self, rows: &CudaSlice<f32>, n: usize, d: usize) -> Result<CudaSlice<f32>> {
         let mut norms = self.alloc::<f32>(n)?;
         let (n32, d32) = (n as i32, d as i32);
-        // SAFETY: squared_norms' contract (kernels/knn.cu): rows is n x d, norms n.
+        let kernel = match self.precision {
+            Precision::F32 => &self.kernels.squared_norms_f32,
+            Precision::Tf32 => &self.kernels.squared_norms_tf32,
+            Precision::F16 => &self.kernels.squared_norms_f16,
+        };
+        // SAFETY: squared_norms_*'s contract (kernels/knn.cu): rows is n x d, norms n.
         unsafe {
-            self.stream
-                .launch_builder(&self.kernels.squared_norms)
-                .arg(rows)
-                .arg(&n32)
-                .arg(&d32)
-                .arg(&mut norms)
-                .launch(norms_config(n))
+            self.stream.launch_builder(kernel).arg(rows).arg(&n32).arg(&d32).arg(&mut norms).launch(norms_config(n))
         }
         .map_err(driver_error("squared_norms launch"))?;
         Ok(norms)
@@ -331,13 +332,13 @@ impl Backend for CudaBackend {
     fn prepare_bank(&self, rows: &Tensor) -> Result<CudaBank> {
         let [m, d] = rows.dims2()?;
         fits_i32("bank", &[m * d])?;
-        let norms = self.stream.clone_htod(&squared_norms(&rows.data, d)).map_err(driver_error("copy to device"))?;
+        // Norms and f16 rows come from the same kernels as the queries', so both sides of a
+        // distance are rounded alike.
+        let f32_rows = self.stream.clone_htod(&rows.data).map_err(driver_error("copy to device"))?;
+        let norms = self.row_norms(&f32_rows, m, d)?;
         let data = match self.precision {
-            Precision::F16 => {
-                let half: Vec<f16> = rows.data.iter().map(|&v| f16::from_f32(v)).collect();
-                BankRows::F16(self.stream.clone_htod(&half).map_err(driver_error("copy to device"))?)
-            }
-            _ => BankRows::F32(self.stream.clone_htod(&rows.data).map_err(driver_error("copy to device"))?),
+            Precision::F16 => BankRows::F16(self.to_f16(&f32_rows)?),
+            _ => BankRows::F32(f32_rows),
         };
         Ok(CudaBank { rows: m, dims: d, data, norms })
     }

@@ -54,7 +54,9 @@ macro_rules! kernels {
 
 kernels! {
     embed_layer in embed,
-    squared_norms in knn,
+    squared_norms_f32 in knn,
+    squared_norms_tf32 in knn,
+    squared_norms_f16 in knn,
     to_f16 in knn,
     knn_partial_f32_k1 in knn,
     knn_partial_f32_k16 in knn,
