@@ -1,12 +1,14 @@
 //! Build script. Without the `cuda` feature (the default) there is nothing to build: the CPU
-//! backend is pure Rust. With it, every kernels/*.cu is compiled to PTX by nvcc into OUT_DIR
-//! (the CUDA backend embeds it with include_str!), and checked by ptxas for sm_90 when ptxas
-//! is beside nvcc or on PATH. The kernels include geometry.cuh, written into OUT_DIR first from
-//! the launch geometry the host uses (src/backend/cuda/geometry.rs).
+//! backend is pure Rust. With it, every kernels/*.cu is compiled by nvcc to PTX for compute_80
+//! in OUT_DIR, ptxas compiles that PTX to sm_90 machine code, and fatbinary packs both into one
+//! fatbin per file, which the CUDA backend embeds with include_bytes!. The kernels include
+//! geometry.cuh, written into OUT_DIR first from the launch geometry the host uses
+//! (src/backend/cuda/geometry.rs).
 //!
-//! Why PTX for compute_80 and not a cubin: the driver JIT-compiles PTX for whatever GPU it
-//! finds (A100, H100, H200), and PTX ISA 9.0, which nvcc 13.0 writes, is the newest a CUDA 13.0
-//! driver (R580) loads. A newer nvcc would write PTX that driver refuses, so the ISA is checked.
+//! Why both: the sm_90 code lets an H100/H200 start without JIT-compiling anything, and the
+//! compute_80 PTX lets the driver JIT for any other GPU from the A100 on. PTX ISA 9.0, which
+//! nvcc 13.0 writes, is the newest a CUDA 13.0 driver (R580) loads; a newer nvcc would write
+//! PTX that driver refuses, so the ISA is checked.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -41,11 +43,12 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed={GEOMETRY}");
     let nvcc = find_nvcc().unwrap_or_else(|| fail(GET_NVCC));
-    let ptxas = nvcc.with_file_name("ptxas");
-    let ptxas = if ptxas.is_file() { Some(ptxas) } else { which("ptxas") };
-    if ptxas.is_none() {
-        println!("cargo:warning=ptxas not found: the PTX is not validated for sm_90");
-    }
+    let tool = |name: &str| {
+        let beside = nvcc.with_file_name(name);
+        if beside.is_file() { Some(beside) } else { which(name) }
+            .unwrap_or_else(|| fail(&format!("{name} was found neither beside {} nor on PATH", nvcc.display())))
+    };
+    let (ptxas, fatbinary) = (tool("ptxas"), tool("fatbinary"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let header = out_dir.join("geometry.cuh");
     std::fs::write(&header, geometry_header()).unwrap_or_else(|e| fail(&format!("{}: {e}", header.display())));
@@ -67,9 +70,16 @@ fn main() {
         nvcc_cmd.args(["-arch=compute_80", "--ptx", "-O3", "-lineinfo", "-std=c++17", "-Ikernels", "-I"]);
         run(nvcc_cmd.arg(&out_dir).arg("-o").arg(&ptx).arg(source), "nvcc", source);
         check_isa(&ptx, source);
-        if let Some(ptxas) = &ptxas {
-            run(Command::new(ptxas).args(["-arch=sm_90", "-o", "/dev/null"]).arg(&ptx), "ptxas -arch=sm_90", source);
-        }
+        let cubin = out_dir.join(format!("{stem}.sm_90.cubin"));
+        run(Command::new(&ptxas).args(["-arch=sm_90", "-O3", "-o"]).arg(&cubin).arg(&ptx), "ptxas -arch=sm_90", source);
+        // Uncompressed: every driver that loads this PTX reads it, and the size only counts
+        // with the `cuda` feature.
+        let mut pack = Command::new(&fatbinary);
+        pack.arg(format!("--create={}", out_dir.join(format!("{stem}.fatbin")).display()))
+            .arg("--compress=false")
+            .arg(format!("--image3=kind=elf,sm=90,file={}", cubin.display()))
+            .arg(format!("--image3=kind=ptx,sm=80,file={}", ptx.display()));
+        run(&mut pack, "fatbinary", source);
     }
 }
 
