@@ -422,7 +422,9 @@ fn seen(v: f32, p: Precision) -> f32 {
 /// rows, `f16::from_f32`) bit for bit.
 fn emulated_knn(driver: &Path, q: &[f32], bank: &[f32], d: usize, k: usize, p: Precision, sms: usize) -> DistRows {
     let (nq, m) = (q.len() / d, bank.len() / d);
-    let plan = knn_plan(nq, m, d, k, sms).unwrap();
+    // 4 resident blocks per SM (a real GPU's figure comes from the occupancy API): what matters here is
+    // that the bank splits raggedly.
+    let plan = knn_plan(nq, m, d, k, 4 * sms).unwrap();
     let int = |v: usize| I32(v as i32);
     let precision = match p {
         Precision::F32 => "f32",

@@ -5,7 +5,8 @@
 use super::dnn::{alloc_error, ConvCall, Dnn};
 use super::kernels::Kernels;
 use super::launch::{
-    conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, ExplicitPad, GRID_CAP, MAX_BLUR_RADIUS,
+    conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, ExplicitPad, BLOCK, GRID_CAP,
+    MAX_BLUR_RADIUS,
 };
 use super::{probe, Precision};
 use crate::backend::checks::{conv_output, coreset_args, embed_args, knn_args, map_args, pool_output};
@@ -348,11 +349,14 @@ impl Backend for CudaBackend {
         if nq == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        let plan = knn_plan(nq, bank.rows, d, k, self.sm_count)?;
+        let kernel = self.knn_kernel(k);
+        let per_sm = kernel
+            .occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None)
+            .map_err(driver_error("knn occupancy"))? as usize;
+        let plan = knn_plan(nq, bank.rows, d, k, per_sm * self.sm_count)?;
         let q_norms = self.row_norms(&queries.data, nq, d)?;
         let mut cand_d = self.alloc::<f32>(nq * plan.per_query)?;
         let mut cand_i = self.alloc::<u32>(nq * plan.per_query)?;
-        let f = self.knn_kernel(k);
         let ints = [nq, bank.rows, d, k, plan.chunk].map(|v| v as i32);
         let [nq32, m32, d32, k32, chunk32] = ints;
         let queries16 = match bank.data {
@@ -362,7 +366,7 @@ impl Backend for CudaBackend {
         // SAFETY: knn.cu's partial contract: queries nq x d (f16 when the bank is), q_norms nq,
         // bank m x d, norms m, and nq x per_query candidate slots each side.
         unsafe {
-            let mut launch = self.stream.launch_builder(f);
+            let mut launch = self.stream.launch_builder(kernel);
             match (&queries16, &bank.data) {
                 (Some(q), BankRows::F16(rows)) => launch.arg(q).arg(&q_norms).arg(&nq32).arg(rows),
                 (None, BankRows::F32(rows)) => launch.arg(&queries.data).arg(&q_norms).arg(&nq32).arg(rows),

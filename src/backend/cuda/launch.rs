@@ -13,7 +13,10 @@ include!("geometry.rs");
 pub const GRID_CAP: u32 = 65_535;
 /// blur.cu keeps the taps in shared memory: 2 * 256 + 1 of them at most (sigma <= 63).
 pub const MAX_BLUR_RADIUS: usize = 256;
-/// knn.cu's `squared_norms`: one warp per row.
+/// The most candidates one `knn_merge` thread walks serially: each split adds KNN_LISTS * k per
+/// query, so the splits are capped at 512 / (KNN_LISTS * k) (8 for k = 16, 128 for k = 1).
+pub const KNN_MERGE_MAX_CANDIDATES: usize = 512;
+/// knn.cu's `squared_norms_*`: one warp per row.
 pub const NORM_ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
 
 /// Refuses sizes a kernel would index past `i32::MAX` with.
@@ -50,10 +53,12 @@ pub struct KnnPlan {
     pub merge: LaunchConfig,
 }
 
-/// Splits the bank until about `4 * sm_count` blocks are in flight: a small query batch (one
-/// image is 1,024 queries, 16 blocks) would otherwise leave most of an H200's 132 SMs idle,
-/// while every split adds `KNN_LISTS * k` candidates per query for the merge to read.
-pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, sm_count: usize) -> Result<KnnPlan> {
+/// Splits the bank until `resident_blocks` blocks (what the GPU runs at once: its SMs times the
+/// partial kernel's blocks per SM, from the occupancy API) are in flight: a small query batch
+/// (one image is 1,024 queries, 16 blocks) would otherwise leave most of an H200's 132 SMs
+/// idle. Every split adds `KNN_LISTS * k` candidates per query for the merge to walk, so the
+/// splits stop at KNN_MERGE_MAX_CANDIDATES of them.
+pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, resident_blocks: usize) -> Result<KnnPlan> {
     if nq == 0 || m == 0 || d == 0 || k == 0 || k > KNN_MAX_K.min(m) {
         return Err(Error::invalid_backend_input(format!(
             "knn: {nq} queries, {m} bank rows, {d} dims, k = {k}: need all non-zero and k <= {KNN_MAX_K} on CUDA"
@@ -61,7 +66,8 @@ pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, sm_count: usize) -> Res
     }
     let query_blocks = nq.div_ceil(KNN_TILE);
     let bank_tiles = m.div_ceil(KNN_TILE);
-    let wanted = (4 * sm_count.max(1)).div_ceil(query_blocks).clamp(1, bank_tiles);
+    let most_splits = (KNN_MERGE_MAX_CANDIDATES / (KNN_LISTS * k)).clamp(1, bank_tiles);
+    let wanted = resident_blocks.max(1).div_ceil(query_blocks).clamp(1, most_splits);
     let chunk = bank_tiles.div_ceil(wanted) * KNN_TILE;
     let splits = m.div_ceil(chunk);
     let per_query = splits * KNN_LISTS * k;
@@ -183,27 +189,26 @@ mod tests {
     #[test]
     fn knn_plan_covers_the_bank_once_and_fills_the_gpu() {
         for (nq, m, k) in [(1, 1, 1), (1024, 21_401, 9), (4096, 13_107, 1), (65, 64, 16), (32_768, 21_401, 9)] {
-            let plan = knn_plan(nq, m, 384, k, 132).unwrap();
+            let plan = knn_plan(nq, m, 384, k, 4 * 132).unwrap();
             assert_eq!(plan.chunk % KNN_TILE, 0);
             assert!(plan.splits * plan.chunk >= m && (plan.splits - 1) * plan.chunk < m, "no empty split");
             assert!(plan.partial.grid_dim.0 as usize * KNN_TILE >= nq);
             assert_eq!(plan.partial.grid_dim.1 as usize, plan.splits);
             assert_eq!(plan.per_query, plan.splits * KNN_LISTS * k);
+            assert!(plan.per_query <= KNN_MERGE_MAX_CANDIDATES, "{nq}x{m} k={k}: {} candidates", plan.per_query);
             assert!(plan.merge.grid_dim.0 as usize * KNN_MERGE_BLOCK as usize >= nq);
             let blocks = plan.partial.grid_dim.0 as usize * plan.splits;
-            assert!(
-                blocks >= (4 * 132).min(nq.div_ceil(KNN_TILE) * m.div_ceil(KNN_TILE)) / 2,
-                "{nq}x{m}: {blocks} blocks"
-            );
+            let most = nq.div_ceil(KNN_TILE) * m.div_ceil(KNN_TILE).min(KNN_MERGE_MAX_CANDIDATES / (KNN_LISTS * k));
+            assert!(blocks >= (4 * 132).min(most) / 2, "{nq}x{m}: {blocks} blocks");
         }
     }
 
     #[test]
     fn knn_plan_refuses_what_the_kernels_cannot_do() {
-        assert!(knn_plan(10, 100, 8, 17, 132).unwrap_err().to_string().contains("k <= 16"));
-        assert!(knn_plan(10, 5, 8, 6, 132).is_err());
-        assert!(knn_plan(0, 5, 8, 1, 132).is_err());
-        let err = knn_plan(3_000_000, 100, 1536, 1, 132).unwrap_err().to_string();
+        assert!(knn_plan(10, 100, 8, 17, 528).unwrap_err().to_string().contains("k <= 16"));
+        assert!(knn_plan(10, 5, 8, 6, 528).is_err());
+        assert!(knn_plan(0, 5, 8, 1, 528).is_err());
+        let err = knn_plan(3_000_000, 100, 1536, 1, 528).unwrap_err().to_string();
         assert!(err.contains("split the batch"), "{err}");
     }
 
