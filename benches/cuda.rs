@@ -144,7 +144,14 @@ fn coreset() {
         // Per selection: every row read once, and its running minimum read and written.
         let bytes = (n / 10) as f64 * n as f64 * (dims as f64 * element + 8.0);
         let figure = format!("{:.2} TB/s, {:.0}% of HBM", bytes / t / 1e12, 100.0 * bytes / t / HBM_BYTES_PER_S);
-        row("coreset 10% (1% timed, x10)", precision, &format!("1000000 x {dims} (projected from 1536)"), t, &figure, "< 10 s");
+        row(
+            "coreset 10% (1% timed, x10)",
+            precision,
+            &format!("1000000 x {dims} (projected from 1536)"),
+            t,
+            &figure,
+            "< 10 s",
+        );
     }
 }
 
