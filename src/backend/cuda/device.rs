@@ -8,6 +8,7 @@ use super::launch::{
     conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, ExplicitPad, BLOCK, GRID_CAP,
     MAX_BLUR_RADIUS,
 };
+use super::probe::unwind_to_unavailable;
 use super::{probe, Precision};
 use crate::backend::checks::{conv_output, coreset_args, embed_args, knn_args, map_args, pool_output};
 use crate::backend::cpu::gaussian_taps;
@@ -78,8 +79,14 @@ fn poisoned_dnn<T>(_: T) -> Error {
 const NULL: u64 = 0;
 
 impl CudaBackend {
-    /// Device `ordinal`, after `probe` has confirmed the libraries and the device exist.
+    /// Device `ordinal`, after `probe` has confirmed the driver, the libraries and the device.
+    /// A panic of cudarc's on the way (a library without a function it calls) is
+    /// `CudaUnavailable` naming it, not a crash.
     pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
+        unwind_to_unavailable(|| Self::open(ordinal, precision))
+    }
+
+    fn open(ordinal: usize, precision: Precision) -> Result<Self> {
         probe(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
         // SAFETY: the backend uses one stream, so the stream alone orders every use of every
