@@ -78,6 +78,30 @@ fn poisoned_dnn<T>(_: T) -> Error {
 /// The kernel parameter for an absent pointer (`residual` of `bias_act`).
 const NULL: u64 = 0;
 
+/// Every buffer comes from the device's stream-ordered pool (cuMemAllocAsync); by default the
+/// pool hands freed memory back to the driver at each synchronisation, so the next batch's
+/// buffers are allocated afresh. With no release threshold the pool keeps it for reuse, the
+/// way PyTorch's caching allocator does; the memory goes back when the backend is dropped.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys::{cuDeviceGetDefaultMemPool, cuMemPoolSetAttribute, CUmemPool_attribute};
+    let mut pool = std::mem::MaybeUninit::uninit();
+    // SAFETY: a valid device of a live context; the driver writes the pool handle.
+    unsafe { cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device()) }
+        .result()
+        .map_err(driver_error("default memory pool"))?;
+    let mut threshold = u64::MAX;
+    // SAFETY: the pool was just returned by the driver; RELEASE_THRESHOLD takes a cuuint64_t.
+    unsafe {
+        cuMemPoolSetAttribute(
+            pool.assume_init(),
+            CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+    .result()
+    .map_err(driver_error("memory pool release threshold"))
+}
+
 impl CudaBackend {
     /// Device `ordinal`, after `probe` has confirmed the driver, the libraries and the device.
     /// A panic of cudarc's on the way (a library without a function it calls) is
@@ -93,6 +117,9 @@ impl CudaBackend {
         // buffer; cudarc's cross-stream events would only add a record/wait per launch.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver_error("stream"))?;
+        if ctx.has_async_alloc() {
+            keep_freed_memory(&ctx)?;
+        }
         let kernels = Kernels::load(&ctx)?;
         let dnn = Dnn::new(stream.clone(), precision != Precision::F32)?;
         let sm_count = ctx
