@@ -233,6 +233,53 @@ fn max_pool_matches_float64(case: Case) {
     check(&case, "max_pool", &b.download(&y).unwrap().data, &want, EXACT);
 }
 
+backend_test!(nan_is_handled_as_the_cpu, cpu: nan_cpu, cuda: nan_cuda_f32, nan_cuda_tf32, nan_cuda_f16);
+
+/// A NaN in the input: ReLU gives 0 (f32::max(NaN, 0), cuDNN's NOT_PROPAGATE_NAN), ReLU6 and
+/// identity keep NaN (`bias_act`'s two comparisons), max-pool skips it (f32::max). Every
+/// backend must give the same NaN pattern and values as these rules.
+fn nan_is_handled_as_the_cpu(case: Case) {
+    let b = &case.backend;
+    let mut x = random(&[1, 3, 9, 9], 90);
+    x.data[4 * 9 + 4] = f32::NAN; // the middle of channel 0: every 3x3 window around it sees it
+    for activation in [Activation::Relu, Activation::Relu6, Activation::None] {
+        let spec = ConvSpec {
+            in_channels: 3,
+            out_channels: 4,
+            kernel: 3,
+            stride: 1,
+            padding: Padding::Symmetric(1),
+            groups: 1,
+            activation,
+        };
+        let weights = ConvWeights {
+            spec,
+            weight: random(&spec.weight_shape(), 91).data.iter().map(|v| v * 0.2).collect(),
+            bias: random(&[4], 92).data,
+        };
+        let y = b.download(&b.conv2d(&b.upload(&x).unwrap(), &b.prepare_conv(&weights).unwrap(), None).unwrap());
+        let y = y.unwrap().data;
+        // NaN where a window sees the NaN, but for ReLU: f64::max(NaN, 0) is 0 as well.
+        let want = conv_reference(&x, &weights, None);
+        for (i, (&got, &w)) in y.iter().zip(&want).enumerate() {
+            let (plane, at) = (i / 81, i % 81);
+            let near = (at / 9).abs_diff(4) <= 1 && (at % 9).abs_diff(4) <= 1;
+            assert_eq!(w.is_nan(), near && activation != Activation::Relu, "reference: output {plane}/{at}");
+            match (activation, near) {
+                (Activation::Relu, true) => assert_eq!(got, 0.0, "{}: ReLU(NaN) at {plane}/{at}", case.name),
+                (_, true) => assert!(got.is_nan(), "{}: {activation:?}(NaN) at {plane}/{at} gave {got}", case.name),
+                (_, false) => assert!((got as f64 - w).abs() <= 1e-2, "{}: {got} vs {w} at {plane}/{at}", case.name),
+            }
+        }
+    }
+    let pooled = b.download(&b.max_pool(&b.upload(&x).unwrap(), 3, 2, 1).unwrap()).unwrap().data;
+    // The output whose window holds the NaN, (2, 2) of channel 0: the max of the 8 others.
+    let others = (3..6).flat_map(|y| (3..6).map(move |x| (y, x))).filter(|&p| p != (4, 4));
+    let want = others.map(|(y, xx)| x.data[y * 9 + xx]).fold(f32::NEG_INFINITY, f32::max);
+    assert_eq!(pooled[2 * 5 + 2], want, "{}: max-pool skips the NaN", case.name);
+    assert!(pooled.iter().all(|v| !v.is_nan()), "{}: max-pool gave NaN", case.name);
+}
+
 // ---- embedding --------------------------------------------------------------------------
 
 /// 3x3 average pool (zeros counted, / 9), then bilinear with align_corners = false, in f64.
