@@ -184,7 +184,23 @@ fn predict() {
         batch: 16,
         ..FitOptions::default()
     };
-    let input = Architecture::Resnet18.preprocess(256, None).unwrap().batch(&images);
+    let pre = Architecture::Resnet18.preprocess(256, None).unwrap();
+    let input = pre.batch(&images);
+    // Pre-processing does not depend on the precision: one row, the device op against the host
+    // path it replaced (Preprocess::batch, then an upload of the f32 tensor).
+    let backend = CudaBackend::new(0, Precision::F32).expect("a GPU");
+    let sync = || backend.stream().synchronize().unwrap();
+    let host = median_seconds(5, || {
+        backend.upload(&pre.batch(&images)).unwrap();
+        sync();
+    });
+    let t = median_seconds(20, || {
+        backend.preprocess(&images, &pre).unwrap();
+        sync();
+    });
+    let figure = format!("{:.0} images/s; host path {:.3} ms", 64.0 / t, host * 1e3);
+    row("preprocess", Precision::F32, "batch 64, 256 px", t, &figure, "");
+    drop(backend);
     let counter = FlopCounter::default();
     Backbone::load(&counter, arch, ConvOrigin::Torchvision(&HashedWeights))
         .unwrap()

@@ -1,6 +1,6 @@
-// Device helpers shared by embed.cu, blur.cu, coreset.cu and conv.cu: the index and weight rules of the
-// CPU backend (src/resample.rs, src/backend/cpu/blur.rs, src/backend/cpu/coreset.rs), written
-// once so that every kernel rounds exactly as the CPU does.
+// Device helpers shared by embed.cu, blur.cu, coreset.cu, conv.cu and preprocess.cu: the index and
+// weight rules of the CPU backend (src/resample.rs, src/backend/cpu/blur.rs,
+// src/backend/cpu/coreset.rs), written once so that every kernel rounds exactly as the CPU does.
 //
 // Why the explicit __fadd_rn / __fmul_rn / __fdiv_rn: nvcc contracts a * b + c into one fused
 // multiply-add (one rounding instead of two), and the division and square root follow compiler

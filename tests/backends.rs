@@ -19,7 +19,7 @@ use patchcore::backend::{
     Activation, AnyBackend, Backend, ConvSpec, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Padding, Precision,
 };
 use patchcore::data::dataset::Category;
-use patchcore::data::image::load_rgb;
+use patchcore::data::image::{load_rgb, Preprocess};
 use patchcore::data::synth::{generate, SynthOptions};
 use patchcore::patchcore::evaluate::evaluate;
 use patchcore::patchcore::{FitOptions, PatchCore};
@@ -351,6 +351,30 @@ fn embed_matches_float64(case: Case) {
     let rows = b.embed(&[&b.upload(&l2).unwrap(), &b.upload(&l3).unwrap()]).unwrap();
     assert_eq!(rows.shape(), &[2 * gh * gw, width][..]);
     check(&case, "embed", &b.download(&rows).unwrap().data, &want, EXACT);
+}
+
+// ---- pre-processing ---------------------------------------------------------------------
+
+backend_test!(
+    preprocess_matches_the_cpu,
+    cpu: preprocess_cpu,
+    cuda: preprocess_cuda_f32, preprocess_cuda_tf32, preprocess_cuda_f16
+);
+
+/// `Preprocess::batch` is the definition; a batch of two sizes, one shrunk and one enlarged, cropped.
+fn preprocess_matches_the_cpu(case: Case) {
+    let mut rng = SplitMix64::new(9);
+    let mut noise =
+        |w, h| image::RgbImage::from_fn(w, h, |_, _| image::Rgb(std::array::from_fn(|_| rng.below(256) as u8)));
+    let images = [noise(131, 77), noise(131, 77), noise(40, 52), noise(131, 77)];
+    let pre = Preprocess::new(64, Some(57), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).unwrap();
+    let want = pre.batch(&images);
+    let b = &case.backend;
+    let input = b.preprocess(&images, &pre).unwrap();
+    assert_eq!(input.shape(), &[4, 3, 57, 57][..], "{}: preprocess shape", case.name);
+    let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+    check(&case, "preprocess", &b.download(&input).unwrap().data, &want, EXACT);
+    assert!(b.preprocess(&[], &pre).is_err(), "{}: an empty batch is refused", case.name);
 }
 
 // ---- nearest neighbours -----------------------------------------------------------------

@@ -12,9 +12,10 @@ use cudarc::driver::LaunchConfig;
 use half::f16;
 use patchcore::backend::cpu::{gaussian_taps, l2_distance, squared_norms};
 use patchcore::backend::cuda::launch::{
-    conv_plan, coreset_config, grid_stride, knn_plan, norms_config, GRID_CAP, MAX_BLUR_RADIUS,
+    conv_plan, coreset_config, grid_stride, knn_plan, norms_config, preprocess_runs, GRID_CAP, MAX_BLUR_RADIUS,
 };
 use patchcore::backend::{Activation, Backend, ConvSpec, CpuBackend, Padding, Precision};
+use patchcore::data::image::Preprocess;
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
 use std::collections::HashMap;
@@ -671,4 +672,69 @@ fn conv_epilogue_and_padding_match_a_reference() {
         })
         .collect();
     assert_same_bits("pad_nchw", &out.f32s("padded"), &want);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// preprocess.cu
+// ------------------------------------------------------------------------------------------------------------
+
+/// device.rs `preprocess`: the images' pixels packed into one buffer, then per run of same-size images its
+/// four tables, preprocess_rows into a scratch buffer and preprocess_cols into the run's images of the batch.
+fn emulated_preprocess(driver: &Path, images: &[image::RgbImage], pre: &Preprocess) -> Vec<f32> {
+    let sizes: Vec<(u32, u32)> = images.iter().map(image::RgbImage::dimensions).collect();
+    let runs = preprocess_runs(&sizes, pre).unwrap();
+    let side = pre.input_size();
+    let int = |v: usize| I32(v as i32);
+    let mut s = Script::new("preprocess");
+    s.load("pixels", images.iter().flat_map(|img| img.as_raw().iter().copied()).collect());
+    s.alloc("out", images.len() * 3 * side * side * 4, POISON);
+    for (i, run) in runs.iter().enumerate() {
+        let [col_starts, col_weights, row_starts, row_weights, tmp] =
+            ["col_starts", "col_weights", "row_starts", "row_weights", "tmp"].map(|name| format!("{name}{i}"));
+        s.load(&col_starts, run.cols.starts.iter().flat_map(|v| v.to_le_bytes()).collect());
+        s.load_f32(&col_weights, &run.cols.weights);
+        s.load(&row_starts, run.rows.starts.iter().flat_map(|v| v.to_le_bytes()).collect());
+        s.load_f32(&row_weights, &run.rows.weights);
+        s.alloc(&tmp, run.images * 3 * run.height * side * 4, POISON);
+        let (images, h, w) = (int(run.images), int(run.height), int(run.width));
+        let args = [Buf("pixels"), I64(run.pixel_offset as i64), images, h, w, int(side)];
+        let table = [Buf(&col_starts), Buf(&col_weights), int(run.cols.taps), Buf(&tmp)];
+        s.launch("preprocess_rows", run.horizontal, &[&args[..], &table[..]].concat());
+        let args =
+            [Buf(&tmp), images, h, int(side), int(side), Buf(&row_starts), Buf(&row_weights), int(run.rows.taps)];
+        let normalise: Vec<Arg> = pre.mean.iter().chain(&pre.std).map(|&v| F32(v)).collect();
+        let out = [int(run.first), Buf("out")];
+        s.launch("preprocess_cols", run.vertical, &[&args[..], &normalise[..], &out[..]].concat());
+    }
+    s.save("out");
+    s.run(driver).f32s("out")
+}
+
+fn noise_image(width: u32, height: u32, seed: u64) -> image::RgbImage {
+    let mut rng = SplitMix64::new(seed);
+    image::RgbImage::from_fn(width, height, |_, _| image::Rgb(std::array::from_fn(|_| rng.below(256) as u8)))
+}
+
+/// Bit for bit, which is more than the 1e-4 (max abs) the GPU is held to in tests/backends.rs: the kernels round
+/// every step as the CPU does (kernels/preprocess.cu), and the weights are the CPU's own.
+#[test]
+fn preprocess_matches_the_cpu_preprocessing_bit_for_bit() {
+    let Some(driver) = driver() else { return };
+    let imagenet = |resize, crop| Preprocess::new(resize, crop, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).unwrap();
+    let (wide, tall, small) = (noise_image(97, 61, 80), noise_image(45, 71, 81), noise_image(23, 29, 82));
+    let cases = [
+        // Downscale, non-square: 97 -> 40 and 61 -> 40, spans of 4-5 and 2-4 taps (the short ones at the borders).
+        ("downscale", vec![wide.clone()], imagenet(40, None)),
+        // Upscale (23 -> 50, 29 -> 50: 1-2 taps) with a crop whose offset (50 - 33) / 2 = 8.5 rounds to even, 8.
+        ("upscale, crop", vec![small], imagenet(50, Some(33))),
+        // Up one way (45 -> 64), down the other (71 -> 64), cropped.
+        ("up and down, crop", vec![tall.clone()], imagenet(64, Some(48))),
+        // Two sizes in three runs (wide, wide | tall | wide): each run writes only its own images.
+        ("two sizes", vec![wide.clone(), wide.clone(), tall, wide], imagenet(56, Some(41))),
+    ];
+    for (what, images, pre) in cases {
+        let want = pre.batch(&images);
+        let got = emulated_preprocess(driver, &images, &pre);
+        assert_same_bits(&format!("preprocess {what}"), &got, &want.data);
+    }
 }

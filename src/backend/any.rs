@@ -3,8 +3,10 @@
 //! Without the `cuda` feature the CUDA variants are uninhabited and cost nothing.
 
 use super::{Backend, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Precision};
+use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use image::RgbImage;
 
 // One lives per model, so the size of the CUDA variant costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]
@@ -111,6 +113,13 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Cpu(b) => b.upload(tensor).map(AnyTensor::Cpu),
             AnyBackend::Cuda(b) => b.upload(tensor).map(AnyTensor::Cuda),
+        }
+    }
+
+    fn preprocess(&self, images: &[RgbImage], preprocess: &Preprocess) -> Result<AnyTensor> {
+        match self {
+            AnyBackend::Cpu(b) => b.preprocess(images, preprocess).map(AnyTensor::Cpu),
+            AnyBackend::Cuda(b) => b.preprocess(images, preprocess).map(AnyTensor::Cuda),
         }
     }
 

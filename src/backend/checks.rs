@@ -4,6 +4,7 @@
 use super::ConvSpec;
 use crate::error::{Error, Result};
 use crate::tensor::dims;
+use image::RgbImage;
 
 /// The output shape of `spec` applied to `x`, after checking the channels and the residual.
 pub fn conv_output(spec: &ConvSpec, x: &[usize], residual: Option<&[usize]>) -> Result<[usize; 4]> {
@@ -84,4 +85,19 @@ pub fn embed_args(layers: &[&[usize]]) -> Result<Vec<[usize; 4]>> {
         return Err(Error::invalid_backend_input(format!("embed: batch sizes differ ({} vs {})", s[0], shapes[0][0])));
     }
     Ok(shapes)
+}
+
+/// Refuses an empty batch, and an empty image (it has no pixels to resize from).
+pub fn preprocess_args(images: &[RgbImage]) -> Result<()> {
+    if images.is_empty() {
+        return Err(Error::invalid_backend_input("preprocess: no images"));
+    }
+    match images.iter().position(|img| img.width() == 0 || img.height() == 0) {
+        Some(i) => Err(Error::invalid_backend_input(format!(
+            "preprocess: image {i} is {}x{} pixels",
+            images[i].width(),
+            images[i].height()
+        ))),
+        None => Ok(()),
+    }
 }

@@ -2,8 +2,10 @@
 //! forward time into GFLOP/s without a hand-kept table per architecture.
 
 use super::{Backend, ConvWeights};
+use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use image::RgbImage;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default)]
@@ -33,6 +35,10 @@ impl Backend for FlopCounter {
     }
     fn upload(&self, tensor: &Tensor) -> Result<Vec<usize>> {
         Ok(tensor.shape.clone())
+    }
+    fn preprocess(&self, images: &[RgbImage], preprocess: &Preprocess) -> Result<Vec<usize>> {
+        let side = preprocess.input_size();
+        Ok(vec![images.len(), 3, side, side])
     }
     fn download(&self, _: &Vec<usize>) -> Result<Tensor> {
         Err(unsupported("download"))

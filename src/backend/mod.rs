@@ -9,8 +9,10 @@ pub mod cpu;
 pub mod cuda;
 pub mod flops;
 
+use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use image::RgbImage;
 
 pub use any::{AnyBackend, AnyBank, AnyConv, AnyTensor};
 pub use cpu::CpuBackend;
@@ -91,6 +93,10 @@ pub trait Backend: Send + Sync {
     fn describe(&self) -> String;
 
     fn upload(&self, tensor: &Tensor) -> Result<Self::Tensor>;
+    /// The network's input `[N, 3, S, S]` made from 8-bit images, as `Preprocess::batch` makes it
+    /// (antialiased resize, center crop, normalisation); only the pixels cross to the device.
+    /// The images may differ in size.
+    fn preprocess(&self, images: &[RgbImage], preprocess: &Preprocess) -> Result<Self::Tensor>;
     fn download(&self, tensor: &Self::Tensor) -> Result<Tensor>;
     fn shape<'a>(&self, tensor: &'a Self::Tensor) -> &'a [usize];
     /// Rows `rows` of a rows x dims tensor, in that order: the few a caller needs (each image's

@@ -53,6 +53,12 @@ impl Preprocess {
         self.crop.unwrap_or(self.resize)
     }
 
+    /// Where the center crop starts in the resized square, along either axis: torchvision's
+    /// center_crop rounds (size - crop) / 2 half to even.
+    pub fn crop_offset(&self) -> usize {
+        ((self.resize - self.input_size()) as f64 / 2.0).round_ties_even() as usize
+    }
+
     /// The normalised `[3, S, S]` planes of one image: resized, then center-cropped.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
         let s = self.resize;
@@ -61,8 +67,7 @@ impl Preprocess {
         if side == s {
             return full;
         }
-        // torchvision's center_crop: offsets rounded half to even of (size - crop) / 2.
-        let off = ((s - side) as f64 / 2.0).round_ties_even() as usize;
+        let off = self.crop_offset();
         let mut out = Vec::with_capacity(3 * side * side);
         for plane in full.chunks(s * s) {
             for y in off..off + side {
@@ -141,7 +146,7 @@ impl Preprocess {
         let ys = crate::resample::nearest_index(mask.height() as usize, s);
         let xs = crate::resample::nearest_index(mask.width() as usize, s);
         let side = self.input_size();
-        let off = ((s - side) as f64 / 2.0).round_ties_even() as usize;
+        let off = self.crop_offset();
         let mut out = Vec::with_capacity(side * side);
         for y in 0..side {
             for x in 0..side {

@@ -153,7 +153,7 @@ fn embed_images<B: Backend>(
     preprocess: &Preprocess,
     images: &[RgbImage],
 ) -> Result<(B::Tensor, [usize; 2])> {
-    let input = backend.upload(&preprocess.batch(images))?;
+    let input = backend.preprocess(images, preprocess)?;
     let features = backbone.forward(backend, &input)?;
     let grid = match backend.shape(&features[0]) {
         [_, _, h, w] => [*h, *w],

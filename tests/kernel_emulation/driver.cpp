@@ -100,6 +100,10 @@ namespace knn_cu {
 #include "knn.cu"
 }  // namespace knn_cu
 
+namespace preprocess_cu {
+#include "preprocess.cu"
+}  // namespace preprocess_cu
+
 namespace {
 
 struct Buffer {
@@ -251,6 +255,8 @@ const std::map<std::string, Kernel>& kernels() {
         {"knn_partial_f16_k1", {bind(knn_cu::knn_partial_f16_k1), nullptr}},
         {"knn_partial_f16_k16", {bind(knn_cu::knn_partial_f16_k16), nullptr}},
         {"knn_merge", {bind(knn_cu::knn_merge), nullptr}},
+        {"preprocess_rows", {bind(preprocess_cu::preprocess_rows), nullptr}},
+        {"preprocess_cols", {bind(preprocess_cu::preprocess_cols), nullptr}},
     };
     return table;
 }

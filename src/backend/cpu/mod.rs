@@ -14,10 +14,12 @@ pub use coreset::l2_distance;
 pub use knn::squared_norms;
 pub use matmul::sgemm;
 
-use super::checks::{coreset_args, knn_args};
+use super::checks::{coreset_args, knn_args, preprocess_args};
 use super::{Backend, ConvWeights};
+use crate::data::image::Preprocess;
 use crate::error::Result;
 use crate::tensor::Tensor;
+use image::RgbImage;
 
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend;
@@ -39,6 +41,12 @@ impl Backend for CpuBackend {
 
     fn upload(&self, tensor: &Tensor) -> Result<Tensor> {
         Ok(tensor.clone())
+    }
+
+    /// The reference: `Preprocess::batch`, already in host memory.
+    fn preprocess(&self, images: &[RgbImage], preprocess: &Preprocess) -> Result<Tensor> {
+        preprocess_args(images)?;
+        Ok(preprocess.batch(images))
     }
 
     fn download(&self, tensor: &Tensor) -> Result<Tensor> {

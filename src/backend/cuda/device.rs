@@ -5,20 +5,24 @@
 use super::dnn::{alloc_error, ConvCall, Dnn};
 use super::kernels::Kernels;
 use super::launch::{
-    conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, ExplicitPad, BLOCK, GRID_CAP,
-    MAX_BLUR_RADIUS,
+    conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, preprocess_runs, ExplicitPad,
+    PreprocessRun, BLOCK, GRID_CAP, MAX_BLUR_RADIUS,
 };
 use super::probe::unwind_to_unavailable;
 use super::{probe, Precision};
-use crate::backend::checks::{conv_output, coreset_args, embed_args, knn_args, map_args, pool_output};
+use crate::backend::checks::{conv_output, coreset_args, embed_args, knn_args, map_args, pool_output, preprocess_args};
 use crate::backend::cpu::gaussian_taps;
 use crate::backend::{Activation, Backend, ConvSpec, ConvWeights};
+use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::{dims, Tensor};
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DriverError, PinnedHostSlice, PushKernelArg,
+};
 use half::f16;
-use std::sync::{Arc, Mutex};
+use image::RgbImage;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// An activation or a rows x dims matrix in device memory.
 pub struct CudaTensor {
@@ -53,6 +57,24 @@ enum BankRows {
     F16(CudaSlice<f16>),
 }
 
+/// Page-locked host memory that a batch's 8-bit pixels are packed into, so that their copy to the
+/// device is one DMA that runs while the host goes on queuing work (from pageable memory the
+/// driver would first copy them itself, synchronously). Kept between batches and grown to the
+/// largest, because pinning is a slow driver call. `copied` is recorded after each copy and waited
+/// for before the buffer is written again: the backend turned off cudarc's event tracking, which
+/// would otherwise do that for a `PinnedHostSlice`.
+struct Staging {
+    pixels: Option<PinnedHostSlice<u8>>,
+    copied: CudaEvent,
+}
+
+impl Drop for Staging {
+    /// A copy still reading the buffer finishes before the buffer is unpinned and freed.
+    fn drop(&mut self) {
+        let _ = self.copied.synchronize();
+    }
+}
+
 pub struct CudaBackend {
     ordinal: usize,
     name: String,
@@ -61,6 +83,7 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     dnn: Mutex<Dnn>,
+    staging: Mutex<Staging>,
     // Dropped last: the context outlives every buffer and module made in it.
     _ctx: Arc<CudaContext>,
 }
@@ -126,7 +149,19 @@ impl CudaBackend {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver_error("device attribute"))? as usize;
         let name = ctx.name().map_err(driver_error("device name"))?;
-        Ok(CudaBackend { ordinal, name, sm_count, precision, stream, kernels, dnn: Mutex::new(dnn), _ctx: ctx })
+        let copied = ctx.new_event(None).map_err(driver_error("event"))?;
+        let staging = Mutex::new(Staging { pixels: None, copied });
+        Ok(CudaBackend {
+            ordinal,
+            name,
+            sm_count,
+            precision,
+            stream,
+            kernels,
+            dnn: Mutex::new(dnn),
+            staging,
+            _ctx: ctx,
+        })
     }
 
     /// The stream every operation runs on (benches time it and put cuBLAS on it).
@@ -148,6 +183,79 @@ impl CudaBackend {
         let host = self.stream.clone_dtoh(data).map_err(driver_error("copy to host"))?;
         self.synchronize()?;
         Ok(host)
+    }
+
+    /// The images' pixels, one image after another, queued for copying to the device through the
+    /// pinned staging buffer (see `Staging`).
+    fn upload_pixels(&self, images: &[RgbImage]) -> Result<CudaSlice<u8>> {
+        let total: usize = images.iter().map(|img| img.as_raw().len()).sum();
+        // A panic while packing leaves only bytes in the buffer, which the next batch overwrites.
+        let mut staging = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+        staging.copied.synchronize().map_err(driver_error("synchronize"))?;
+        if staging.pixels.as_ref().is_none_or(|p| p.len() < total) {
+            // The smaller buffer is unpinned before the larger one is pinned.
+            staging.pixels = None;
+            // SAFETY: the bytes are written below before the copy reads them.
+            let pinned = unsafe { self.stream.context().alloc_pinned::<u8>(total) };
+            staging.pixels = Some(pinned.map_err(driver_error("pinned allocation"))?);
+        }
+        let pinned = staging.pixels.as_mut().expect("allocated above");
+        let host = &mut pinned.as_mut_slice().map_err(driver_error("pinned memory"))?[..total];
+        let mut at = 0;
+        for img in images {
+            let raw = img.as_raw();
+            host[at..at + raw.len()].copy_from_slice(raw);
+            at += raw.len();
+        }
+        let mut pixels = self.alloc::<u8>(total)?;
+        // Passed as a plain slice, of the packed bytes only: cudarc then neither waits nor records,
+        // and the driver, seeing page-locked memory, copies asynchronously; `copied` guards reuse.
+        self.stream.memcpy_htod(&*host, &mut pixels).map_err(driver_error("copy to device"))?;
+        staging.copied.record(&self.stream).map_err(driver_error("event record"))?;
+        Ok(pixels)
+    }
+
+    /// preprocess.cu's two launches for one run of same-size images, writing its images of `out`.
+    fn preprocess_run(
+        &self,
+        pixels: &CudaSlice<u8>,
+        run: &PreprocessRun,
+        preprocess: &Preprocess,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let side = preprocess.input_size();
+        // A few KB from pageable memory: the driver stages them at once, nothing to overlap.
+        let copy = driver_error("copy to device");
+        let col_starts = self.stream.clone_htod(&run.cols.starts).map_err(&copy)?;
+        let col_weights = self.stream.clone_htod(&run.cols.weights).map_err(&copy)?;
+        let row_starts = self.stream.clone_htod(&run.rows.starts).map_err(&copy)?;
+        let row_weights = self.stream.clone_htod(&run.rows.weights).map_err(&copy)?;
+        let mut tmp = self.alloc::<f32>(run.images * 3 * run.height * side)?;
+        let [images, h, w, side, col_taps, row_taps, first] =
+            [run.images, run.height, run.width, side, run.cols.taps, run.rows.taps, run.first].map(|v| v as i32);
+        let pixel_offset = run.pixel_offset as i64;
+        // SAFETY: preprocess_rows's contract (kernels/preprocess.cu): pixels holds this run's
+        // images x h x w x 3 bytes from pixel_offset, the column table is side x col_taps with every
+        // tap inside the width (resample_table), tmp is images x 3 x h x side.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.preprocess_rows);
+            launch.arg(pixels).arg(&pixel_offset).arg(&images).arg(&h).arg(&w).arg(&side);
+            launch.arg(&col_starts).arg(&col_weights).arg(&col_taps).arg(&mut tmp).launch(run.horizontal)
+        }
+        .map_err(driver_error("preprocess_rows launch"))?;
+        let [m0, m1, m2] = preprocess.mean;
+        let [s0, s1, s2] = preprocess.std;
+        // SAFETY: preprocess_cols's contract: tmp as above, the row table side x row_taps with every
+        // tap inside the height, out holds images first..first + images of side x side x 3 planes.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.preprocess_cols);
+            launch.arg(&tmp).arg(&images).arg(&h).arg(&side).arg(&side);
+            launch.arg(&row_starts).arg(&row_weights).arg(&row_taps);
+            launch.arg(&m0).arg(&m1).arg(&m2).arg(&s0).arg(&s1).arg(&s2);
+            launch.arg(&first).arg(out).launch(run.vertical)
+        }
+        .map_err(driver_error("preprocess_cols launch"))?;
+        Ok(())
     }
 
     /// Copies an NCHW tensor into a zero-padded buffer (TF-same's asymmetric padding).
@@ -270,6 +378,20 @@ impl Backend for CudaBackend {
     fn upload(&self, tensor: &Tensor) -> Result<CudaTensor> {
         let data = self.stream.clone_htod(&tensor.data).map_err(driver_error("copy to device"))?;
         Ok(CudaTensor { shape: tensor.shape.clone(), data })
+    }
+
+    fn preprocess(&self, images: &[RgbImage], preprocess: &Preprocess) -> Result<CudaTensor> {
+        preprocess_args(images)?;
+        let sizes: Vec<(u32, u32)> = images.iter().map(RgbImage::dimensions).collect();
+        let runs = preprocess_runs(&sizes, preprocess)?;
+        let pixels = self.upload_pixels(images)?;
+        let side = preprocess.input_size();
+        // Every element is written: the runs tile the batch's images.
+        let mut out = self.alloc::<f32>(images.len() * 3 * side * side)?;
+        for run in &runs {
+            self.preprocess_run(&pixels, run, preprocess, &mut out)?;
+        }
+        Ok(CudaTensor { shape: vec![images.len(), 3, side, side], data: out })
     }
 
     fn download(&self, tensor: &CudaTensor) -> Result<Tensor> {

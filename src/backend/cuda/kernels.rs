@@ -18,12 +18,13 @@ macro_rules! per_file {
             ("coreset", include_bytes!(concat!(env!("OUT_DIR"), "/coreset.", $ext)).as_slice()),
             ("blur", include_bytes!(concat!(env!("OUT_DIR"), "/blur.", $ext)).as_slice()),
             ("conv", include_bytes!(concat!(env!("OUT_DIR"), "/conv.", $ext)).as_slice()),
+            ("preprocess", include_bytes!(concat!(env!("OUT_DIR"), "/preprocess.", $ext)).as_slice()),
         ]
     };
 }
 
 /// kernels/<name>.cu as a fatbin.
-const FATBINS: [(&str, &[u8]); 5] = per_file!("fatbin");
+const FATBINS: [(&str, &[u8]); 6] = per_file!("fatbin");
 
 macro_rules! kernels {
     ($($name:ident in $file:ident),* $(,)?) => {
@@ -80,6 +81,8 @@ kernels! {
     blur_cols in blur,
     bias_act in conv,
     pad_nchw in conv,
+    preprocess_rows in preprocess,
+    preprocess_cols in preprocess,
 }
 
 /// The kernels a PTX module defines (`.visible .entry NAME(`).
@@ -117,7 +120,7 @@ mod tests {
     use super::*;
 
     /// kernels/<name>.cu as PTX, which the fatbins carry too.
-    const PTX: [(&str, &[u8]); 5] = per_file!("ptx");
+    const PTX: [(&str, &[u8]); 6] = per_file!("ptx");
 
     #[test]
     fn the_ptx_defines_exactly_the_kernels_the_host_launches() {

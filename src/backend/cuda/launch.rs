@@ -3,8 +3,11 @@
 //! that a kernel indexes with a 32-bit `int` is checked to fit here, before launch.
 
 use super::super::{ConvSpec, Padding};
+use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
+use crate::resample::antialias_spans;
 use cudarc::driver::LaunchConfig;
+use std::ops::Range;
 
 include!("geometry.rs");
 
@@ -95,6 +98,84 @@ pub fn coreset_config(n: usize, d: usize, sm_count: usize) -> Result<LaunchConfi
     fits_i32("coreset", &[n * d])?;
     let blocks = n.div_ceil(CORESET_ROWS_PER_BLOCK).clamp(1, CORESET_BLOCKS_PER_SM * sm_count.max(1)) as u32;
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// One axis of an antialiased resize as kernels/preprocess.cu reads it: output i is
+/// `sum_t weights[i * taps + t] * input[starts[i] + t]`, every tap inside the input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResampleTable {
+    pub taps: usize,
+    pub starts: Vec<i32>,
+    pub weights: Vec<f32>,
+}
+
+/// `antialias_spans(input, resized)` for the outputs `kept` (the center crop), each span widened
+/// with zero weights to the longest one's tap count, so that the kernel's loop has one trip count
+/// for the whole axis. That count is about 2 * scale + 1 when shrinking by `scale` and 2 when
+/// enlarging; only spans cut by the input's borders are shorter. A span is padded after its own
+/// taps, or before them where that would run past the input's end (no span is longer than the
+/// input): every tap stays in bounds, and the extra terms add +0 to a sum of terms >= +0, which
+/// leaves the CPU's sum unchanged.
+pub fn resample_table(input: usize, resized: usize, kept: Range<usize>) -> ResampleTable {
+    let spans = &antialias_spans(input, resized)[kept];
+    let taps = spans.iter().map(|s| s.weights.len()).max().unwrap_or(0);
+    let mut starts = Vec::with_capacity(spans.len());
+    let mut weights = Vec::with_capacity(spans.len() * taps);
+    for span in spans {
+        let start = span.start.min(input - taps);
+        starts.push(start as i32);
+        weights.resize(weights.len() + span.start - start, 0.0);
+        weights.extend_from_slice(&span.weights);
+        weights.resize(starts.len() * taps, 0.0);
+    }
+    ResampleTable { taps, starts, weights }
+}
+
+/// A run of consecutive same-size images in a batch: what kernels/preprocess.cu's two launches
+/// take. A batch of one size is one run; a run per distinct size would need the output images
+/// scattered through an index table, for batches that a production line does not send.
+#[derive(Clone, Debug)]
+pub struct PreprocessRun {
+    /// The run's first image in the batch, and its number of images.
+    pub first: usize,
+    pub images: usize,
+    pub width: usize,
+    pub height: usize,
+    /// Where the run's pixels start in the batch's packed 8-bit RGB buffer.
+    pub pixel_offset: usize,
+    /// Image rows -> the network's rows, image columns -> its columns (both cropped).
+    pub rows: ResampleTable,
+    pub cols: ResampleTable,
+    /// `preprocess_rows` over [images, 3, height, side], `preprocess_cols` over [images, 3, side, side].
+    pub horizontal: LaunchConfig,
+    pub vertical: LaunchConfig,
+}
+
+/// The runs of a batch of images of `sizes` ((width, height), as `RgbImage::dimensions`), whose
+/// pixels are packed one image after another.
+pub fn preprocess_runs(sizes: &[(u32, u32)], preprocess: &Preprocess) -> Result<Vec<PreprocessRun>> {
+    let (resize, side, offset) = (preprocess.resize, preprocess.input_size(), preprocess.crop_offset());
+    fits_i32("preprocess", &[sizes.len() * 3 * side * side])?;
+    let mut runs = Vec::new();
+    let (mut first, mut pixel_offset) = (0, 0);
+    for run in sizes.chunk_by(|a, b| a == b) {
+        let (images, (width, height)) = (run.len(), (run[0].0 as usize, run[0].1 as usize));
+        fits_i32("preprocess", &[images * 3 * width * height, images * 3 * height * side])?;
+        runs.push(PreprocessRun {
+            first,
+            images,
+            width,
+            height,
+            pixel_offset,
+            rows: resample_table(height, resize, offset..offset + side),
+            cols: resample_table(width, resize, offset..offset + side),
+            horizontal: grid_stride(images * 3 * height * side, GRID_CAP, 0),
+            vertical: grid_stride(images * 3 * side * side, GRID_CAP, 0),
+        });
+        first += images;
+        pixel_offset += images * 3 * width * height;
+    }
+    Ok(runs)
 }
 
 /// Zero padding that cuDNN cannot express (it pads both sides alike): TF-same with an odd total
@@ -209,6 +290,43 @@ mod tests {
         assert!(knn_plan(10, 5, 8, 6, 528).is_err());
         assert!(knn_plan(0, 5, 8, 1, 528).is_err());
         let err = knn_plan(3_000_000, 100, 1536, 1, 528).unwrap_err().to_string();
+        assert!(err.contains("split the batch"), "{err}");
+    }
+
+    #[test]
+    fn resample_tables_are_the_cpu_spans_padded_in_bounds() {
+        // Shrinking (edge spans cut short), enlarging, and a crop that keeps the middle only.
+        for (input, resized, kept) in [(100, 7, 0..7), (13, 40, 0..40), (301, 256, 16..240), (5, 5, 0..5)] {
+            let table = resample_table(input, resized, kept.clone());
+            let spans = &antialias_spans(input, resized)[kept];
+            assert_eq!(table.starts.len(), spans.len());
+            assert_eq!(table.weights.len(), spans.len() * table.taps);
+            for (i, span) in spans.iter().enumerate() {
+                let start = table.starts[i] as usize;
+                assert!(start + table.taps <= input, "{input} -> {resized}: output {i} reads past the input");
+                // Tap t reads input start + t: the span's weights at their own inputs, zeros elsewhere.
+                let weights = &table.weights[i * table.taps..(i + 1) * table.taps];
+                for (t, &w) in weights.iter().enumerate() {
+                    let want = (start + t).checked_sub(span.start).and_then(|j| span.weights.get(j)).copied();
+                    assert_eq!(w, want.unwrap_or(0.0), "{input} -> {resized}: output {i} tap {t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn preprocess_runs_group_consecutive_sizes_and_pack_the_pixels() {
+        let pre = Preprocess::new(64, Some(48), [0.5; 3], [0.25; 3]).unwrap();
+        let runs = preprocess_runs(&[(90, 70), (90, 70), (33, 50), (90, 70)], &pre).unwrap();
+        let summary: Vec<_> = runs.iter().map(|r| (r.first, r.images, r.width, r.height, r.pixel_offset)).collect();
+        let pixels = 3 * 90 * 70;
+        assert_eq!(summary, [(0, 2, 90, 70, 0), (2, 1, 33, 50, 2 * pixels), (3, 1, 90, 70, 2 * pixels + 3 * 33 * 50)]);
+        let run = &runs[1];
+        assert_eq!(run.cols, resample_table(33, 64, 8..56));
+        assert_eq!(run.rows, resample_table(50, 64, 8..56));
+        assert_eq!(run.horizontal.grid_dim.0 as usize, (3 * 50 * 48usize).div_ceil(BLOCK as usize));
+        assert_eq!(run.vertical.grid_dim.0 as usize, (3 * 48 * 48usize).div_ceil(BLOCK as usize));
+        let err = preprocess_runs(&[(50_000, 50_000)], &pre).unwrap_err().to_string();
         assert!(err.contains("split the batch"), "{err}");
     }
 

@@ -3,8 +3,10 @@
 
 use super::Precision;
 use crate::backend::{Backend, ConvWeights};
+use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use image::RgbImage;
 use std::convert::Infallible;
 
 /// Why CUDA cannot be used from this build.
@@ -36,6 +38,9 @@ impl Backend for CudaBackend {
         match *self {}
     }
     fn upload(&self, _: &Tensor) -> Result<Infallible> {
+        match *self {}
+    }
+    fn preprocess(&self, _: &[RgbImage], _: &Preprocess) -> Result<Infallible> {
         match *self {}
     }
     fn download(&self, _: &Infallible) -> Result<Tensor> {
