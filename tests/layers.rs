@@ -8,7 +8,9 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["error", "rng", "resample"],
     &["io", "tensor"],
-    &["data", "backend", "eval", "convert"],
+    &["data", "eval", "convert"],
+    // The backend pre-processes images as data::image::Preprocess describes.
+    &["backend"],
     &["backbone"],
     &["patchcore"],
     &["render"],
