@@ -2,7 +2,7 @@
 //! constructed, and a probe that says how to get the real one instead of failing deeper.
 
 use super::Precision;
-use crate::backend::{Backend, ConvWeights};
+use crate::backend::{Backend, BatchScores, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -71,6 +71,17 @@ impl Backend for CudaBackend {
         match *self {}
     }
     fn coreset(&self, _: &Infallible, _: usize, _: usize) -> Result<Vec<u32>> {
+        match *self {}
+    }
+    fn score(
+        &self,
+        _: &Infallible,
+        _: &Infallible,
+        _: [usize; 2],
+        _: usize,
+        _: [usize; 2],
+        _: f32,
+    ) -> Result<BatchScores> {
         match *self {}
     }
     fn anomaly_map(&self, _: &Tensor, _: usize, _: usize, _: f32) -> Result<Tensor> {
