@@ -16,7 +16,7 @@ use image::RgbImage;
 
 pub use any::{AnyBackend, AnyBank, AnyConv, AnyTensor};
 pub use cpu::CpuBackend;
-pub use cuda::{CudaBackend, Precision};
+pub use cuda::{CudaBackend, Precision, TransferCounts};
 
 /// The activation applied after a convolution's bias (and residual).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,7 +1,7 @@
 //! The CUDA backend's place in a build without the `cuda` feature: a backend that cannot be
 //! constructed, and a probe that says how to get the real one instead of failing deeper.
 
-use super::Precision;
+use super::{Precision, TransferCounts};
 use crate::backend::{Backend, BatchScores, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
@@ -26,6 +26,10 @@ pub enum CudaBackend {}
 impl CudaBackend {
     pub fn new(_ordinal: usize, _precision: Precision) -> Result<Self> {
         Err(unavailable())
+    }
+
+    pub fn transfer_counts(&self) -> TransferCounts {
+        match *self {}
     }
 }
 
