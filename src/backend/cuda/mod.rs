@@ -1,5 +1,5 @@
 //! The CUDA backend: cuDNN convolutions, our kernels (kernels/*.cu, compiled to PTX by build.rs)
-//! for the embedding, the distance top-k, the coreset and the map, all on one stream. Built only
+//! for the embedding, the distance top-k, the coreset, the scoring and the map, all on one stream. Built only
 //! with the `cuda` feature; the libraries are loaded at run time, and `probe` checks for each
 //! before anything touches them (cudarc panics on a missing library).
 //! Without the feature, `stub` stands in and explains how to get the real one.
