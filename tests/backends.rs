@@ -500,6 +500,79 @@ fn anomaly_map_matches_float64(case: Case) {
     check(&case, "anomaly_map", &map.data, &want, EXACT);
 }
 
+// ---- scoring ----------------------------------------------------------------------------
+
+backend_test!(score_matches_the_cpu, cuda: score_cuda_f32, score_cuda_tf32, score_cuda_f16);
+
+/// `Backend::score` against the CPU's: a batch of 3 images of 8 x 12 patches, each with one patch planted
+/// at 3 times a bank row, far from every row but that one, so that the most anomalous patch and its m*
+/// are the same in every precision and the comparison is of the arithmetic.
+fn score_matches_the_cpu(case: Case) {
+    let (images, h, w, d, m) = (3, 8, 12, 72, 800);
+    let bank_rows = random(&[m, d], 11);
+    let mut embedding = random(&[images * h * w, d], 12);
+    for (image, bank_row) in [(0, 5), (1, 400), (2, 799)] {
+        let patch = image * h * w + 17 + image * 20;
+        for j in 0..d {
+            embedding.data[patch * d + j] = 3.0 * bank_rows.data[bank_row * d + j];
+        }
+    }
+    let want = CpuBackend.score(&embedding, &CpuBackend.prepare_bank(&bank_rows).unwrap(), [h, w], 9, [32, 48], 4.0);
+    let want = want.unwrap();
+    let b = &case.backend;
+    let (q, bank) = (b.upload(&embedding).unwrap(), b.prepare_bank(&bank_rows).unwrap());
+    let got = b.score(&q, &bank, [h, w], 9, [32, 48], 4.0).unwrap();
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    check(&case, "score image scores", &got.scores, &wide(&want.scores), case.products);
+    check(
+        &case,
+        "score max patch distances",
+        &got.max_patch_distances,
+        &wide(&want.max_patch_distances),
+        case.products,
+    );
+    assert_eq!(got.maps.shape, [images, 32, 48]);
+    check(&case, "score anomaly maps", &got.maps.data, &wide(&want.maps.data), case.products);
+    let one = b.score(&q, &bank, [h, w], 1, [32, 48], 4.0).unwrap();
+    assert_eq!(one.scores, one.max_patch_distances, "{}: one neighbour is the plain maximum", case.name);
+    assert!(b.score(&q, &bank, [5, 5], 9, [32, 48], 4.0).is_err(), "288 rows are not whole 5 x 5 grids");
+}
+
+backend_test!(
+    predict_waits_for_the_gpu_at_most_twice_a_batch,
+    cuda: transfers_cuda_f32, transfers_cuda_tf32, transfers_cuda_f16
+);
+
+/// Issue 11: a batch's prediction stays on the device until its one download. The two waits are the pixel
+/// staging buffer's guard (for the previous batch's copy) and that download.
+fn predict_waits_for_the_gpu_at_most_twice_a_batch(case: Case) {
+    let dir = TempDir::new("backends-transfers");
+    let synth = SynthOptions { size: 64, train: 4, test_good: 1, test_per_defect: 1, seed: 5 };
+    let root = generate(dir.path(), "washer", &synth).unwrap().root;
+    let category = Category::open(&root).unwrap();
+    let arch = Architecture::EfficientnetLite0;
+    let weights = SafetensorsFile::bundled_efficientnet_lite0();
+    let options = FitOptions { preprocess: arch.preprocess(64, None).unwrap(), ..FitOptions::default() };
+    let backbone = Backbone::load(&case.backend, arch, ConvOrigin::Torchvision(&weights)).unwrap();
+    let model = PatchCore::fit(case.backend, backbone, &category.train, None, &options, &mut |_, _, _| {}).unwrap();
+    let counts = || match model.backend() {
+        AnyBackend::Cuda(b) => b.transfer_counts(),
+        AnyBackend::Cpu(_) => unreachable!("a CUDA case"),
+    };
+    let image = load_rgb(&category.test[0].path).unwrap();
+    for batch in [1, 8] {
+        let before = counts();
+        model.predict(&vec![image.clone(); batch]).unwrap();
+        let after = counts();
+        let waits = after.synchronizations - before.synchronizations;
+        let downloads = after.copies_to_host - before.copies_to_host;
+        let uploads = after.copies_to_device - before.copies_to_device;
+        println!("transfers: {} | batch {batch} | {waits} waits, {downloads} downloads, {uploads} uploads", case.name);
+        assert!(waits <= 2, "{}: batch {batch} waited for the GPU {waits} times", case.name);
+        assert_eq!(downloads, 1, "{}: batch {batch}", case.name);
+    }
+}
+
 // ---- the whole pipeline -----------------------------------------------------------------
 
 backend_test!(

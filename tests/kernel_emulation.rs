@@ -10,9 +10,10 @@ mod common;
 use common::{covering_radius, rel_err, TempDir};
 use cudarc::driver::LaunchConfig;
 use half::f16;
-use patchcore::backend::cpu::{gaussian_taps, l2_distance, squared_norms};
+use patchcore::backend::cpu::{gaussian_taps, l2_distance, reweighted_score, squared_norms, top_patches};
 use patchcore::backend::cuda::launch::{
-    conv_plan, coreset_config, grid_stride, knn_plan, norms_config, preprocess_runs, GRID_CAP, MAX_BLUR_RADIUS,
+    conv_plan, coreset_config, grid_stride, knn_plan, norms_config, one_block_per_image, preprocess_runs, GRID_CAP,
+    MAX_BLUR_RADIUS,
 };
 use patchcore::backend::{Activation, Backend, ConvSpec, CpuBackend, Padding, Precision};
 use patchcore::data::image::Preprocess;
@@ -737,4 +738,143 @@ fn preprocess_matches_the_cpu_preprocessing_bit_for_bit() {
         let got = emulated_preprocess(driver, &images, &pre);
         assert_same_bits(&format!("preprocess {what}"), &got, &want.data);
     }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// score.cu
+// ------------------------------------------------------------------------------------------------------------
+
+fn u32_bytes(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// What the score.cu kernels wrote, each per image (m* rows: images x d).
+struct EmulatedScore {
+    top_rows: Vec<u32>,
+    m_star: Vec<u32>,
+    max_distance: Vec<f32>,
+    m_star_rows: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// device.rs `score` after the patch search: top_patch over the search's (distances, nearest rows), then
+/// gather_rows of each image's m* from the bank and eq7_scores with the support rows `support` (b x k, the
+/// search from m*, here the CPU's).
+fn emulated_score(
+    driver: &Path,
+    search: &DistRows,
+    per_image: usize,
+    embedding: &Tensor,
+    bank: &Tensor,
+    support: &[u32],
+) -> EmulatedScore {
+    let (images, [_, d]) = (search.0.len() / per_image, bank.dims2().unwrap());
+    let k = support.len() / images;
+    let int = |v: usize| I32(v as i32);
+    let mut s = Script::new("score");
+    s.load_f32("distances", &search.0);
+    s.load("nearest", u32_bytes(&search.1));
+    s.load_f32("embedding", &embedding.data);
+    s.load_f32("bank", &bank.data);
+    s.load("support", u32_bytes(support));
+    for (name, len) in [("top_rows", images), ("m_star", images), ("max_distance", images), ("scores", images)] {
+        s.alloc(name, len * 4, POISON);
+    }
+    s.alloc("m_star_rows", images * d * 4, POISON);
+    let out = ["top_rows", "m_star", "max_distance"].map(Buf);
+    let args = [Buf("distances"), Buf("nearest"), int(images), int(per_image)];
+    s.launch("top_patch", one_block_per_image(images), &[&args[..], &out[..]].concat());
+    let args = [Buf("bank"), Buf("m_star"), int(images), int(d), Buf("m_star_rows")];
+    s.launch("gather_rows", grid_stride(images * d, GRID_CAP, 0), &args);
+    let support = if k > 1 { Buf("support") } else { Null };
+    let args = [Buf("embedding"), Buf("top_rows"), Buf("bank"), support, Buf("max_distance")];
+    let sizes = [int(images), int(d), int(k), Buf("scores")];
+    s.launch("eq7_scores", one_block_per_image(images), &[&args[..], &sizes[..]].concat());
+    for name in ["top_rows", "m_star", "max_distance", "m_star_rows", "scores"] {
+        s.save(name);
+    }
+    let out = s.run(driver);
+    EmulatedScore {
+        top_rows: out.u32s("top_rows"),
+        m_star: out.u32s("m_star"),
+        max_distance: out.f32s("max_distance"),
+        m_star_rows: out.f32s("m_star_rows"),
+        scores: out.f32s("scores"),
+    }
+}
+
+#[test]
+fn top_patch_takes_the_first_maximum_and_never_a_nan_as_the_cpu() {
+    let Some(driver) = driver() else { return };
+    // 600 patches an image: each of the 256 threads scans two or three, so ties meet inside a thread's scan
+    // and across the reduction tree.
+    let per_image = 600;
+    let mut distances: Vec<f32> = gaussian(5 * per_image, 90).iter().map(|v| v.abs()).collect();
+    let image = |i: usize| i * per_image;
+    // Image 0: the maximum three times, the first of them in the scan of a later thread than the others.
+    for p in [300, 45, 557] {
+        distances[image(0) + p] = 9.0;
+    }
+    distances[image(0) + 300 - 256] = 9.0; // thread 44, before patch 45
+                                           // Image 1: NaNs, the first patch among them, around a maximum.
+    for p in [0, 1, 200, 599] {
+        distances[image(1) + p] = f32::NAN;
+    }
+    distances[image(1) + 201] = 7.0;
+    // Image 2: NaNs only (its first patch); image 3: one value everywhere (the first patch); image 4: a maximum
+    // at the last patch.
+    distances[image(2)..image(3)].fill(f32::NAN);
+    distances[image(3)..image(4)].fill(0.25);
+    distances[image(4) + per_image - 1] = 8.0;
+    let mut rng = SplitMix64::new(91);
+    let nearest: Vec<u32> = (0..distances.len()).map(|_| rng.below(40) as u32).collect();
+    let bank = tensor(&[40, 3], gaussian(120, 92));
+    let embedding = tensor(&[5 * per_image, 3], gaussian(5 * per_image * 3, 93));
+    let got = emulated_score(driver, &(distances.clone(), nearest.clone()), per_image, &embedding, &bank, &[0; 5]);
+    let want = top_patches(&distances, per_image);
+    assert_eq!(want, [44, 601 + 200, 1200, 1800, 2999].map(|v| v as u32), "the CPU's rule itself");
+    assert_eq!(got.top_rows, want);
+    assert_eq!(got.m_star, want.iter().map(|&r| nearest[r as usize]).collect::<Vec<_>>());
+    let maxima: Vec<f32> = want.iter().map(|&r| distances[r as usize]).collect();
+    assert_same_bits("max_distance", &got.max_distance, &maxima);
+    // One neighbour: the score is the plain maximum.
+    assert_same_bits("k = 1 scores", &got.scores, &maxima);
+}
+
+/// Eq. 7 at a scale where the softmax weight is far from 1 (tests/reference.rs `image_score_scaled`): the
+/// support distances are then close to each other and the score rests on their differences. The whole chain
+/// after the searches: top_patch -> gather_rows of m* (bit for bit) -> eq7_scores, against the CPU's
+/// `Backend::score`.
+#[test]
+fn eq7_scores_match_the_cpu_where_the_weight_is_far_from_one() {
+    let Some(driver) = driver() else { return };
+    let (images, per_image, m, d, k) = (3, 70, 500, 64, 9);
+    let scaled = |n: usize, seed: u64| gaussian(n, seed).into_iter().map(|v| v / 16.0).collect::<Vec<f32>>();
+    let embedding = tensor(&[images * per_image, d], scaled(images * per_image * d, 94));
+    let bank_rows = tensor(&[m, d], scaled(m * d, 95));
+    let bank = CpuBackend.prepare_bank(&bank_rows).unwrap();
+    let search = CpuBackend.knn(&embedding, &bank, 1).unwrap();
+    let tops = top_patches(&search.0, per_image);
+    let m_star: Vec<u32> = tops.iter().map(|&r| search.1[r as usize]).collect();
+    let m_star_rows = bank_rows.gather_rows(&m_star).unwrap();
+    let (_, support) = CpuBackend.knn(&m_star_rows, &bank, k).unwrap();
+    let got = emulated_score(driver, &search, per_image, &embedding, &bank_rows, &support);
+    assert_eq!((got.top_rows, got.m_star), (tops.clone(), m_star));
+    assert_same_bits("m* rows", &got.m_star_rows, &m_star_rows.data);
+    let want = CpuBackend.score(&embedding, &bank, [7, 10], k, [7, 10], 4.0).unwrap();
+    let weights: Vec<f32> = want.scores.iter().zip(&want.max_patch_distances).map(|(s, m)| s / m).collect();
+    assert!(weights.iter().all(|&w| w < 0.95), "weights {weights:?}: the scale does not test the softmax");
+    let row = |j: &u32| &bank_rows.data[*j as usize * d..][..d];
+    for (b, &top) in tops.iter().enumerate() {
+        let by_hand = reweighted_score(
+            &embedding.data[top as usize * d..][..d],
+            support[b * k..][..k].iter().map(row),
+            want.max_patch_distances[b],
+        );
+        assert_eq!(by_hand.to_bits(), want.scores[b].to_bits(), "the CPU's score is reweighted_score");
+    }
+    // expf may differ from the CPU's exp by an ulp or two; everything else is rounded as the CPU rounds.
+    let e = rel_err(&got.scores, &want.scores);
+    assert!(e <= 1e-6, "Eq. 7 scores {:?} vs CPU {:?}: relative error {e:.1e}", got.scores, want.scores);
+    assert_same_bits("max_distance", &got.max_distance, &want.max_patch_distances);
 }

@@ -9,7 +9,6 @@ use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::data::image::load_rgb;
-use patchcore::patchcore::score::image_scores;
 use patchcore::patchcore::MAP_SIGMA;
 use patchcore::Tensor;
 
@@ -68,24 +67,15 @@ fn scores_and_maps_match_anomalib() {
         let queries = scaled("embedding", &[192, 384]);
         let bank_rows = scaled("bank", &[288, 384]);
         let bank = CpuBackend.prepare_bank(&bank_rows).unwrap();
-        let (dist, nearest) = CpuBackend.knn(&queries, &bank, 1).unwrap();
+        let (dist, _) = CpuBackend.knn(&queries, &bank, 1).unwrap();
         let want_scores: Vec<f32> = tensor(&fx, "patch_scores", &[2, 8, 12]).iter().map(|v| v * scale).collect();
         assert_close("patch scores", &dist, &want_scores, TOL);
-        let tops: Vec<u32> = (0..2)
-            .map(|b| {
-                let patch = &dist[b * 96..(b + 1) * 96];
-                (b * 96 + (0..96).fold(0, |best, i| if patch[i] > patch[best] { i } else { best })) as u32
-            })
-            .collect();
-        let top_scores: Vec<f32> = tops.iter().map(|&r| dist[r as usize]).collect();
-        let top_nearest: Vec<u32> = tops.iter().map(|&r| nearest[r as usize]).collect();
-        let q = queries.gather_rows(&tops).unwrap();
-        let scores = image_scores(&CpuBackend, &bank, &bank_rows, &q, &top_scores, &top_nearest, 9).unwrap();
-        assert_close(key, &scores, &tensor(&fx, key, &[2]), TOL);
+        let got = CpuBackend.score(&queries, &bank, [8, 12], 9, [64, 96], MAP_SIGMA).unwrap();
+        assert_close(key, &got.scores, &tensor(&fx, key, &[2]), TOL);
+        let maxima: Vec<f32> = want_scores.chunks(96).map(|p| p.iter().copied().fold(f32::MIN, f32::max)).collect();
+        assert_close("max patch distances", &got.max_patch_distances, &maxima, TOL);
         if scale == 1.0 {
-            let grids = Tensor::new(vec![2, 8, 12], dist);
-            let maps = CpuBackend.anomaly_map(&grids, 64, 96, MAP_SIGMA).unwrap();
-            assert_close("anomaly map", &maps.data, &tensor(&fx, "anomaly_map", &[2, 64, 96]), TOL);
+            assert_close("anomaly map", &got.maps.data, &tensor(&fx, "anomaly_map", &[2, 64, 96]), TOL);
         }
     }
 }

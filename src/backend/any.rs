@@ -2,7 +2,7 @@
 //! `AnyBackend` instead of being generic, and its tensors remember which device they live on.
 //! Without the `cuda` feature the CUDA variants are uninhabited and cost nothing.
 
-use super::{Backend, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Precision};
+use super::{Backend, BatchScores, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -201,6 +201,26 @@ impl Backend for AnyBackend {
             (AnyBackend::Cpu(b), AnyTensor::Cpu(r)) => b.coreset(r, n_select, start),
             (AnyBackend::Cuda(b), AnyTensor::Cuda(r)) => b.coreset(r, n_select, start),
             _ => Err(mixed("coreset")),
+        }
+    }
+
+    fn score(
+        &self,
+        embedding: &AnyTensor,
+        bank: &AnyBank,
+        grid: [usize; 2],
+        num_neighbors: usize,
+        map_size: [usize; 2],
+        sigma: f32,
+    ) -> Result<BatchScores> {
+        match (self, embedding, bank) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(e), AnyBank::Cpu(m)) => {
+                b.score(e, m, grid, num_neighbors, map_size, sigma)
+            }
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(e), AnyBank::Cuda(m)) => {
+                b.score(e, m, grid, num_neighbors, map_size, sigma)
+            }
+            _ => Err(mixed("score")),
         }
     }
 

@@ -75,6 +75,25 @@ pub fn map_args(scores: &[usize], out_h: usize, out_w: usize, sigma: f32) -> Res
     Ok([b, h, w])
 }
 
+/// [B, h, w, d] of a batch's patch embedding rows, after checking them against the bank, the grid,
+/// the neighbours and the map.
+pub fn score_args(
+    embedding: &[usize],
+    bank_rows: usize,
+    bank_dims: usize,
+    [h, w]: [usize; 2],
+    num_neighbors: usize,
+    [out_h, out_w]: [usize; 2],
+    sigma: f32,
+) -> Result<[usize; 4]> {
+    let [rows, d] = knn_args(embedding, bank_rows, bank_dims, num_neighbors)?;
+    if h * w == 0 || rows == 0 || rows % (h * w) != 0 {
+        return Err(Error::invalid_backend_input(format!("score: {rows} patch rows are not whole {h}x{w} grids")));
+    }
+    let [b, h, w] = map_args(&[rows / (h * w), h, w], out_h, out_w, sigma)?;
+    Ok([b, h, w, d])
+}
+
 /// The feature maps' shapes [B, C, h, w] after checking they share a batch; the first sets the grid.
 pub fn embed_args(layers: &[&[usize]]) -> Result<Vec<[usize; 4]>> {
     if layers.is_empty() {

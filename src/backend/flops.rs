@@ -1,7 +1,7 @@
 //! A backend that computes only shapes and counts convolution FLOPs: how benches turn a
 //! forward time into GFLOP/s without a hand-kept table per architecture.
 
-use super::{Backend, ConvWeights};
+use super::{Backend, BatchScores, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -76,6 +76,9 @@ impl Backend for FlopCounter {
     }
     fn coreset(&self, _: &Vec<usize>, _: usize, _: usize) -> Result<Vec<u32>> {
         Err(unsupported("coreset"))
+    }
+    fn score(&self, _: &Vec<usize>, _: &(), _: [usize; 2], _: usize, _: [usize; 2], _: f32) -> Result<BatchScores> {
+        Err(unsupported("score"))
     }
     fn anomaly_map(&self, _: &Tensor, _: usize, _: usize, _: f32) -> Result<Tensor> {
         Err(unsupported("anomaly_map"))

@@ -16,7 +16,7 @@ use image::RgbImage;
 
 pub use any::{AnyBackend, AnyBank, AnyConv, AnyTensor};
 pub use cpu::CpuBackend;
-pub use cuda::{CudaBackend, Precision};
+pub use cuda::{CudaBackend, Precision, TransferCounts};
 
 /// The activation applied after a convolution's bias (and residual).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +79,17 @@ pub struct ConvWeights {
     pub bias: Vec<f32>,
 }
 
+/// What [`Backend::score`] returns for a batch, per image.
+#[derive(Clone, Debug)]
+pub struct BatchScores {
+    /// The image score of paper Eq. 7 (with anomalib's choices).
+    pub scores: Vec<f32>,
+    /// The largest patch distance, before the Eq. 7 reweighting.
+    pub max_patch_distances: Vec<f32>,
+    /// The anomaly maps `[B, out_h, out_w]`.
+    pub maps: Tensor,
+}
+
 /// The operations PatchCore needs, and nothing else. Tensors stay on the backend's device
 /// between calls; only `download` and the small results of `knn` and `coreset` come back.
 pub trait Backend: Send + Sync {
@@ -120,6 +131,20 @@ pub trait Backend: Send + Sync {
     fn knn(&self, queries: &Self::Tensor, bank: &Self::Bank, k: usize) -> Result<(Vec<f32>, Vec<u32>)>;
     /// Greedy k-center selection of `n_select` rows, seeded by `start` (not itself selected).
     fn coreset(&self, rows: &Self::Tensor, n_select: usize, start: usize) -> Result<Vec<u32>>;
+    /// PatchCore's scoring of a batch whose patch embedding is `embedding` (rows ordered (image, y, x) on a
+    /// `grid` of h x w per image): the patch scores (each patch's nearest bank row), each image's largest
+    /// one (the first maximum; a NaN never wins), its Eq. 7 score with `num_neighbors` support rows, and
+    /// the anomaly map of its patch scores at `map_size` (h, w) blurred by `sigma`. One operation, so that
+    /// a device keeps every intermediate and returns only the results.
+    fn score(
+        &self,
+        embedding: &Self::Tensor,
+        bank: &Self::Bank,
+        grid: [usize; 2],
+        num_neighbors: usize,
+        map_size: [usize; 2],
+        sigma: f32,
+    ) -> Result<BatchScores>;
     /// Patch-score grids `[B, h, w]` -> nearest upsample to `out_h x out_w` -> Gaussian blur
     /// (reflect padding) -> `[B, out_h, out_w]`.
     fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor>;

@@ -1,11 +1,11 @@
-//! The PatchCore stages: embedding, memory bank and coreset, scoring, anomaly maps, and the
-//! model that ties them together. Each stage calls only the [`Backend`] trait.
+//! The PatchCore stages: embedding, memory bank and coreset, scoring and anomaly maps (one backend
+//! operation, `Backend::score`), and the model that ties them together. Each stage calls only the
+//! [`Backend`] trait.
 
 pub mod coreset;
 pub mod evaluate;
 pub mod model_file;
 pub mod projection;
-pub mod score;
 
 use crate::backbone::{Architecture, Backbone};
 use crate::backend::Backend;
@@ -288,37 +288,15 @@ impl<B: Backend> PatchCore<B> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let (embedding, [h, w]) = embed_images(&self.backend, &self.backbone, &self.meta.preprocess, images)?;
-        let (dist, nearest) = self.backend.knn(&embedding, &self.bank, 1)?;
-        let per_image = h * w;
-        // Each image's most anomalous patch: the first maximum, as torch.argmax.
-        let tops: Vec<u32> = dist
-            .chunks_exact(per_image)
-            .enumerate()
-            .map(|(b, patch)| {
-                let top = (0..per_image).fold(0, |best, i| if patch[i] > patch[best] { i } else { best });
-                (b * per_image + top) as u32
-            })
-            .collect();
-        let queries = self.backend.download_rows(&embedding, &tops)?;
-        let top_scores: Vec<f32> = tops.iter().map(|&r| dist[r as usize]).collect();
-        let top_nearest: Vec<u32> = tops.iter().map(|&r| nearest[r as usize]).collect();
-        let scores = score::image_scores(
-            &self.backend,
-            &self.bank,
-            &self.bank_rows,
-            &queries,
-            &top_scores,
-            &top_nearest,
-            self.meta.num_neighbors,
-        )?;
+        let (embedding, grid) = embed_images(&self.backend, &self.backbone, &self.meta.preprocess, images)?;
         let side = self.meta.preprocess.input_size();
-        let grids = Tensor::new(vec![images.len(), h, w], dist);
-        let maps = self.backend.anomaly_map(&grids, side, side, MAP_SIGMA)?;
-        Ok(scores
+        let batch =
+            self.backend.score(&embedding, &self.bank, grid, self.meta.num_neighbors, [side, side], MAP_SIGMA)?;
+        Ok(batch
+            .scores
             .into_iter()
-            .zip(top_scores)
-            .zip(maps.data.chunks(side * side))
+            .zip(batch.max_patch_distances)
+            .zip(batch.maps.data.chunks(side * side))
             .map(|((score, max_patch_distance), map)| RawScore { score, max_patch_distance, map: map.to_vec() })
             .collect())
     }

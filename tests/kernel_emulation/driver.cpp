@@ -104,6 +104,10 @@ namespace preprocess_cu {
 #include "preprocess.cu"
 }  // namespace preprocess_cu
 
+namespace score_cu {
+#include "score.cu"
+}  // namespace score_cu
+
 namespace {
 
 struct Buffer {
@@ -257,6 +261,9 @@ const std::map<std::string, Kernel>& kernels() {
         {"knn_merge", {bind(knn_cu::knn_merge), nullptr}},
         {"preprocess_rows", {bind(preprocess_cu::preprocess_rows), nullptr}},
         {"preprocess_cols", {bind(preprocess_cu::preprocess_cols), nullptr}},
+        {"top_patch", {bind(score_cu::top_patch), nullptr}},
+        {"gather_rows", {bind(score_cu::gather_rows), nullptr}},
+        {"eq7_scores", {bind(score_cu::eq7_scores), nullptr}},
     };
     return table;
 }

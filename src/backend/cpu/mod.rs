@@ -8,14 +8,16 @@ mod embed;
 mod knn;
 mod matmul;
 mod pool;
+mod score;
 
 pub use blur::gaussian_taps;
 pub use coreset::l2_distance;
 pub use knn::squared_norms;
 pub use matmul::sgemm;
+pub use score::{reweighted_score, top_patches};
 
-use super::checks::{coreset_args, knn_args, preprocess_args};
-use super::{Backend, ConvWeights};
+use super::checks::{coreset_args, knn_args, preprocess_args, score_args};
+use super::{Backend, BatchScores, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -91,6 +93,20 @@ impl Backend for CpuBackend {
     fn coreset(&self, rows: &Tensor, n_select: usize, start: usize) -> Result<Vec<u32>> {
         let [_, d] = coreset_args(&rows.shape, n_select, start)?;
         Ok(coreset::greedy_coreset(&rows.data, d, n_select, start))
+    }
+
+    fn score(
+        &self,
+        embedding: &Tensor,
+        bank: &CpuBank,
+        grid: [usize; 2],
+        num_neighbors: usize,
+        map_size: [usize; 2],
+        sigma: f32,
+    ) -> Result<BatchScores> {
+        let [m, d] = bank.rows.dims2()?;
+        let dims = score_args(&embedding.shape, m, d, grid, num_neighbors, map_size, sigma)?;
+        score::score(embedding, bank, dims, num_neighbors, map_size, sigma)
     }
 
     fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor> {

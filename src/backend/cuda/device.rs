@@ -1,27 +1,32 @@
 //! The CUDA backend proper: one context, one stream, our kernels and cuDNN. Everything between
-//! `upload` and the small results of `knn`, `coreset` and `anomaly_map` stays on the device and
-//! is ordered by the stream alone, so no call waits for the GPU except those that return data.
+//! `upload` and the small results of `knn`, `coreset`, `score` and `anomaly_map` stays on the device
+//! and is ordered by the stream alone, so no call waits for the GPU except those that return data.
+//! `transfer_counts` says how often that was.
 
 use super::dnn::{alloc_error, ConvCall, Dnn};
 use super::kernels::Kernels;
 use super::launch::{
-    conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, preprocess_runs, ExplicitPad,
-    PreprocessRun, BLOCK, GRID_CAP, MAX_BLUR_RADIUS,
+    conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, one_block_per_image, preprocess_runs,
+    ExplicitPad, PreprocessRun, BLOCK, GRID_CAP, MAX_BLUR_RADIUS,
 };
 use super::probe::unwind_to_unavailable;
-use super::{probe, Precision};
-use crate::backend::checks::{conv_output, coreset_args, embed_args, knn_args, map_args, pool_output, preprocess_args};
+use super::{probe, Precision, TransferCounts};
+use crate::backend::checks::{
+    conv_output, coreset_args, embed_args, knn_args, map_args, pool_output, preprocess_args, score_args,
+};
 use crate::backend::cpu::gaussian_taps;
-use crate::backend::{Activation, Backend, ConvSpec, ConvWeights};
+use crate::backend::{Activation, Backend, BatchScores, ConvSpec, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::{dims, Tensor};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DriverError, PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaViewMut, DeviceRepr, DriverError, PinnedHostSlice,
+    PushKernelArg,
 };
 use half::f16;
 use image::RgbImage;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// An activation or a rows x dims matrix in device memory.
@@ -43,18 +48,31 @@ pub struct CudaConv {
     bias: CudaSlice<f32>,
 }
 
-/// The memory bank in the precision the distance kernel reads, with f32 squared norms computed
-/// on the host exactly as the CPU backend does.
+/// The memory bank: its f32 rows, their f16 copy in f16 precision (what the distance kernel then
+/// reads), and the squared norms of the rows as that precision's products see them.
+/// The f32 rows stay in f16 precision too: `score` gathers m* and computes Eq. 7 from them, so that
+/// the reweighting is exact f32 and only the searches are f16. That is 4 bytes a bank value more
+/// than the f16 rows alone (131 MB for a 21,401 x 1,536 bank), which a GPU that holds the model has.
 pub struct CudaBank {
     rows: usize,
     dims: usize,
-    data: BankRows,
+    f32_rows: CudaSlice<f32>,
+    f16_rows: Option<CudaSlice<f16>>,
     norms: CudaSlice<f32>,
 }
 
-enum BankRows {
-    F32(CudaSlice<f32>),
-    F16(CudaSlice<f16>),
+/// The backend's host synchronisations and copies, counted where they happen (`transfer_counts`).
+#[derive(Default)]
+struct Transfers {
+    synchronizations: AtomicU64,
+    copies_to_device: AtomicU64,
+    copies_to_host: AtomicU64,
+}
+
+impl Transfers {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Page-locked host memory that a batch's 8-bit pixels are packed into, so that their copy to the
@@ -84,6 +102,7 @@ pub struct CudaBackend {
     kernels: Kernels,
     dnn: Mutex<Dnn>,
     staging: Mutex<Staging>,
+    transfers: Transfers,
     // Dropped last: the context outlives every buffer and module made in it.
     _ctx: Arc<CudaContext>,
 }
@@ -160,6 +179,7 @@ impl CudaBackend {
             kernels,
             dnn: Mutex::new(dnn),
             staging,
+            transfers: Transfers::default(),
             _ctx: ctx,
         })
     }
@@ -169,17 +189,35 @@ impl CudaBackend {
         &self.stream
     }
 
+    /// How often this backend has waited for the GPU and copied between host and device so far.
+    pub fn transfer_counts(&self) -> TransferCounts {
+        let t = &self.transfers;
+        TransferCounts {
+            synchronizations: t.synchronizations.load(Ordering::Relaxed),
+            copies_to_device: t.copies_to_device.load(Ordering::Relaxed),
+            copies_to_host: t.copies_to_host.load(Ordering::Relaxed),
+        }
+    }
+
     /// Waits for everything queued so far.
     fn synchronize(&self) -> Result<()> {
+        Transfers::count(&self.transfers.synchronizations);
         self.stream.synchronize().map_err(driver_error("synchronize"))
     }
 
-    fn alloc<T: cudarc::driver::DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+    /// `host` queued for copying to a new device buffer.
+    fn to_device<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        Transfers::count(&self.transfers.copies_to_device);
+        self.stream.clone_htod(host).map_err(driver_error("copy to device"))
+    }
+
+    fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
         // SAFETY: every caller's kernel writes all `len` elements before anything reads them.
         unsafe { self.stream.alloc::<T>(len) }.map_err(alloc_error)
     }
 
-    fn download_vec<T: cudarc::driver::DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>> {
+    fn download_vec<T: DeviceRepr>(&self, data: &CudaSlice<T>) -> Result<Vec<T>> {
+        Transfers::count(&self.transfers.copies_to_host);
         let host = self.stream.clone_dtoh(data).map_err(driver_error("copy to host"))?;
         self.synchronize()?;
         Ok(host)
@@ -191,6 +229,7 @@ impl CudaBackend {
         let total: usize = images.iter().map(|img| img.as_raw().len()).sum();
         // A panic while packing leaves only bytes in the buffer, which the next batch overwrites.
         let mut staging = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+        Transfers::count(&self.transfers.synchronizations);
         staging.copied.synchronize().map_err(driver_error("synchronize"))?;
         if staging.pixels.as_ref().is_none_or(|p| p.len() < total) {
             // The smaller buffer is unpinned before the larger one is pinned.
@@ -210,6 +249,7 @@ impl CudaBackend {
         let mut pixels = self.alloc::<u8>(total)?;
         // Passed as a plain slice, of the packed bytes only: cudarc then neither waits nor records,
         // and the driver, seeing page-locked memory, copies asynchronously; `copied` guards reuse.
+        Transfers::count(&self.transfers.copies_to_device);
         self.stream.memcpy_htod(&*host, &mut pixels).map_err(driver_error("copy to device"))?;
         staging.copied.record(&self.stream).map_err(driver_error("event record"))?;
         Ok(pixels)
@@ -225,11 +265,10 @@ impl CudaBackend {
     ) -> Result<()> {
         let side = preprocess.input_size();
         // A few KB from pageable memory: the driver stages them at once, nothing to overlap.
-        let copy = driver_error("copy to device");
-        let col_starts = self.stream.clone_htod(&run.cols.starts).map_err(&copy)?;
-        let col_weights = self.stream.clone_htod(&run.cols.weights).map_err(&copy)?;
-        let row_starts = self.stream.clone_htod(&run.rows.starts).map_err(&copy)?;
-        let row_weights = self.stream.clone_htod(&run.rows.weights).map_err(&copy)?;
+        let col_starts = self.to_device(&run.cols.starts)?;
+        let col_weights = self.to_device(&run.cols.weights)?;
+        let row_starts = self.to_device(&run.rows.starts)?;
+        let row_weights = self.to_device(&run.rows.weights)?;
         let mut tmp = self.alloc::<f32>(run.images * 3 * run.height * side)?;
         let [images, h, w, side, col_taps, row_taps, first] =
             [run.images, run.height, run.width, side, run.cols.taps, run.rows.taps, run.first].map(|v| v as i32);
@@ -352,6 +391,103 @@ impl CudaBackend {
         Ok(dst)
     }
 
+    /// `knn`'s search, its results left on the device: (distances, bank rows), each nq x k, for nq >= 1
+    /// `queries` of the bank's width, and k as `knn_args` allows.
+    fn knn_on_device(
+        &self,
+        queries: &CudaSlice<f32>,
+        nq: usize,
+        bank: &CudaBank,
+        k: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<u32>)> {
+        let d = bank.dims;
+        let kernel = self.knn_kernel(k);
+        let per_sm = kernel
+            .occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None)
+            .map_err(driver_error("knn occupancy"))? as usize;
+        let plan = knn_plan(nq, bank.rows, d, k, per_sm * self.sm_count)?;
+        let q_norms = self.row_norms(queries, nq, d)?;
+        let mut cand_d = self.alloc::<f32>(nq * plan.per_query)?;
+        let mut cand_i = self.alloc::<u32>(nq * plan.per_query)?;
+        let ints = [nq, bank.rows, d, k, plan.chunk].map(|v| v as i32);
+        let [nq32, m32, d32, k32, chunk32] = ints;
+        let queries16 = match bank.f16_rows {
+            Some(_) => Some(self.to_f16(queries)?),
+            None => None,
+        };
+        // SAFETY: knn.cu's partial contract: queries nq x d (f16 when the bank is), q_norms nq,
+        // bank m x d, norms m, and nq x per_query candidate slots each side.
+        unsafe {
+            let mut launch = self.stream.launch_builder(kernel);
+            match (&queries16, &bank.f16_rows) {
+                (Some(q), Some(rows)) => launch.arg(q).arg(&q_norms).arg(&nq32).arg(rows),
+                (None, None) => launch.arg(queries).arg(&q_norms).arg(&nq32).arg(&bank.f32_rows),
+                _ => unreachable!("queries16 exists exactly when the bank is f16"),
+            };
+            launch.arg(&bank.norms).arg(&m32).arg(&d32).arg(&k32).arg(&chunk32).arg(&mut cand_d).arg(&mut cand_i);
+            launch.launch(plan.partial)
+        }
+        .map_err(driver_error("knn partial launch"))?;
+        let mut out_d = self.alloc::<f32>(nq * k)?;
+        let mut out_i = self.alloc::<u32>(nq * k)?;
+        let per_query = plan.per_query as i32;
+        // SAFETY: knn_merge's contract: nq x per_query candidates in, nq x k results out.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.knn_merge)
+                .arg(&cand_d)
+                .arg(&cand_i)
+                .arg(&nq32)
+                .arg(&per_query)
+                .arg(&k32)
+                .arg(&mut out_d)
+                .arg(&mut out_i)
+                .launch(plan.merge)
+        }
+        .map_err(driver_error("knn merge launch"))?;
+        Ok((out_d, out_i))
+    }
+
+    /// blur.cu's two passes: the patch-score grids `[b, h, w]` on the device -> nearest upsample to
+    /// `out_h x out_w` -> Gaussian blur (reflect padding) -> `out`, b x out_h x out_w.
+    fn blur_on_device(
+        &self,
+        grids: &CudaSlice<f32>,
+        [b, h, w]: [usize; 3],
+        [out_h, out_w]: [usize; 2],
+        sigma: f32,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let taps = gaussian_taps(sigma);
+        let radius = taps.len() / 2;
+        if radius > MAX_BLUR_RADIUS {
+            return Err(Error::invalid_backend_input(format!(
+                "anomaly_map: sigma {sigma} needs a {radius}-pixel radius; the CUDA blur takes at most {MAX_BLUR_RADIUS}"
+            )));
+        }
+        let total = b * out_h * out_w;
+        fits_i32("anomaly_map", &[total, b * h * w])?;
+        let taps_d = self.to_device(&taps)?;
+        let mut tmp = self.alloc::<f32>(total)?;
+        let config = grid_stride(total, GRID_CAP, (taps.len() * 4) as u32);
+        let [b32, h32, w32, oh32, ow32, r32] = [b, h, w, out_h, out_w, radius].map(|v| v as i32);
+        // SAFETY: blur.cu's contract: grids b x h x w, taps 2 * radius + 1 (in the dynamic shared
+        // memory the config reserves), tmp and out b x out_h x out_w.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.blur_rows);
+            launch.arg(grids).arg(&b32).arg(&h32).arg(&w32).arg(&oh32).arg(&ow32).arg(&taps_d).arg(&r32);
+            launch.arg(&mut tmp).launch(config)
+        }
+        .map_err(driver_error("blur_rows launch"))?;
+        // SAFETY: as above.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.blur_cols);
+            launch.arg(&tmp).arg(&b32).arg(&oh32).arg(&ow32).arg(&taps_d).arg(&r32).arg(out).launch(config)
+        }
+        .map_err(driver_error("blur_cols launch"))?;
+        Ok(())
+    }
+
     /// The partial top-k kernel for this precision and k (`_k1` for k = 1, `_k16` up to 16).
     fn knn_kernel(&self, k: usize) -> &CudaFunction {
         let kernels = &self.kernels;
@@ -376,8 +512,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, tensor: &Tensor) -> Result<CudaTensor> {
-        let data = self.stream.clone_htod(&tensor.data).map_err(driver_error("copy to device"))?;
-        Ok(CudaTensor { shape: tensor.shape.clone(), data })
+        Ok(CudaTensor { shape: tensor.shape.clone(), data: self.to_device(&tensor.data)? })
     }
 
     fn preprocess(&self, images: &[RgbImage], preprocess: &Preprocess) -> Result<CudaTensor> {
@@ -410,6 +545,7 @@ impl Backend for CudaBackend {
         let mut host = vec![0.0f32; rows.len() * d];
         for (dst, &r) in host.chunks_exact_mut(d).zip(rows) {
             let r = r as usize;
+            Transfers::count(&self.transfers.copies_to_host);
             self.stream
                 .memcpy_dtoh(&tensor.data.slice(r * d..(r + 1) * d), dst)
                 .map_err(driver_error("copy to host"))?;
@@ -419,9 +555,11 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<CudaConv> {
-        let weight = self.stream.clone_htod(&weights.weight).map_err(driver_error("copy to device"))?;
-        let bias = self.stream.clone_htod(&weights.bias).map_err(driver_error("copy to device"))?;
-        Ok(CudaConv { spec: weights.spec, weight, bias })
+        Ok(CudaConv {
+            spec: weights.spec,
+            weight: self.to_device(&weights.weight)?,
+            bias: self.to_device(&weights.bias)?,
+        })
     }
 
     fn conv2d(&self, x: &CudaTensor, conv: &CudaConv, residual: Option<&CudaTensor>) -> Result<CudaTensor> {
@@ -491,65 +629,22 @@ impl Backend for CudaBackend {
         fits_i32("bank", &[m * d])?;
         // Norms and f16 rows come from the same kernels as the queries', so both sides of a
         // distance are rounded alike.
-        let f32_rows = self.stream.clone_htod(&rows.data).map_err(driver_error("copy to device"))?;
+        let f32_rows = self.to_device(&rows.data)?;
         let norms = self.row_norms(&f32_rows, m, d)?;
-        let data = match self.precision {
-            Precision::F16 => BankRows::F16(self.to_f16(&f32_rows)?),
-            _ => BankRows::F32(f32_rows),
+        let f16_rows = match self.precision {
+            Precision::F16 => Some(self.to_f16(&f32_rows)?),
+            _ => None,
         };
-        Ok(CudaBank { rows: m, dims: d, data, norms })
+        Ok(CudaBank { rows: m, dims: d, f32_rows, f16_rows, norms })
     }
 
     fn knn(&self, queries: &CudaTensor, bank: &CudaBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
-        let [nq, d] = knn_args(&queries.shape, bank.rows, bank.dims, k)?;
+        let [nq, _] = knn_args(&queries.shape, bank.rows, bank.dims, k)?;
         if nq == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        let kernel = self.knn_kernel(k);
-        let per_sm = kernel
-            .occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None)
-            .map_err(driver_error("knn occupancy"))? as usize;
-        let plan = knn_plan(nq, bank.rows, d, k, per_sm * self.sm_count)?;
-        let q_norms = self.row_norms(&queries.data, nq, d)?;
-        let mut cand_d = self.alloc::<f32>(nq * plan.per_query)?;
-        let mut cand_i = self.alloc::<u32>(nq * plan.per_query)?;
-        let ints = [nq, bank.rows, d, k, plan.chunk].map(|v| v as i32);
-        let [nq32, m32, d32, k32, chunk32] = ints;
-        let queries16 = match bank.data {
-            BankRows::F16(_) => Some(self.to_f16(&queries.data)?),
-            BankRows::F32(_) => None,
-        };
-        // SAFETY: knn.cu's partial contract: queries nq x d (f16 when the bank is), q_norms nq,
-        // bank m x d, norms m, and nq x per_query candidate slots each side.
-        unsafe {
-            let mut launch = self.stream.launch_builder(kernel);
-            match (&queries16, &bank.data) {
-                (Some(q), BankRows::F16(rows)) => launch.arg(q).arg(&q_norms).arg(&nq32).arg(rows),
-                (None, BankRows::F32(rows)) => launch.arg(&queries.data).arg(&q_norms).arg(&nq32).arg(rows),
-                _ => unreachable!("queries16 exists exactly when the bank is f16"),
-            };
-            launch.arg(&bank.norms).arg(&m32).arg(&d32).arg(&k32).arg(&chunk32).arg(&mut cand_d).arg(&mut cand_i);
-            launch.launch(plan.partial)
-        }
-        .map_err(driver_error("knn partial launch"))?;
-        let mut out_d = self.alloc::<f32>(nq * k)?;
-        let mut out_i = self.alloc::<u32>(nq * k)?;
-        let per_query = plan.per_query as i32;
-        // SAFETY: knn_merge's contract: nq x per_query candidates in, nq x k results out.
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.knn_merge)
-                .arg(&cand_d)
-                .arg(&cand_i)
-                .arg(&nq32)
-                .arg(&per_query)
-                .arg(&k32)
-                .arg(&mut out_d)
-                .arg(&mut out_i)
-                .launch(plan.merge)
-        }
-        .map_err(driver_error("knn merge launch"))?;
-        Ok((self.download_vec(&out_d)?, self.download_vec(&out_i)?))
+        let (distances, rows) = self.knn_on_device(&queries.data, nq, bank, k)?;
+        Ok((self.download_vec(&distances)?, self.download_vec(&rows)?))
     }
 
     fn coreset(&self, rows: &CudaTensor, n_select: usize, start: usize) -> Result<Vec<u32>> {
@@ -615,38 +710,80 @@ impl Backend for CudaBackend {
         self.download_vec(&selected)
     }
 
+    fn score(
+        &self,
+        embedding: &CudaTensor,
+        bank: &CudaBank,
+        grid: [usize; 2],
+        num_neighbors: usize,
+        map_size: [usize; 2],
+        sigma: f32,
+    ) -> Result<BatchScores> {
+        let [b, h, w, d] = score_args(&embedding.shape, bank.rows, bank.dims, grid, num_neighbors, map_size, sigma)?;
+        let map_len = b * map_size[0] * map_size[1];
+        fits_i32("score", &[2 * b + map_len])?;
+        let (distances, nearest) = self.knn_on_device(&embedding.data, b * h * w, bank, 1)?;
+        // [scores | largest patch distances | maps], one buffer so that one copy brings it all back.
+        let mut results = self.alloc::<f32>(2 * b + map_len)?;
+        let (mut scores, mut rest) = results.split_at_mut(b);
+        let (mut max_distance, mut maps) = rest.split_at_mut(b);
+        let mut top_rows = self.alloc::<u32>(b)?;
+        let mut m_star = self.alloc::<u32>(b)?;
+        let [b32, per_image, d32, k32] = [b, h * w, d, num_neighbors].map(|v| v as i32);
+        // SAFETY: top_patch's contract (kernels/score.cu): distances and nearest are b x per_image (the
+        // k = 1 search above), top_rows, m_star and max_distance b each; one block per image.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.top_patch);
+            launch.arg(&distances).arg(&nearest).arg(&b32).arg(&per_image);
+            launch.arg(&mut top_rows).arg(&mut m_star).arg(&mut max_distance).launch(one_block_per_image(b))
+        }
+        .map_err(driver_error("top_patch launch"))?;
+        // The support sets N_b(m*): the bank rows nearest to each image's m*, m* first.
+        let support = if num_neighbors > 1 {
+            let mut m_star_rows = self.alloc::<f32>(b * d)?;
+            // SAFETY: gather_rows's contract: the bank is rows x d and every m_star names one of its rows
+            // (a search result), m_star_rows is b x d; grid-stride.
+            unsafe {
+                let mut launch = self.stream.launch_builder(&self.kernels.gather_rows);
+                launch.arg(&bank.f32_rows).arg(&m_star).arg(&b32).arg(&d32).arg(&mut m_star_rows);
+                launch.launch(grid_stride(b * d, GRID_CAP, 0))
+            }
+            .map_err(driver_error("gather_rows launch"))?;
+            Some(self.knn_on_device(&m_star_rows, b, bank, num_neighbors)?.1)
+        } else {
+            None
+        };
+        // SAFETY: eq7_scores's contract: the embedding is (b * per_image) x d and top_rows name its rows,
+        // the bank rows x d with support b x k of its rows (absent, a null pointer, only for k = 1),
+        // max_distance and scores b each; one block per image.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.eq7_scores);
+            launch.arg(&embedding.data).arg(&top_rows).arg(&bank.f32_rows);
+            match &support {
+                Some(rows) => launch.arg(rows),
+                None => launch.arg(&NULL),
+            };
+            let max_distance = max_distance.slice(..);
+            launch.arg(&max_distance).arg(&b32).arg(&d32).arg(&k32).arg(&mut scores).launch(one_block_per_image(b))
+        }
+        .map_err(driver_error("eq7_scores launch"))?;
+        self.blur_on_device(&distances, [b, h, w], map_size, sigma, &mut maps)?;
+        let host = self.download_vec(&results)?;
+        let (scores, rest) = host.split_at(b);
+        let (max_patch_distances, maps) = rest.split_at(b);
+        Ok(BatchScores {
+            scores: scores.to_vec(),
+            max_patch_distances: max_patch_distances.to_vec(),
+            maps: Tensor::new(vec![b, map_size[0], map_size[1]], maps.to_vec()),
+        })
+    }
+
     fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor> {
         let [b, h, w] = map_args(&scores.shape, out_h, out_w, sigma)?;
-        let taps = gaussian_taps(sigma);
-        let radius = taps.len() / 2;
-        if radius > MAX_BLUR_RADIUS {
-            return Err(Error::invalid_backend_input(format!(
-                "anomaly_map: sigma {sigma} needs a {radius}-pixel radius; the CUDA blur takes at most {MAX_BLUR_RADIUS}"
-            )));
-        }
-        let total = b * out_h * out_w;
-        fits_i32("anomaly_map", &[total, scores.data.len()])?;
-        let grid = self.stream.clone_htod(&scores.data).map_err(driver_error("copy to device"))?;
-        let taps_d = self.stream.clone_htod(&taps).map_err(driver_error("copy to device"))?;
-        let mut tmp = self.alloc::<f32>(total)?;
-        let mut out = self.alloc::<f32>(total)?;
-        let config = grid_stride(total, GRID_CAP, (taps.len() * 4) as u32);
-        let [b32, h32, w32, oh32, ow32, r32] = [b, h, w, out_h, out_w, radius].map(|v| v as i32);
-        // SAFETY: blur.cu's contract: scores b x h x w, taps 2 * radius + 1 (in the dynamic
-        // shared memory the config reserves), tmp and out b x out_h x out_w.
-        unsafe {
-            let rows = &self.kernels.blur_rows;
-            let mut launch = self.stream.launch_builder(rows);
-            launch.arg(&grid).arg(&b32).arg(&h32).arg(&w32).arg(&oh32).arg(&ow32).arg(&taps_d).arg(&r32);
-            launch.arg(&mut tmp).launch(config)
-        }
-        .map_err(driver_error("blur_rows launch"))?;
-        // SAFETY: as above.
-        unsafe {
-            let mut launch = self.stream.launch_builder(&self.kernels.blur_cols);
-            launch.arg(&tmp).arg(&b32).arg(&oh32).arg(&ow32).arg(&taps_d).arg(&r32).arg(&mut out).launch(config)
-        }
-        .map_err(driver_error("blur_cols launch"))?;
+        fits_i32("anomaly_map", &[scores.data.len()])?;
+        let grids = self.to_device(&scores.data)?;
+        let mut out = self.alloc::<f32>(b * out_h * out_w)?;
+        self.blur_on_device(&grids, [b, h, w], [out_h, out_w], sigma, &mut out.slice_mut(..))?;
         Ok(Tensor::new(vec![b, out_h, out_w], self.download_vec(&out)?))
     }
 }

@@ -19,12 +19,13 @@ macro_rules! per_file {
             ("blur", include_bytes!(concat!(env!("OUT_DIR"), "/blur.", $ext)).as_slice()),
             ("conv", include_bytes!(concat!(env!("OUT_DIR"), "/conv.", $ext)).as_slice()),
             ("preprocess", include_bytes!(concat!(env!("OUT_DIR"), "/preprocess.", $ext)).as_slice()),
+            ("score", include_bytes!(concat!(env!("OUT_DIR"), "/score.", $ext)).as_slice()),
         ]
     };
 }
 
 /// kernels/<name>.cu as a fatbin.
-const FATBINS: [(&str, &[u8]); 6] = per_file!("fatbin");
+const FATBINS: [(&str, &[u8]); 7] = per_file!("fatbin");
 
 macro_rules! kernels {
     ($($name:ident in $file:ident),* $(,)?) => {
@@ -83,6 +84,9 @@ kernels! {
     pad_nchw in conv,
     preprocess_rows in preprocess,
     preprocess_cols in preprocess,
+    top_patch in score,
+    gather_rows in score,
+    eq7_scores in score,
 }
 
 /// The kernels a PTX module defines (`.visible .entry NAME(`).
@@ -120,7 +124,7 @@ mod tests {
     use super::*;
 
     /// kernels/<name>.cu as PTX, which the fatbins carry too.
-    const PTX: [(&str, &[u8]); 6] = per_file!("ptx");
+    const PTX: [(&str, &[u8]); 7] = per_file!("ptx");
 
     #[test]
     fn the_ptx_defines_exactly_the_kernels_the_host_launches() {

@@ -38,6 +38,11 @@ pub fn grid_stride(total: usize, cap: u32, shared_mem_bytes: u32) -> LaunchConfi
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes }
 }
 
+/// score.cu's `top_patch` and `eq7_scores`: a block per image of the batch.
+pub fn one_block_per_image(images: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (images.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// `squared_norms`: a warp per row.
 pub fn norms_config(rows: usize) -> LaunchConfig {
     let blocks = rows.div_ceil(NORM_ROWS_PER_BLOCK).max(1) as u32;
@@ -336,6 +341,8 @@ mod tests {
         assert_eq!(grid_stride(257, GRID_CAP, 0).grid_dim.0, 2);
         assert_eq!(grid_stride(usize::MAX / 2, GRID_CAP, 0).grid_dim.0, GRID_CAP);
         assert_eq!(norms_config(17).grid_dim.0, 3);
+        assert_eq!(one_block_per_image(8).grid_dim, (8, 1, 1));
+        assert_eq!(one_block_per_image(8).block_dim.0, BLOCK);
         let c = coreset_config(1_000_000, 341, 132).unwrap();
         assert_eq!(c.grid_dim.0, 528);
         assert_eq!(coreset_config(20, 4, 132).unwrap().grid_dim.0, 2);

@@ -1,5 +1,5 @@
 //! The CUDA backend: cuDNN convolutions, our kernels (kernels/*.cu, compiled to PTX by build.rs)
-//! for the embedding, the distance top-k, the coreset and the map, all on one stream. Built only
+//! for the embedding, the distance top-k, the coreset, the scoring and the map, all on one stream. Built only
 //! with the `cuda` feature; the libraries are loaded at run time, and `probe` checks for each
 //! before anything touches them (cudarc panics on a missing library).
 //! Without the feature, `stub` stands in and explains how to get the real one.
@@ -25,6 +25,16 @@ pub use probe::probe;
 pub use stub::{probe, CudaBackend};
 
 use crate::error::{Error, Result};
+
+/// How often a CUDA backend has made the host wait for the GPU (a stream or event synchronisation)
+/// and copied between host and device since it opened (`CudaBackend::transfer_counts`): the round
+/// trips that bound a small batch's throughput.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferCounts {
+    pub synchronizations: u64,
+    pub copies_to_device: u64,
+    pub copies_to_host: u64,
+}
 
 /// The arithmetic the GPU may use. `F32` is exact f32 everywhere and matches the CPU backend to
 /// 1e-4; the others trade that for tensor-core speed, and are opt-in.

@@ -1,8 +1,8 @@
 //! The CUDA backend's place in a build without the `cuda` feature: a backend that cannot be
 //! constructed, and a probe that says how to get the real one instead of failing deeper.
 
-use super::Precision;
-use crate::backend::{Backend, ConvWeights};
+use super::{Precision, TransferCounts};
+use crate::backend::{Backend, BatchScores, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -26,6 +26,10 @@ pub enum CudaBackend {}
 impl CudaBackend {
     pub fn new(_ordinal: usize, _precision: Precision) -> Result<Self> {
         Err(unavailable())
+    }
+
+    pub fn transfer_counts(&self) -> TransferCounts {
+        match *self {}
     }
 }
 
@@ -71,6 +75,17 @@ impl Backend for CudaBackend {
         match *self {}
     }
     fn coreset(&self, _: &Infallible, _: usize, _: usize) -> Result<Vec<u32>> {
+        match *self {}
+    }
+    fn score(
+        &self,
+        _: &Infallible,
+        _: &Infallible,
+        _: [usize; 2],
+        _: usize,
+        _: [usize; 2],
+        _: f32,
+    ) -> Result<BatchScores> {
         match *self {}
     }
     fn anomaly_map(&self, _: &Tensor, _: usize, _: usize, _: f32) -> Result<Tensor> {
