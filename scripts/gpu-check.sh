@@ -131,6 +131,9 @@ run() {
     echo "| --- | --- | ---: | ---: |"
     grep '^parity: ' "$OUT/tests.log" | sed 's/^parity: /| /; s/$/ |/' || true
     echo
+    echo "== host waits and copies per predicted batch (at most 2 waits) =="
+    grep '^transfers: ' "$OUT/tests.log" || true
+    echo
     echo "== CUDA benches =="
     timeout 280 "$OUT/bench" 2>&1 | tee "$OUT/bench.log" || status=1
     echo
