@@ -8,6 +8,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["error", "rng", "resample"],
     &["io", "tensor"],
+    &["trace"],
     &["data", "backend", "eval", "convert"],
     &["backbone"],
     &["patchcore"],

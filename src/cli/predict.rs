@@ -1,4 +1,4 @@
-use super::options::ModelArgs;
+use super::options::{ModelArgs, TraceArgs};
 use super::Bars;
 use crate::data::dataset::list_images;
 use crate::data::image::load_rgb;
@@ -17,6 +17,8 @@ pub struct Args {
     /// Write an overlay PNG per image into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// Every image named or inside a named folder, in the given order (folders sorted).

@@ -649,4 +649,9 @@ impl Backend for CudaBackend {
         .map_err(driver_error("blur_cols launch"))?;
         Ok(Tensor::new(vec![b, out_h, out_w], self.download_vec(&out)?))
     }
+
+    /// Waits for the stream: a span then times the work queued inside it (`backend::traced`).
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
 }
