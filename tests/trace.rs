@@ -156,3 +156,53 @@ fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
         2 * 6 * 128 * 8 * 8 * 64 * 9
     });
 }
+
+#[test]
+fn profile_json_has_every_stage_shares_summing_to_one_and_consistent_rates() {
+    let dir = TempDir::new("trace-profile");
+    let (model, data) = fitted_model(&dir, 64);
+    let o = patchcore(&[
+        "profile",
+        "--model",
+        s(&model),
+        s(&data.join("test/good")),
+        s(&data.join("test/square")),
+        "--batch",
+        "4",
+        "--repeat",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stages = json["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for want in [
+        "decode",
+        "preprocess",
+        "conv1",
+        "max_pool",
+        "layer2.0.conv1",
+        "embed",
+        "knn",
+        "download",
+        "eq7",
+        "anomaly_map",
+    ] {
+        assert!(names.contains(&want), "no `{want}` stage in {names:?}");
+    }
+    assert!(names.contains(&"(untraced)"));
+    let shares: f64 = stages.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 0.01, "shares sum to {shares}");
+    assert!(json["peak"]["sgemm_gflop_per_s"].as_f64().unwrap() > 0.0);
+    for stage in stages {
+        let (flops, ms) = (stage["flops"].as_f64().unwrap(), stage["total_ms"].as_f64().unwrap());
+        let rate = stage["gflop_per_s"].as_f64().unwrap();
+        assert!((rate - flops / (ms * 1e-3) / 1e9).abs() <= 1e-6 * rate.max(1.0), "{stage}");
+        // 2 repeats of 2 batches (6 images by 4).
+        if stage["name"] == "layer2.0.conv1" {
+            assert_eq!(stage["calls"], 4);
+            assert!(flops > 0.0);
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod eval;
 mod fit;
 mod options;
 mod predict;
+mod profile;
 mod synth;
 
 use crate::backend::AnyBackend;
@@ -34,6 +35,9 @@ enum Command {
     Eval(eval::Args),
     /// Fit and evaluate every category of an MVTec-style root; the seed's tables.
     Benchmark(benchmark::Args),
+    /// Run predict, traced, and print each stage's time, share, GFLOP/s and GB/s against this
+    /// machine's measured peak.
+    Profile(profile::Args),
     /// Write a synthetic MVTec-layout dataset.
     Synth(synth::Args),
     /// Generate data, fit, evaluate, write overlays and a report: the whole job, no arguments.
@@ -49,6 +53,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => with_trace(args.trace.clone(), "predict", || predict::run(args)),
         Command::Eval(args) => with_trace(args.trace.clone(), "eval", || eval::run(args)),
         Command::Benchmark(args) => with_trace(args.trace.clone(), "benchmark", || benchmark::run(args)),
+        Command::Profile(args) => profile::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Demo(args) => with_trace(args.trace.clone(), "demo", || demo::run(args)),
         Command::Convert(args) => convert::run(args),

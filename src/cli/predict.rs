@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 /// Every image named or inside a named folder, in the given order (folders sorted).
-fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(super) fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut images = Vec::new();
     for input in inputs {
         if input.is_dir() {
