@@ -4,7 +4,7 @@
 
 //!
 //! Layers, lowest first (tests/layers.rs keeps them so): error, rng, resample -> io, tensor -> trace
-//! -> data, backend, eval, convert -> backbone -> patchcore -> render -> cli, ffi.
+//! -> data -> backend, eval, convert -> backbone -> patchcore -> render -> cli, ffi.
 //!
 //! Features: `cli` (default: the command line, with `convert`, `synth`, `render` and `bundled`
 //! weights) and `cuda`. A host that only scores builds with `--no-default-features`.

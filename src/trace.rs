@@ -12,7 +12,7 @@
 //! fit; that file is rewritten, whole and atomically, each time a model is dropped
 //! (`patchcore_free`), so after the last one it holds the whole run.
 //!
-//! On a device backend, `crate::backend::traced` synchronises the stream at both ends of a
+//! On a device backend, `backend::traced` synchronises the stream at both ends of a
 //! span while tracing is on, so a span times device work; tracing then serialises the stream.
 
 use crate::error::Result;
@@ -42,7 +42,7 @@ thread_local! {
 }
 
 /// What an operation does, for its span: the FLOP-counting backend's figures
-/// (`crate::backend::flops`), the operand shape, and named extras (`k`, `selections`).
+/// (`backend::flops`), the operand shape, and named extras (`k`, `selections`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Work {
     pub flops: u64,
