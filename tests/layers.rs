@@ -8,9 +8,9 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["error", "rng", "resample"],
     &["io", "tensor"],
-    &["data", "eval", "convert"],
-    // The backend pre-processes images as data::image::Preprocess describes.
-    &["backend"],
+    &["trace"],
+    &["data"],
+    &["backend", "eval", "convert"],
     &["backbone"],
     &["patchcore"],
     &["render"],

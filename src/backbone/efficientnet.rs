@@ -3,7 +3,7 @@
 //! the classifier are only loaded by [`classify`], which exists to check the weights.
 
 use super::weights::WeightSource;
-use super::{run_stages, Architecture, ConvLoader, ConvOrigin, Stage};
+use super::{run_stages, Architecture, Conv, ConvLoader, ConvOrigin, Stage};
 use crate::backend::{Activation, Backend, ConvSpec, ConvWeights, Padding};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -41,16 +41,16 @@ fn spec(
 /// One inverted-residual (MBConv) block: 1x1 expand, depthwise kxk, 1x1 project.
 struct MbConv<B: Backend> {
     /// Absent in the first block, whose expand ratio is 1.
-    expand: Option<B::Conv>,
-    depthwise: B::Conv,
+    expand: Option<Conv<B>>,
+    depthwise: Conv<B>,
     /// Takes the block input as residual when `residual` is set.
-    project: B::Conv,
+    project: Conv<B>,
     residual: bool,
 }
 
 /// The stem and the loaded blocks, BatchNorm folded into every convolution.
 pub struct EfficientNet<B: Backend> {
-    stem: B::Conv,
+    stem: Conv<B>,
     blocks: Vec<MbConv<B>>,
 }
 
@@ -86,7 +86,7 @@ impl<B: Backend> EfficientNet<B> {
 
     /// The outputs of blocks 4 and 10; later blocks, even if loaded, are not run.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
-        let stem = backend.conv2d(x, &self.stem, None)?;
+        let stem = self.stem.run(backend, x, None)?;
         let shallow = run_stages(backend, &self.blocks[..=TAPS[0]], &stem)?;
         let deep = run_stages(backend, &self.blocks[TAPS[0] + 1..=TAPS[1]], &shallow)?;
         Ok(vec![shallow, deep])
@@ -95,9 +95,9 @@ impl<B: Backend> EfficientNet<B> {
 
 impl<B: Backend> Stage<B> for MbConv<B> {
     fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let expanded = self.expand.as_ref().map(|c| backend.conv2d(x, c, None)).transpose()?;
-        let h = backend.conv2d(expanded.as_ref().unwrap_or(x), &self.depthwise, None)?;
-        backend.conv2d(&h, &self.project, self.residual.then_some(x))
+        let expanded = self.expand.as_ref().map(|c| c.run(backend, x, None)).transpose()?;
+        let h = self.depthwise.run(backend, expanded.as_ref().unwrap_or(x), None)?;
+        self.project.run(backend, &h, self.residual.then_some(x))
     }
 }
 
@@ -110,9 +110,9 @@ pub fn classify<B: Backend>(backend: &B, source: &dyn WeightSource, x: &B::Tenso
     let head =
         load.conv("_conv_head", "_bn1", spec(STAGES[STAGES.len() - 1].3, HEAD_CHANNELS, 1, 1, 1, Activation::Relu6))?;
 
-    let stem = backend.conv2d(x, &net.stem, None)?;
+    let stem = net.stem.run(backend, x, None)?;
     let h = run_stages(backend, &net.blocks, &stem)?;
-    let features = backend.download(&backend.conv2d(&h, &head, None)?)?;
+    let features = backend.download(&head.run(backend, &h, None)?)?;
     let [b, c, fh, fw] = features.dims4()?;
     let pooled = features.data.chunks(fh * fw).map(|plane| plane.iter().sum::<f32>() / plane.len() as f32).collect();
     // The fully connected layer is a 1x1 convolution on the pooled [B, 1280, 1, 1] map.

@@ -4,7 +4,7 @@ pub mod efficientnet;
 mod resnet;
 pub mod weights;
 
-use crate::backend::{Backend, ConvSpec, ConvWeights};
+use crate::backend::{flops, Backend, ConvSpec, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use efficientnet::EfficientNet;
@@ -163,14 +163,37 @@ impl<'a, B: Backend> ConvLoader<'a, B> {
         ConvLoader { backend, origin, eps: arch.spec().bn_eps, folded: Vec::new() }
     }
 
-    pub fn conv(&mut self, conv: &str, bn: &str, spec: ConvSpec) -> Result<B::Conv> {
+    pub fn conv(&mut self, conv: &str, bn: &str, spec: ConvSpec) -> Result<Conv<B>> {
         let weights = match &self.origin {
             ConvOrigin::Torchvision(source) => weights::load_folded(*source, conv, bn, spec, self.eps)?,
             ConvOrigin::Folded(source, prefix) => weights::load_prefolded(*source, &format!("{prefix}{conv}"), spec)?,
         };
         let prepared = self.backend.prepare_conv(&weights)?;
         self.folded.push((conv.to_string(), weights));
-        Ok(prepared)
+        Ok(Conv { name: conv.to_string(), spec, prepared })
+    }
+}
+
+/// A prepared convolution with its name in the weights (`layer2.0.conv1`), which its trace
+/// span carries.
+pub struct Conv<B: Backend> {
+    name: String,
+    spec: ConvSpec,
+    prepared: B::Conv,
+}
+
+impl<B: Backend> Conv<B> {
+    /// activation(conv(x) + bias + residual), in a span with the convolution's FLOPs and bytes.
+    pub fn run(&self, backend: &B, x: &B::Tensor, residual: Option<&B::Tensor>) -> Result<B::Tensor> {
+        crate::backend::traced(
+            backend,
+            || crate::trace::conv_span(&self.name).work(|| flops::conv(&self.spec, backend.shape(x))),
+            || backend.conv2d(x, &self.prepared, residual),
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 

@@ -1,18 +1,18 @@
 //! ResNet-18 and Wide-ResNet-50-2 (torchvision layout, parameter names and strides), run to
 //! layer3. layer4 and fc are never loaded or computed.
 
-use super::{run_stages, ConvLoader, Stage};
-use crate::backend::{Activation, Backend, ConvSpec, Padding};
+use super::{run_stages, Conv, ConvLoader, Stage};
+use crate::backend::{flops, Activation, Backend, ConvSpec, Padding};
 use crate::error::Result;
 
 /// One residual block: 2 convolutions (basic) or 3 (bottleneck); the last takes the residual.
 struct Block<B: Backend> {
-    convs: Vec<B::Conv>,
-    downsample: Option<B::Conv>,
+    convs: Vec<Conv<B>>,
+    downsample: Option<Conv<B>>,
 }
 
 pub struct ResNet<B: Backend> {
-    stem: B::Conv,
+    stem: Conv<B>,
     /// layer1, layer2, layer3.
     layers: Vec<Vec<Block<B>>>,
 }
@@ -89,8 +89,12 @@ impl<B: Backend> ResNet<B> {
 
     /// The outputs of layer2 and layer3.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
-        let stem = backend.conv2d(x, &self.stem, None)?;
-        let pooled = backend.max_pool(&stem, 3, 2, 1)?;
+        let stem = self.stem.run(backend, x, None)?;
+        let pooled = crate::backend::traced(
+            backend,
+            || crate::trace::span("max_pool").work(|| flops::max_pool(backend.shape(&stem), 3, 2, 1)),
+            || backend.max_pool(&stem, 3, 2, 1),
+        )?;
         let layer1 = run_stages(backend, &self.layers[0], &pooled)?;
         let layer2 = run_stages(backend, &self.layers[1], &layer1)?;
         let layer3 = run_stages(backend, &self.layers[2], &layer2)?;
@@ -100,13 +104,13 @@ impl<B: Backend> ResNet<B> {
 
 impl<B: Backend> Stage<B> for Block<B> {
     fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let identity = self.downsample.as_ref().map(|d| backend.conv2d(x, d, None)).transpose()?;
+        let identity = self.downsample.as_ref().map(|d| d.run(backend, x, None)).transpose()?;
         let residual = identity.as_ref().unwrap_or(x);
         let (last, first) = self.convs.split_last().expect("a block has at least two convolutions");
         let mut h = None;
         for conv in first {
-            h = Some(backend.conv2d(h.as_ref().unwrap_or(x), conv, None)?);
+            h = Some(conv.run(backend, h.as_ref().unwrap_or(x), None)?);
         }
-        backend.conv2d(h.as_ref().unwrap_or(x), last, Some(residual))
+        last.run(backend, h.as_ref().unwrap_or(x), Some(residual))
     }
 }

@@ -230,6 +230,13 @@ impl Backend for AnyBackend {
             AnyBackend::Cuda(b) => b.anomaly_map(scores, out_h, out_w, sigma),
         }
     }
+
+    fn synchronize(&self) -> Result<()> {
+        match self {
+            AnyBackend::Cpu(b) => b.synchronize(),
+            AnyBackend::Cuda(b) => Backend::synchronize(b),
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]

@@ -1,22 +1,136 @@
-//! A backend that computes only shapes and counts convolution FLOPs: how benches turn a
-//! forward time into GFLOP/s without a hand-kept table per architecture.
+//! The source of every FLOP and byte figure: one function per operation (what its trace span
+//! carries, `crate::trace::Work`), and a backend that computes only shapes and counts
+//! convolution FLOPs with them: how benches turn a forward time into GFLOP/s without a
+//! hand-kept table per architecture.
+//!
+//! FLOPs count a multiply-add as 2. Bytes are an operation's compulsory traffic: each f32
+//! operand read and each result written once (what a roofline calls its minimum), so GB/s
+//! from them is a lower bound on the memory traffic achieved.
 
-use super::{Backend, BatchScores, ConvWeights};
+use super::{Backend, BatchScores, ConvSpec, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::trace::Work;
 use image::RgbImage;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+const F32: u64 = 4;
+
+fn elements(shape: &[usize]) -> u64 {
+    shape.iter().product::<usize>() as u64
+}
+
+/// The output shape of `spec` on an NCHW `input`.
+pub fn conv_output(spec: &ConvSpec, input: &[usize]) -> Result<[usize; 4]> {
+    let &[b, _, h, w] = input else { return Err(unsupported("conv2d on a non-NCHW shape")) };
+    let (ho, _) = spec.padding.resolve(h, spec.kernel, spec.stride);
+    let (wo, _) = spec.padding.resolve(w, spec.kernel, spec.stride);
+    Ok([b, spec.out_channels, ho, wo])
+}
+
+/// A convolution (bias, residual and activation fused) on an NCHW `input`: 2 * multiply-adds;
+/// bytes: input, weights, bias and output once.
+pub fn conv(spec: &ConvSpec, input: &[usize]) -> Work {
+    let Ok(out) = conv_output(spec, input) else { return Work::default() };
+    let macs = elements(&out) * (spec.in_channels / spec.groups * spec.kernel * spec.kernel) as u64;
+    let weights = elements(&spec.weight_shape()) + spec.out_channels as u64;
+    Work::new(2 * macs, F32 * (elements(input) + weights + elements(&out)), input.to_vec())
+}
+
+/// Max pooling: one comparison per window tap of each output.
+pub fn max_pool(input: &[usize], kernel: usize, stride: usize, padding: usize) -> Work {
+    let out = |n: usize| (n + 2 * padding).saturating_sub(kernel) / stride + 1;
+    let outputs = match input {
+        &[b, c, h, w] => (b * c * out(h) * out(w)) as u64,
+        _ => 0,
+    };
+    Work::new(outputs * (kernel * kernel) as u64, F32 * (elements(input) + outputs), input.to_vec())
+}
+
+/// PatchCore's embedding of NCHW maps onto the first one's grid: a 3x3 average (9 adds and a
+/// scale per value) on each map, a bilinear resize of the smaller ones (4 taps: 8 FLOPs per
+/// output value); bytes: the maps in, the rows out.
+pub fn embed(layers: &[&[usize]]) -> Work {
+    let Some(&[b, _, h, w]) = layers.first().map(|s| &s[..]) else { return Work::default() };
+    let channels: usize = layers.iter().map(|s| s.get(1).copied().unwrap_or(0)).sum();
+    let pooled: u64 = layers.iter().map(|s| 10 * elements(s)).sum();
+    let resized: u64 = layers[1..].iter().map(|s| 8 * (b * s.get(1).copied().unwrap_or(0) * h * w) as u64).sum();
+    let input: u64 = layers.iter().map(|s| elements(s)).sum();
+    let rows = b * h * w;
+    Work::new(pooled + resized, F32 * (input + (rows * channels) as u64), vec![rows, channels])
+}
+
+/// k nearest neighbours of `queries` rows among `bank` rows of `dims`: the distance matrix is
+/// a matrix product, 2 * queries * bank * dims; bytes: both operands and the k results (a
+/// distance and an index each) once. Shape: queries x bank x dims.
+pub fn knn(queries: usize, bank: usize, dims: usize, k: usize) -> Work {
+    let flops = 2 * (queries * bank * dims) as u64;
+    let bytes = F32 * ((queries * dims + bank * dims) as u64 + 2 * (queries * k) as u64);
+    Work::new(flops, bytes, vec![queries, bank, dims]).arg("k", k as u64)
+}
+
+/// Greedy k-center selection of `selections` rows of `rows x dims`: each selection updates
+/// every row's distance to the new center (a dot product, 2 * dims FLOPs per row) and streams
+/// the rows once.
+pub fn coreset(rows: usize, dims: usize, selections: usize) -> Work {
+    let per_selection = (rows * dims) as u64;
+    Work::new(2 * per_selection * selections as u64, F32 * per_selection * selections as u64, vec![rows, dims])
+        .arg("selections", selections as u64)
+}
+
+/// Paper Eq. 7 for `images` top patches: `k` distances of `dims` each (3 FLOPs per term:
+/// x^2, xy, y^2) and a softmax; bytes: the query and its k support rows.
+pub fn eq7(images: usize, k: usize, dims: usize) -> Work {
+    let flops = (images * k * (6 * dims + 4)) as u64;
+    Work::new(flops, F32 * (images * (k + 1) * dims) as u64, vec![images, k, dims]).arg("k", k as u64)
+}
+
+/// Score grids `[B, h, w]` upsampled to `out x out` and blurred by a separable Gaussian of
+/// 2*int(4*sigma+0.5)+1 taps (a multiply-add per tap and pass); bytes: grids in, maps out.
+pub fn anomaly_map(grids: &[usize], out_h: usize, out_w: usize, sigma: f32) -> Work {
+    let taps = 2 * (4.0 * sigma + 0.5) as u64 + 1;
+    let maps = (grids.first().copied().unwrap_or(0) * out_h * out_w) as u64;
+    Work::new(2 * 2 * taps * maps, F32 * (elements(grids) + maps), grids.to_vec())
+}
+
+/// 8-bit images made into the network's input `[N, 3, S, S]`: bytes in and out; the resampling
+/// arithmetic depends on each image's size and is not counted (FLOPs 0).
+pub fn preprocess(images: &[RgbImage], preprocess: &Preprocess) -> Work {
+    let side = preprocess.input_size();
+    let pixels: u64 = images.iter().map(|i| 3 * u64::from(i.width()) * u64::from(i.height())).sum();
+    let out = [images.len(), 3, side, side];
+    Work::new(0, pixels + F32 * elements(&out), out.to_vec())
+}
+
+/// A sparse random projection of `rows x in_dims` with `nonzeros` entries to `out_dims`: an add
+/// per nonzero and a scale per output value, for each row; bytes: rows in and out.
+pub fn projection(rows: usize, in_dims: usize, nonzeros: usize, out_dims: usize) -> Work {
+    let flops = (rows * (nonzeros + out_dims)) as u64;
+    Work::new(flops, F32 * (rows * (in_dims + out_dims)) as u64, vec![rows, in_dims, out_dims])
+}
+
+/// A copy between host and device (or decoded pixels, `bytes` of them): bytes only.
+pub fn transfer(shape: &[usize], bytes_per_value: u64) -> Work {
+    Work::new(0, bytes_per_value * elements(shape), shape.to_vec())
+}
 
 #[derive(Default)]
 pub struct FlopCounter {
     flops: AtomicU64,
+    per_conv: Mutex<Vec<u64>>,
 }
 
 impl FlopCounter {
     /// 2 * multiply-adds of every convolution run so far.
     pub fn flops(&self) -> u64 {
         self.flops.load(Ordering::Relaxed)
+    }
+
+    /// The FLOPs of each convolution run so far, in the order they ran.
+    pub fn per_conv(&self) -> Vec<u64> {
+        self.per_conv.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -53,13 +167,11 @@ impl Backend for FlopCounter {
         Ok(weights.clone())
     }
     fn conv2d(&self, x: &Vec<usize>, conv: &ConvWeights, _: Option<&Vec<usize>>) -> Result<Vec<usize>> {
-        let s = &conv.spec;
-        let &[b, _, h, w] = &x[..] else { return Err(unsupported("conv2d on a non-NCHW shape")) };
-        let (ho, _) = s.padding.resolve(h, s.kernel, s.stride);
-        let (wo, _) = s.padding.resolve(w, s.kernel, s.stride);
-        let macs = b * s.out_channels * ho * wo * (s.in_channels / s.groups) * s.kernel * s.kernel;
-        self.flops.fetch_add(2 * macs as u64, Ordering::Relaxed);
-        Ok(vec![b, s.out_channels, ho, wo])
+        let out = conv_output(&conv.spec, x)?;
+        let flops = self::conv(&conv.spec, x).flops;
+        self.flops.fetch_add(flops, Ordering::Relaxed);
+        self.per_conv.lock().unwrap_or_else(|e| e.into_inner()).push(flops);
+        Ok(out.to_vec())
     }
     fn max_pool(&self, x: &Vec<usize>, kernel: usize, stride: usize, padding: usize) -> Result<Vec<usize>> {
         let out = |n: usize| (n + 2 * padding - kernel) / stride + 1;

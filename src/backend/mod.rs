@@ -148,6 +148,31 @@ pub trait Backend: Send + Sync {
     /// Patch-score grids `[B, h, w]` -> nearest upsample to `out_h x out_w` -> Gaussian blur
     /// (reflect padding) -> `[B, out_h, out_w]`.
     fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor>;
+
+    /// Waits for the work queued so far: a no-op on a backend whose operations return only when
+    /// done (the CPU). [`traced`] calls it, only while tracing is on.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `op` inside `span`. While tracing is on, the backend is synchronised before the span
+/// starts and before it ends, so on a device backend the span times the device work (tracing
+/// then serialises the stream); off, this is `op()` after one atomic load.
+pub fn traced<B: Backend + ?Sized, T>(
+    backend: &B,
+    span: impl FnOnce() -> crate::trace::Span,
+    op: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if !crate::trace::enabled() {
+        return op();
+    }
+    backend.synchronize()?;
+    let span = span();
+    let out = op()?;
+    backend.synchronize()?;
+    drop(span);
+    Ok(out)
 }
 
 /// Where to run, as the user says it on the command line.

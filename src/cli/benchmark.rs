@@ -1,5 +1,5 @@
 use super::category::{evaluate_category, fit_category};
-use super::options::{BackboneArgs, DeviceArgs, FitArgs};
+use super::options::{BackboneArgs, DeviceArgs, FitArgs, TraceArgs};
 use super::{backend_for, Bars};
 use crate::backbone::weights::WeightSource;
 use crate::backbone::Architecture;
@@ -25,6 +25,8 @@ pub struct Args {
     out: PathBuf,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// Fit + eval over every category found; the seed's tables as Markdown on stdout.

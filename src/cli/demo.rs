@@ -1,5 +1,5 @@
 use super::benchmark::{run_categories, write_outputs};
-use super::options::DeviceArgs;
+use super::options::{DeviceArgs, TraceArgs};
 use crate::backbone::weights::SafetensorsFile;
 use crate::backbone::Architecture;
 use crate::backend::{DeviceChoice, Precision};
@@ -21,6 +21,8 @@ pub struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// Generates the synthetic categories, fits each with the bundled EfficientNet-Lite0 and

@@ -1,5 +1,5 @@
 use super::category::evaluate_category;
-use super::options::ModelArgs;
+use super::options::{ModelArgs, TraceArgs};
 use super::Bars;
 use crate::data::dataset::Category;
 use crate::error::Result;
@@ -20,6 +20,8 @@ pub struct Args {
     /// Print the metrics as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {

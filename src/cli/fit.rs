@@ -1,4 +1,4 @@
-use super::options::{BackboneArgs, DeviceArgs, FitArgs};
+use super::options::{BackboneArgs, DeviceArgs, FitArgs, TraceArgs};
 use super::{backend_for, Bars};
 use crate::backbone::{Backbone, ConvOrigin};
 use crate::data::dataset::{list_labelled, list_training_images};
@@ -29,6 +29,8 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {

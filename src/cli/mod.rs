@@ -9,13 +9,14 @@ mod eval;
 mod fit;
 mod options;
 mod predict;
+mod profile;
 mod synth;
 
 use crate::backend::AnyBackend;
 use crate::error::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use options::DeviceArgs;
+use options::{DeviceArgs, TraceArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "patchcore", version, about = "PatchCore industrial anomaly detection")]
@@ -34,6 +35,9 @@ enum Command {
     Eval(eval::Args),
     /// Fit and evaluate every category of an MVTec-style root; the seed's tables.
     Benchmark(benchmark::Args),
+    /// Run predict, traced, and print each stage's time, share, GFLOP/s and GB/s against this
+    /// machine's measured peak.
+    Profile(profile::Args),
     /// Write a synthetic MVTec-layout dataset.
     Synth(synth::Args),
     /// Generate data, fit, evaluate, write overlays and a report: the whole job, no arguments.
@@ -45,14 +49,28 @@ enum Command {
 /// Runs the command line; the error, if any, is printed by `main`.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Fit(args) => fit::run(args),
-        Command::Predict(args) => predict::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Benchmark(args) => benchmark::run(args),
+        Command::Fit(args) => with_trace(args.trace.clone(), "fit", || fit::run(args)),
+        Command::Predict(args) => with_trace(args.trace.clone(), "predict", || predict::run(args)),
+        Command::Eval(args) => with_trace(args.trace.clone(), "eval", || eval::run(args)),
+        Command::Benchmark(args) => with_trace(args.trace.clone(), "benchmark", || benchmark::run(args)),
+        Command::Profile(args) => profile::run(args),
         Command::Synth(args) => synth::run(args),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => with_trace(args.trace.clone(), "demo", || demo::run(args)),
         Command::Convert(args) => convert::run(args),
     }
+}
+
+/// Runs a command; with `--trace FILE`, inside a root span named after it, and writes the
+/// trace when it ends (an error of the command is returned before one of the write).
+fn with_trace(trace: TraceArgs, command: &str, run: impl FnOnce() -> Result<()>) -> Result<()> {
+    let Some(path) = trace.trace else { return run() };
+    crate::trace::start();
+    let result = {
+        let _root = crate::trace::span(command);
+        run()
+    };
+    let written = crate::trace::write_chrome(&path, &crate::trace::stop());
+    result.and(written)
 }
 
 /// The backend for `--device`: `cuda` fails with the reason CUDA is unusable, `auto` falls

@@ -16,6 +16,15 @@ fn batch_size(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// `--trace FILE`: a Chrome trace-event JSON file of the command's spans (open it in Perfetto
+/// or chrome://tracing), written when the command ends, whether it succeeded or not.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TraceArgs {
+    /// Write a Chrome trace (Perfetto, chrome://tracing) of every stage to this file.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
 /// Where to run, for the commands that take a model or fit one.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArgs {

@@ -1,4 +1,4 @@
-use super::options::ModelArgs;
+use super::options::{ModelArgs, TraceArgs};
 use super::Bars;
 use crate::data::dataset::list_images;
 use crate::data::image::load_rgb;
@@ -17,10 +17,12 @@ pub struct Args {
     /// Write an overlay PNG per image into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// Every image named or inside a named folder, in the given order (folders sorted).
-fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(super) fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut images = Vec::new();
     for input in inputs {
         if input.is_dir() {

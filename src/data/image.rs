@@ -9,6 +9,19 @@ use std::path::Path;
 /// Decodes a PNG or JPEG into 8-bit RGB (gray is replicated to three channels). The error
 /// says whether the file is missing, of a format this build cannot read, or damaged.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let span = crate::trace::span("decode");
+    let image = decode_rgb(path)?;
+    drop(span.work(|| {
+        crate::trace::Work::new(
+            0,
+            3 * u64::from(image.width()) * u64::from(image.height()),
+            vec![image.height() as usize, image.width() as usize, 3],
+        )
+    }));
+    Ok(image)
+}
+
+fn decode_rgb(path: &Path) -> Result<RgbImage> {
     let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
     let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
     match reader.format() {

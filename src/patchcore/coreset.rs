@@ -1,10 +1,11 @@
 //! The coreset stage: which training rows the memory bank keeps.
 
 use super::projection::SparseProjection;
-use crate::backend::Backend;
+use crate::backend::{flops, traced, Backend};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::tensor::Tensor;
+use crate::trace;
 
 /// floor(ratio * n), at least one row. The ratio must lie in (0, 1].
 pub fn coreset_size(n: usize, ratio: f64) -> Result<usize> {
@@ -25,9 +26,17 @@ pub fn select<B: Backend>(backend: &B, rows: &Tensor, ratio: f64, seed: u64) -> 
     }
     let mut rng = SplitMix64::new(seed);
     let start = rng.below(n as u64) as usize;
-    let device_rows = match SparseProjection::new(n, d, rng.next_u64()) {
-        Some(p) => backend.upload(&p.apply(rows))?,
-        None => backend.upload(rows)?,
-    };
-    backend.coreset(&device_rows, size, start)
+    let projected = SparseProjection::new(n, d, rng.next_u64()).map(|p| {
+        let _span = trace::span("projection").work(|| flops::projection(n, d, p.nonzeros(), p.out_dims()));
+        p.apply(rows)
+    });
+    let host = projected.as_ref().unwrap_or(rows);
+    let device_rows =
+        traced(backend, || trace::span("upload").work(|| flops::transfer(&host.shape, 4)), || backend.upload(host))?;
+    let [_, dims] = host.dims2()?;
+    traced(
+        backend,
+        || trace::span("coreset").work(|| flops::coreset(n, dims, size)),
+        || backend.coreset(&device_rows, size, start),
+    )
 }

@@ -8,12 +8,13 @@ pub mod model_file;
 pub mod projection;
 
 use crate::backbone::{Architecture, Backbone};
-use crate::backend::Backend;
+use crate::backend::{flops, traced, Backend};
 use crate::data::dataset::Sample;
 use crate::data::image::{load_rgb, Preprocess};
 use crate::error::{Error, Result};
 use crate::eval::threshold::{f1_adaptive_threshold, Normalization};
 use crate::tensor::Tensor;
+use crate::trace;
 use evaluate::evaluate;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -153,14 +154,20 @@ fn embed_images<B: Backend>(
     preprocess: &Preprocess,
     images: &[RgbImage],
 ) -> Result<(B::Tensor, [usize; 2])> {
-    let input = backend.preprocess(images, preprocess)?;
+    let input = traced(
+        backend,
+        || trace::span("preprocess").work(|| flops::preprocess(images, preprocess)),
+        || backend.preprocess(images, preprocess),
+    )?;
     let features = backbone.forward(backend, &input)?;
     let grid = match backend.shape(&features[0]) {
         [_, _, h, w] => [*h, *w],
         other => return Err(Error::invalid_backend_input(format!("backbone returned shape {other:?}"))),
     };
     let refs: Vec<&B::Tensor> = features.iter().collect();
-    Ok((backend.embed(&refs)?, grid))
+    let shapes: Vec<&[usize]> = refs.iter().map(|t| backend.shape(t)).collect();
+    let embedding = traced(backend, || trace::span("embed").work(|| flops::embed(&shapes)), || backend.embed(&refs))?;
+    Ok((embedding, grid))
 }
 
 impl<B: Backend> PatchCore<B> {
@@ -177,6 +184,7 @@ impl<B: Backend> PatchCore<B> {
         options: &FitOptions,
         progress: Progress<'_>,
     ) -> Result<Self> {
+        trace::init_from_env();
         options.validate()?;
         if train.is_empty() {
             return Err(Error::option("training set", "no training images"));
@@ -188,7 +196,9 @@ impl<B: Backend> PatchCore<B> {
             let images = chunk.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>>>()?;
             let (embedding, g) = embed_images(&backend, &backbone, &options.preprocess, &images)?;
             grid = g;
-            rows.extend(backend.download(&embedding)?.data);
+            let shape = backend.shape(&embedding);
+            let span = || trace::span("download").work(|| flops::transfer(shape, 4));
+            rows.extend(traced(&backend, span, || backend.download(&embedding))?.data);
             progress("embed", (i * options.batch + chunk.len()).min(train.len()), train.len());
         }
         let dim = backbone.architecture().embedding_dim();
@@ -336,9 +346,18 @@ impl<B: Backend> PatchCore<B> {
     }
 
     pub fn load(backend: B, path: &Path) -> Result<Self> {
+        trace::init_from_env();
+        let _span = trace::span("load");
         let (meta, backbone, bank_rows) = model_file::load(&backend, path)?;
         let bank = backend.prepare_bank(&bank_rows)?;
         Ok(PatchCore { backend, backbone, bank_rows, bank, meta })
+    }
+}
+
+/// `PATCHCORE_TRACE`'s file is rewritten with the whole trace so far when a model goes.
+impl<B: Backend> Drop for PatchCore<B> {
+    fn drop(&mut self) {
+        trace::flush_env();
     }
 }
 

@@ -51,6 +51,11 @@ impl SparseProjection {
         self.columns.len()
     }
 
+    /// The nonzero entries of the projection matrix.
+    pub fn nonzeros(&self) -> usize {
+        self.columns.iter().map(Vec::len).sum()
+    }
+
     /// Projects rows x in_dims to rows x out_dims.
     pub fn apply(&self, rows: &Tensor) -> Tensor {
         let n = rows.data.len() / self.in_dims;

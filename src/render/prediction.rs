@@ -16,6 +16,7 @@ pub fn prediction_overlay(
     meta: &ModelMeta,
     truth: Option<&GrayImage>,
 ) -> RgbImage {
+    let _span = crate::trace::span("render");
     let raw = map_to_image(&prediction.map, &meta.preprocess, image.width(), image.height());
     let heat: Vec<f32> = raw.iter().map(|&v| meta.pixel.apply(v)).collect();
     let mut out = render_overlay(image, &heat, prediction.anomalous, prediction.normalized, &OverlayStyle::default());
@@ -39,6 +40,7 @@ pub fn side_by_side(left: &RgbImage, right: &RgbImage) -> RgbImage {
 
 /// Writes an image as PNG, atomically.
 pub fn write_png(path: &std::path::Path, image: &RgbImage) -> crate::Result<()> {
+    let _span = crate::trace::span("write");
     let mut png = Vec::new();
     image
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

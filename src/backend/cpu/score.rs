@@ -5,9 +5,10 @@
 use super::blur::anomaly_map;
 use super::knn::knn_topk;
 use super::CpuBank;
-use crate::backend::BatchScores;
+use crate::backend::{flops, BatchScores};
 use crate::error::Result;
 use crate::tensor::Tensor;
+use crate::trace;
 
 /// Each image's most anomalous patch, as a row of `distances` (`per_image` patches per image): the
 /// first maximum, as torch.argmax. A NaN never wins (it is no distance at all); an image of NaNs
@@ -52,7 +53,8 @@ pub fn reweighted_score<'a>(query: &[f32], support: impl Iterator<Item = &'a [f3
 }
 
 /// `Backend::score` for arguments `score_args` has checked ([B, h, w, d]). One neighbour means the
-/// plain maximum; the support sets of the whole batch come from one search.
+/// plain maximum; the support sets of the whole batch come from one search. Traced as its three
+/// stages: knn, eq7 (the top patches and the support search with it) and anomaly_map.
 pub fn score(
     embedding: &Tensor,
     bank: &CpuBank,
@@ -61,7 +63,11 @@ pub fn score(
     [out_h, out_w]: [usize; 2],
     sigma: f32,
 ) -> Result<BatchScores> {
+    let m = bank.rows.shape[0];
+    let knn = trace::span("knn").work(|| flops::knn(b * h * w, m, d, 1));
     let (distances, nearest) = knn_topk(&embedding.data, &bank.rows.data, &bank.sq_norms, d, 1);
+    drop(knn);
+    let eq7 = trace::span("eq7").work(|| flops::eq7(b, num_neighbors, d));
     let tops = top_patches(&distances, h * w);
     let max_patch_distances: Vec<f32> = tops.iter().map(|&r| distances[r as usize]).collect();
     let scores = if num_neighbors <= 1 {
@@ -78,7 +84,10 @@ pub fn score(
             })
             .collect()
     };
-    let maps = anomaly_map(&Tensor::new(vec![b, h, w], distances), out_h, out_w, sigma)?;
+    drop(eq7);
+    let grids = Tensor::new(vec![b, h, w], distances);
+    let _map = trace::span("anomaly_map").work(|| flops::anomaly_map(&grids.shape, out_h, out_w, sigma));
+    let maps = anomaly_map(&grids, out_h, out_w, sigma)?;
     Ok(BatchScores { scores, max_patch_distances, maps })
 }
 

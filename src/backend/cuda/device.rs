@@ -15,10 +15,11 @@ use crate::backend::checks::{
     conv_output, coreset_args, embed_args, knn_args, map_args, pool_output, preprocess_args, score_args,
 };
 use crate::backend::cpu::gaussian_taps;
-use crate::backend::{Activation, Backend, BatchScores, ConvSpec, ConvWeights};
+use crate::backend::{flops, traced, Activation, Backend, BatchScores, ConvSpec, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::{dims, Tensor};
+use crate::trace;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, CudaViewMut, DeviceRepr, DriverError, PinnedHostSlice,
@@ -502,6 +503,76 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// `Backend::score` on the device, for arguments `score_args` has checked ([B, h, w, d]).
+    fn score_on_device(
+        &self,
+        embedding: &CudaTensor,
+        bank: &CudaBank,
+        [b, h, w, d]: [usize; 4],
+        num_neighbors: usize,
+        map_size: [usize; 2],
+        sigma: f32,
+    ) -> Result<BatchScores> {
+        let map_len = b * map_size[0] * map_size[1];
+        fits_i32("score", &[2 * b + map_len])?;
+        let (distances, nearest) = self.knn_on_device(&embedding.data, b * h * w, bank, 1)?;
+        // [scores | largest patch distances | maps], one buffer so that one copy brings it all back.
+        let mut results = self.alloc::<f32>(2 * b + map_len)?;
+        let (mut scores, mut rest) = results.split_at_mut(b);
+        let (mut max_distance, mut maps) = rest.split_at_mut(b);
+        let mut top_rows = self.alloc::<u32>(b)?;
+        let mut m_star = self.alloc::<u32>(b)?;
+        let [b32, per_image, d32, k32] = [b, h * w, d, num_neighbors].map(|v| v as i32);
+        // SAFETY: top_patch's contract (kernels/score.cu): distances and nearest are b x per_image (the
+        // k = 1 search above), top_rows, m_star and max_distance b each; one block per image.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.top_patch);
+            launch.arg(&distances).arg(&nearest).arg(&b32).arg(&per_image);
+            launch.arg(&mut top_rows).arg(&mut m_star).arg(&mut max_distance).launch(one_block_per_image(b))
+        }
+        .map_err(driver_error("top_patch launch"))?;
+        // The support sets N_b(m*): the bank rows nearest to each image's m*, m* first.
+        let support = if num_neighbors > 1 {
+            let mut m_star_rows = self.alloc::<f32>(b * d)?;
+            // SAFETY: gather_rows's contract: the bank is rows x d and every m_star names one of its rows
+            // (a search result), m_star_rows is b x d; grid-stride.
+            unsafe {
+                let mut launch = self.stream.launch_builder(&self.kernels.gather_rows);
+                launch.arg(&bank.f32_rows).arg(&m_star).arg(&b32).arg(&d32).arg(&mut m_star_rows);
+                launch.launch(grid_stride(b * d, GRID_CAP, 0))
+            }
+            .map_err(driver_error("gather_rows launch"))?;
+            Some(self.knn_on_device(&m_star_rows, b, bank, num_neighbors)?.1)
+        } else {
+            None
+        };
+        // SAFETY: eq7_scores's contract: the embedding is (b * per_image) x d and top_rows name its rows,
+        // the bank rows x d with support b x k of its rows (absent, a null pointer, only for k = 1),
+        // max_distance and scores b each; one block per image.
+        unsafe {
+            let mut launch = self.stream.launch_builder(&self.kernels.eq7_scores);
+            launch.arg(&embedding.data).arg(&top_rows).arg(&bank.f32_rows);
+            match &support {
+                Some(rows) => launch.arg(rows),
+                None => launch.arg(&NULL),
+            };
+            let max_distance = max_distance.slice(..);
+            launch.arg(&max_distance).arg(&b32).arg(&d32).arg(&k32).arg(&mut scores).launch(one_block_per_image(b))
+        }
+        .map_err(driver_error("eq7_scores launch"))?;
+        self.blur_on_device(&distances, [b, h, w], map_size, sigma, &mut maps)?;
+        let host = self.download_vec(&results)?;
+        let (scores, rest) = host.split_at(b);
+        let (max_patch_distances, maps) = rest.split_at(b);
+        Ok(BatchScores {
+            scores: scores.to_vec(),
+            max_patch_distances: max_patch_distances.to_vec(),
+            maps: Tensor::new(vec![b, map_size[0], map_size[1]], maps.to_vec()),
+        })
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Conv = CudaConv;
@@ -710,6 +781,8 @@ impl Backend for CudaBackend {
         self.download_vec(&selected)
     }
 
+    /// One `score` span: the steps are queued on the stream without waiting, so only the whole
+    /// is timed (tracing synchronises around it).
     fn score(
         &self,
         embedding: &CudaTensor,
@@ -720,62 +793,9 @@ impl Backend for CudaBackend {
         sigma: f32,
     ) -> Result<BatchScores> {
         let [b, h, w, d] = score_args(&embedding.shape, bank.rows, bank.dims, grid, num_neighbors, map_size, sigma)?;
-        let map_len = b * map_size[0] * map_size[1];
-        fits_i32("score", &[2 * b + map_len])?;
-        let (distances, nearest) = self.knn_on_device(&embedding.data, b * h * w, bank, 1)?;
-        // [scores | largest patch distances | maps], one buffer so that one copy brings it all back.
-        let mut results = self.alloc::<f32>(2 * b + map_len)?;
-        let (mut scores, mut rest) = results.split_at_mut(b);
-        let (mut max_distance, mut maps) = rest.split_at_mut(b);
-        let mut top_rows = self.alloc::<u32>(b)?;
-        let mut m_star = self.alloc::<u32>(b)?;
-        let [b32, per_image, d32, k32] = [b, h * w, d, num_neighbors].map(|v| v as i32);
-        // SAFETY: top_patch's contract (kernels/score.cu): distances and nearest are b x per_image (the
-        // k = 1 search above), top_rows, m_star and max_distance b each; one block per image.
-        unsafe {
-            let mut launch = self.stream.launch_builder(&self.kernels.top_patch);
-            launch.arg(&distances).arg(&nearest).arg(&b32).arg(&per_image);
-            launch.arg(&mut top_rows).arg(&mut m_star).arg(&mut max_distance).launch(one_block_per_image(b))
-        }
-        .map_err(driver_error("top_patch launch"))?;
-        // The support sets N_b(m*): the bank rows nearest to each image's m*, m* first.
-        let support = if num_neighbors > 1 {
-            let mut m_star_rows = self.alloc::<f32>(b * d)?;
-            // SAFETY: gather_rows's contract: the bank is rows x d and every m_star names one of its rows
-            // (a search result), m_star_rows is b x d; grid-stride.
-            unsafe {
-                let mut launch = self.stream.launch_builder(&self.kernels.gather_rows);
-                launch.arg(&bank.f32_rows).arg(&m_star).arg(&b32).arg(&d32).arg(&mut m_star_rows);
-                launch.launch(grid_stride(b * d, GRID_CAP, 0))
-            }
-            .map_err(driver_error("gather_rows launch"))?;
-            Some(self.knn_on_device(&m_star_rows, b, bank, num_neighbors)?.1)
-        } else {
-            None
-        };
-        // SAFETY: eq7_scores's contract: the embedding is (b * per_image) x d and top_rows name its rows,
-        // the bank rows x d with support b x k of its rows (absent, a null pointer, only for k = 1),
-        // max_distance and scores b each; one block per image.
-        unsafe {
-            let mut launch = self.stream.launch_builder(&self.kernels.eq7_scores);
-            launch.arg(&embedding.data).arg(&top_rows).arg(&bank.f32_rows);
-            match &support {
-                Some(rows) => launch.arg(rows),
-                None => launch.arg(&NULL),
-            };
-            let max_distance = max_distance.slice(..);
-            launch.arg(&max_distance).arg(&b32).arg(&d32).arg(&k32).arg(&mut scores).launch(one_block_per_image(b))
-        }
-        .map_err(driver_error("eq7_scores launch"))?;
-        self.blur_on_device(&distances, [b, h, w], map_size, sigma, &mut maps)?;
-        let host = self.download_vec(&results)?;
-        let (scores, rest) = host.split_at(b);
-        let (max_patch_distances, maps) = rest.split_at(b);
-        Ok(BatchScores {
-            scores: scores.to_vec(),
-            max_patch_distances: max_patch_distances.to_vec(),
-            maps: Tensor::new(vec![b, map_size[0], map_size[1]], maps.to_vec()),
-        })
+        // The figures of the search, which dominates (Eq. 7 and the blur are < 1% of its FLOPs).
+        let span = || trace::span("score").work(|| flops::knn(b * h * w, bank.rows, d, 1));
+        traced(self, span, || self.score_on_device(embedding, bank, [b, h, w, d], num_neighbors, map_size, sigma))
     }
 
     fn anomaly_map(&self, scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> Result<Tensor> {
@@ -785,5 +805,10 @@ impl Backend for CudaBackend {
         let mut out = self.alloc::<f32>(b * out_h * out_w)?;
         self.blur_on_device(&grids, [b, h, w], [out_h, out_w], sigma, &mut out.slice_mut(..))?;
         Ok(Tensor::new(vec![b, out_h, out_w], self.download_vec(&out)?))
+    }
+
+    /// Waits for the stream: a span then times the work queued inside it (`backend::traced`).
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
     }
 }

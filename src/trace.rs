@@ -1,0 +1,297 @@
+//! Profiling spans: one API for every stage (stage name, shape, FLOPs, bytes), nested per
+//! thread, and the sinks that read them: a Chrome trace-event JSON file (opens in Perfetto and
+//! chrome://tracing) and the `profile` command's table.
+//!
+//! Off, a span costs one relaxed atomic load and nothing else: no clock read, no allocation,
+//! and its work figures (a closure) are never computed. On, a span reads the clock at both
+//! ends and, when it ends, appends one event under a lock: spans are stages and convolutions,
+//! a few hundred per batch, so the lock is never contended in practice.
+//!
+//! Turning it on: `--trace FILE` on the CLI (written when the command ends), or
+//! `PATCHCORE_TRACE=FILE` for the Rust API and the C ABI, read once at the first model load or
+//! fit; that file is rewritten, whole and atomically, each time a model is dropped
+//! (`patchcore_free`), so after the last one it holds the whole run.
+//!
+//! On a device backend, `backend::traced` synchronises the stream at both ends of a
+//! span while tracing is on, so a span times device work; tracing then serialises the stream.
+
+use crate::error::Result;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, Once, OnceLock};
+use std::time::Instant;
+
+static ON: AtomicBool = AtomicBool::new(false);
+static EVENTS: Mutex<Vec<Event>> = Mutex::new(Vec::new());
+/// Where `PATCHCORE_TRACE` asked for the trace; `None` when tracing was started otherwise.
+static ENV_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
+static NEXT_TID: AtomicU64 = AtomicU64::new(1);
+
+/// The origin of every timestamp (first use).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+thread_local! {
+    /// This thread's track number in the trace.
+    static TID: u64 = NEXT_TID.fetch_add(1, Ordering::Relaxed);
+    /// The open spans of this thread, innermost last: the time each one's children took so far.
+    static STACK: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What an operation does, for its span: the FLOP-counting backend's figures
+/// (`backend::flops`), the operand shape, and named extras (`k`, `selections`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Work {
+    pub flops: u64,
+    /// Bytes the operation reads and writes at least once (its compulsory traffic).
+    pub bytes: u64,
+    pub shape: Vec<usize>,
+    pub args: Vec<(&'static str, u64)>,
+}
+
+impl Work {
+    pub fn new(flops: u64, bytes: u64, shape: Vec<usize>) -> Self {
+        Work { flops, bytes, shape, args: Vec::new() }
+    }
+
+    pub fn arg(mut self, key: &'static str, value: u64) -> Self {
+        self.args.push((key, value));
+        self
+    }
+}
+
+/// One finished span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub name: String,
+    /// "conv" for backbone convolutions, "stage" otherwise.
+    pub cat: &'static str,
+    pub tid: u64,
+    /// Microseconds since the trace's epoch.
+    pub start_us: f64,
+    pub dur_us: f64,
+    /// `dur_us` less the spans nested directly in it.
+    pub self_us: f64,
+    /// 0 for a span with no open parent on its thread.
+    pub depth: usize,
+    pub work: Work,
+}
+
+/// Whether spans are being recorded: one relaxed load.
+#[inline]
+pub fn enabled() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Starts recording into memory, from now on (events already recorded are kept).
+pub fn start() {
+    epoch();
+    ON.store(true, Ordering::Relaxed);
+}
+
+/// Stops recording and returns every event recorded so far, in the order they ended.
+pub fn stop() -> Vec<Event> {
+    ON.store(false, Ordering::Relaxed);
+    take()
+}
+
+/// The events recorded so far, removed from the record; recording goes on if it was on.
+pub fn take() -> Vec<Event> {
+    std::mem::take(&mut *EVENTS.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// `PATCHCORE_TRACE=FILE`: read once, at the first model load or fit; starts recording unless
+/// something (the CLI's `--trace`) already did.
+pub fn init_from_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Some(path) = std::env::var_os("PATCHCORE_TRACE").filter(|p| !p.is_empty()) {
+            if !enabled() {
+                *ENV_FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some(PathBuf::from(path));
+                start();
+            }
+        }
+    });
+}
+
+/// Rewrites `PATCHCORE_TRACE`'s file with everything recorded so far (a model was dropped).
+/// Does nothing when tracing was not started by the variable. A failure is printed, not
+/// returned: it happens in a destructor.
+pub fn flush_env() {
+    let Some(path) = ENV_FILE.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+    let events = EVENTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Err(e) = write_chrome(&path, &events) {
+        eprintln!("patchcore: cannot write the trace PATCHCORE_TRACE names: {e}");
+    }
+}
+
+/// Writes `events` to `path` as a Chrome trace-event JSON object (atomically).
+pub fn write_chrome(path: &Path, events: &[Event]) -> Result<()> {
+    crate::io::write_atomic(path, chrome_json(events).to_string().as_bytes())
+}
+
+/// The Trace Event Format: one complete event (`"ph":"X"`, microseconds) per span, each thread
+/// on its own track, with FLOPs, bytes, shape and extras in `args`.
+pub fn chrome_json(events: &[Event]) -> serde_json::Value {
+    let pid = std::process::id();
+    let mut tids: Vec<u64> = events.iter().map(|e| e.tid).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    let names = tids.iter().map(|&tid| {
+        serde_json::json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": format!("thread {tid}")}})
+    });
+    let spans = events.iter().map(|e| {
+        let mut args = serde_json::json!({"flops": e.work.flops, "bytes": e.work.bytes, "shape": e.work.shape});
+        for (key, value) in &e.work.args {
+            args[*key] = (*value).into();
+        }
+        serde_json::json!({
+            "name": e.name, "cat": e.cat, "ph": "X", "pid": pid, "tid": e.tid,
+            "ts": e.start_us, "dur": e.dur_us, "args": args,
+        })
+    });
+    serde_json::json!({"traceEvents": names.chain(spans).collect::<Vec<_>>(), "displayTimeUnit": "ms"})
+}
+
+/// An open span; it is recorded when dropped. Spans of one thread must end in the reverse
+/// order they began (scopes do that).
+#[must_use = "a span times the scope it lives in"]
+pub struct Span {
+    open: Option<Box<Open>>,
+}
+
+struct Open {
+    name: String,
+    cat: &'static str,
+    start: Instant,
+    depth: usize,
+    work: Work,
+}
+
+/// A span for a stage.
+#[inline]
+pub fn span(name: &str) -> Span {
+    if !enabled() {
+        return Span { open: None };
+    }
+    Span::begin(name, "stage")
+}
+
+/// A span for a backbone convolution, named as in the weights (`layer2.0.conv1`).
+#[inline]
+pub fn conv_span(name: &str) -> Span {
+    if !enabled() {
+        return Span { open: None };
+    }
+    Span::begin(name, "conv")
+}
+
+impl Span {
+    #[cold]
+    fn begin(name: &str, cat: &'static str) -> Span {
+        let depth = STACK.with(|s| {
+            let mut s = s.borrow_mut();
+            s.push(0.0);
+            s.len() - 1
+        });
+        let open = Open { name: name.to_string(), cat, start: Instant::now(), depth, work: Work::default() };
+        Span { open: Some(Box::new(open)) }
+    }
+
+    /// Whether this span is recording.
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Attaches the operation's figures; `work` runs only while tracing is on.
+    #[inline]
+    pub fn work(mut self, work: impl FnOnce() -> Work) -> Self {
+        if let Some(open) = &mut self.open {
+            open.work = work();
+        }
+        self
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        let end = Instant::now();
+        let at = |t: Instant| t.duration_since(epoch()).as_secs_f64() * 1e6;
+        let (start_us, end_us) = (at(open.start), at(end));
+        let dur_us = end_us - start_us;
+        let children = STACK.with(|s| {
+            let mut s = s.borrow_mut();
+            let children = s.pop().unwrap_or(0.0);
+            if let Some(parent) = s.last_mut() {
+                *parent += dur_us;
+            }
+            children
+        });
+        let event = Event {
+            name: open.name,
+            cat: open.cat,
+            tid: TID.with(|t| *t),
+            start_us,
+            dur_us,
+            self_us: (dur_us - children).max(0.0),
+            depth: open.depth,
+            work: open.work,
+        };
+        EVENTS.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tracing is process-wide: these tests take turns.
+    static TURN: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn off_records_nothing() {
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        stop();
+        let mut computed = false;
+        {
+            let outer = span("outer").work(|| {
+                computed = true;
+                Work::default()
+            });
+            assert!(!outer.is_on());
+            let _inner = conv_span("layer2.0.conv1");
+        }
+        assert!(!computed, "work figures are computed only while tracing");
+        assert!(take().is_empty());
+        STACK.with(|s| assert!(s.borrow().is_empty()));
+    }
+
+    #[test]
+    fn on_records_nested_spans_with_their_work() {
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        start();
+        {
+            let _outer = span("outer");
+            let _inner = conv_span("layer2.0.conv1").work(|| Work::new(10, 20, vec![1, 2]).arg("k", 3));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let tid = TID.with(|t| *t);
+        let events: Vec<Event> = stop().into_iter().filter(|e| e.tid == tid).collect();
+        assert_eq!(events.len(), 2);
+        let (inner, outer) = (&events[0], &events[1]);
+        assert_eq!((inner.name.as_str(), inner.cat, inner.depth), ("layer2.0.conv1", "conv", 1));
+        assert_eq!((outer.name.as_str(), outer.depth), ("outer", 0));
+        assert!(outer.start_us <= inner.start_us && inner.start_us + inner.dur_us <= outer.start_us + outer.dur_us);
+        assert!((outer.self_us - (outer.dur_us - inner.dur_us)).abs() < 1e-6);
+        assert_eq!(inner.work, Work::new(10, 20, vec![1, 2]).arg("k", 3));
+        let json = chrome_json(&events);
+        let x = json["traceEvents"].as_array().unwrap().iter().find(|e| e["ph"] == "X").unwrap().clone();
+        assert_eq!(x["args"]["flops"], 10);
+        assert_eq!(x["args"]["k"], 3);
+    }
+}

@@ -1,0 +1,197 @@
+//! `--trace FILE` end to end: a real `patchcore predict` writes a Chrome trace whose spans nest,
+//! cover the command, carry the FLOP-counting backend's figures, and name every stage.
+
+mod common;
+
+use common::{synthetic_category, write_hashed_weights, TempDir};
+use patchcore::backbone::Architecture;
+use patchcore::backend::flops::FlopCounter;
+use patchcore::patchcore::model_file;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn patchcore(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchcore")).args(args).output().expect("binary runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A ResNet-18 (hashed weights) model fitted at `size` px on a synthetic category: (model, data).
+pub fn fitted_model(dir: &TempDir, size: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.path().join("cat");
+    synthetic_category(&data, size, 6, 3);
+    let weights = dir.path().join("resnet18.safetensors");
+    write_hashed_weights(Architecture::Resnet18, &weights);
+    let model = dir.path().join("model.safetensors");
+    let size = size.to_string();
+    let o = patchcore(&[
+        "fit",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        s(&weights),
+        "--train",
+        s(&data.join("train/good")),
+        "--out",
+        s(&model),
+        "--size",
+        &size,
+        "--ratio",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (model, data)
+}
+
+struct Span {
+    name: String,
+    cat: String,
+    ts: f64,
+    end: f64,
+    flops: u64,
+}
+
+#[test]
+fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
+    let dir = TempDir::new("trace-predict");
+    let (model, data) = fitted_model(&dir, 64);
+    let trace = dir.path().join("predict.json");
+    let overlays = dir.path().join("overlays");
+    let o = patchcore(&[
+        "predict",
+        "--model",
+        s(&model),
+        s(&data.join("test/good")),
+        s(&data.join("test/square")),
+        "--out",
+        s(&overlays),
+        "--batch",
+        "8",
+        "--trace",
+        s(&trace),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let json: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let mut threads: BTreeMap<u64, Vec<Span>> = BTreeMap::new();
+    for e in json["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X") {
+        let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
+        threads.entry(e["tid"].as_u64().unwrap()).or_default().push(Span {
+            name: e["name"].as_str().unwrap().to_string(),
+            cat: e["cat"].as_str().unwrap().to_string(),
+            ts,
+            end: ts + dur,
+            flops: e["args"]["flops"].as_u64().unwrap(),
+        });
+    }
+    assert!(!threads.is_empty(), "the trace has spans");
+
+    // Nesting, per thread: in start order (a parent before the children it contains), each span
+    // lies within the innermost open span that it starts inside.
+    const EPS: f64 = 0.01;
+    let mut top_level_under_root = 0.0;
+    let mut root = None;
+    for spans in threads.values_mut() {
+        spans.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(b.end.total_cmp(&a.end)));
+        let mut open: Vec<usize> = Vec::new();
+        for (i, span) in spans.iter().enumerate() {
+            while open.last().is_some_and(|&p| spans[p].end <= span.ts + EPS) {
+                open.pop();
+            }
+            if let Some(&p) = open.last() {
+                let parent = &spans[p];
+                assert!(
+                    span.end <= parent.end + EPS,
+                    "{} [{}, {}] overlaps its parent {} [{}, {}]",
+                    span.name,
+                    span.ts,
+                    span.end,
+                    parent.name,
+                    parent.ts,
+                    parent.end
+                );
+                if parent.name == "predict" && open.len() == 1 {
+                    top_level_under_root += span.end - span.ts;
+                }
+            } else if span.name == "predict" {
+                assert!(root.is_none(), "one root span");
+                root = Some(span.end - span.ts);
+            }
+            open.push(i);
+        }
+    }
+    let root = root.expect("a root span named after the command");
+    assert!(
+        top_level_under_root >= 0.95 * root,
+        "the stages cover {:.1}% of predict's {root} us",
+        100.0 * top_level_under_root / root
+    );
+
+    let names: Vec<&str> = threads.values().flatten().map(|s| s.name.as_str()).collect();
+    for want in ["load", "decode", "preprocess", "layer2.0.conv1", "max_pool", "embed", "knn", "eq7", "anomaly_map"] {
+        assert!(names.contains(&want), "no `{want}` span in {names:?}");
+    }
+    for want in ["render", "write"] {
+        assert!(names.contains(&want), "no `{want}` span in {names:?}");
+    }
+
+    // The one forward pass (6 images, batch 8) on the FLOP-counting backend, conv by conv.
+    let counter = FlopCounter::default();
+    let (_, backbone, _) = model_file::load(&counter, &model).unwrap();
+    backbone.forward(&counter, &vec![6, 3, 64, 64]).unwrap();
+    let mut convs: Vec<&Span> = threads.values().flatten().filter(|s| s.cat == "conv").collect();
+    convs.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+    let traced: Vec<(&str, u64)> = convs.iter().map(|s| (s.name.as_str(), s.flops)).collect();
+    let counted = counter.per_conv();
+    assert_eq!(traced.len(), counted.len(), "one span per convolution run: {traced:?}");
+    for ((name, flops), want) in traced.iter().zip(&counted) {
+        assert_eq!(flops, want, "{name}: span FLOPs against the FLOP counter");
+    }
+    assert_eq!(traced.iter().find(|(n, _)| *n == "layer2.0.conv1").unwrap().1, {
+        // 6 images, 128 x 8 x 8 outputs (64 px: layer1 is 16 x 16), 64 x 3 x 3 taps.
+        2 * 6 * 128 * 8 * 8 * 64 * 9
+    });
+}
+
+#[test]
+fn profile_json_has_every_stage_shares_summing_to_one_and_consistent_rates() {
+    let dir = TempDir::new("trace-profile");
+    let (model, data) = fitted_model(&dir, 64);
+    let o = patchcore(&[
+        "profile",
+        "--model",
+        s(&model),
+        s(&data.join("test/good")),
+        s(&data.join("test/square")),
+        "--batch",
+        "4",
+        "--repeat",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stages = json["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for want in ["decode", "preprocess", "conv1", "max_pool", "layer2.0.conv1", "embed", "knn", "eq7", "anomaly_map"] {
+        assert!(names.contains(&want), "no `{want}` stage in {names:?}");
+    }
+    assert!(names.contains(&"(untraced)"));
+    let shares: f64 = stages.iter().map(|s| s["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 0.01, "shares sum to {shares}");
+    assert!(json["peak"]["sgemm_gflop_per_s"].as_f64().unwrap() > 0.0);
+    for stage in stages {
+        let (flops, ms) = (stage["flops"].as_f64().unwrap(), stage["total_ms"].as_f64().unwrap());
+        let rate = stage["gflop_per_s"].as_f64().unwrap();
+        assert!((rate - flops / (ms * 1e-3) / 1e9).abs() <= 1e-6 * rate.max(1.0), "{stage}");
+        // 2 repeats of 2 batches (6 images by 4).
+        if stage["name"] == "layer2.0.conv1" {
+            assert_eq!(stage["calls"], 4);
+            assert!(flops > 0.0);
+        }
+    }
+}
