@@ -1,7 +1,7 @@
 //! `patchcore profile`: predict, traced into memory, as a per-stage table against this
 //! machine's measured peak.
 
-use super::options::{DeviceArgs, TraceArgs};
+use super::options::{ModelArgs, TraceArgs};
 use crate::data::image::load_rgb;
 use crate::error::{Error, Result};
 use crate::trace::{self, Event};
@@ -11,20 +11,14 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The model file written by `patchcore fit`.
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Images, or folders of images (decoded on every repeat, as predict does).
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
     /// Traced runs of predict over all the images, after one untraced warm-up.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
-    #[command(flatten)]
-    device: DeviceArgs,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -149,20 +143,17 @@ pub fn stages(events: &[Event], root: &str, peak: Option<Peak>) -> Vec<Stage> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.batch == 0 || args.batch > 1024 {
-        return Err(Error::option("--batch", format!("{}: expected 1 to 1024", args.batch)));
-    }
     if args.repeat == 0 {
         return Err(Error::option("--repeat", "0: expected at least 1"));
     }
-    let cpu = matches!(args.device.device, crate::backend::DeviceChoice::Cpu);
+    let cpu = matches!(args.model.device.device, crate::backend::DeviceChoice::Cpu);
     // Measured first, on an idle machine; only the CPU has a probe so far.
     let peak = cpu.then(measure_peak);
     let paths = super::predict::expand(&args.images)?;
-    let model = crate::patchcore::PatchCore::load(super::backend_for(args.device)?, &args.model)?;
+    let model = args.model.load()?;
     let predict_all = || -> Result<()> {
         let _root = trace::span("predict");
-        for chunk in paths.chunks(args.batch) {
+        for chunk in paths.chunks(args.model.batch) {
             let images = chunk.iter().map(|p| load_rgb(p)).collect::<Result<Vec<_>>>()?;
             model.predict(&images)?;
         }
@@ -182,7 +173,7 @@ pub fn run(args: Args) -> Result<()> {
         let out = serde_json::json!({
             "device": describe,
             "images": paths.len(),
-            "batch": args.batch,
+            "batch": args.model.batch,
             "repeat": args.repeat,
             "peak": peak,
             "stages": rows,
@@ -190,7 +181,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("{out}");
         return Ok(());
     }
-    println!("{} images, batch {}, {} runs on {describe}", paths.len(), args.batch, args.repeat);
+    println!("{} images, batch {}, {} runs on {describe}", paths.len(), args.model.batch, args.repeat);
     match peak {
         Some(p) => {
             println!("peak (measured): sgemm {:.1} GFLOP/s, copy {:.1} GB/s", p.sgemm_gflop_per_s, p.copy_gb_per_s)
