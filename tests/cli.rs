@@ -3,22 +3,10 @@
 
 mod common;
 
-use common::{fixture_path, synthetic_category, write_hashed_weights, TempDir};
+use common::{fixture_path, patchcore, s, stderr, synthetic_category, write_hashed_weights, TempDir};
 use patchcore::backbone::Architecture;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn patchcore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patchcore")).args(args).output().expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use std::process::Output;
 
 #[test]
 fn convert_writes_loadable_safetensors() {

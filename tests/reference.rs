@@ -94,38 +94,38 @@ fn preprocessing_matches_torchvision_v2() {
 /// are anomalib's for the same PNG files (tests/fixtures/pipeline/, scripts/make_fixtures.py).
 #[test]
 fn cli_default_fit_and_predict_match_anomalib() {
-    use common::{write_hashed_weights, TempDir};
+    use common::{patchcore, s, stderr, write_hashed_weights, TempDir};
     use patchcore::patchcore::PatchCore;
-    use std::process::Command;
 
     let dir = TempDir::new("reference-cli");
     let weights = dir.path().join("resnet18.safetensors");
     write_hashed_weights(Architecture::Resnet18, &weights);
     let model = dir.path().join("model.patchcore");
-    let run = |args: &[&std::ffi::OsStr]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_patchcore")).args(args).output().expect("binary runs");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = |args: &[&str]| {
+        let o = patchcore(args);
+        assert!(o.status.success(), "{}", stderr(&o));
         String::from_utf8(o.stdout).unwrap()
     };
     let data = fixture_path("pipeline");
     let train = data.join("train/good");
+    let (weights, train, model_arg) = (s(&weights), s(&train), s(&model));
     run(&[
-        "fit".as_ref(),
-        "--backbone".as_ref(),
-        "resnet18".as_ref(),
-        "--weights".as_ref(),
-        weights.as_ref(),
-        "--train".as_ref(),
-        train.as_ref(),
-        "--ratio".as_ref(),
-        "1".as_ref(),
-        "--size".as_ref(),
-        "64".as_ref(),
-        "--out".as_ref(),
-        model.as_ref(),
+        "fit",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        weights,
+        "--train",
+        train,
+        "--ratio",
+        "1",
+        "--size",
+        "64",
+        "--out",
+        model_arg,
     ]);
     let tests = [data.join("test/good.png"), data.join("test/defect.png")];
-    let out = run(&["predict".as_ref(), "--model".as_ref(), model.as_ref(), tests[0].as_ref(), tests[1].as_ref()]);
+    let out = run(&["predict", "--model", model_arg, s(&tests[0]), s(&tests[1])]);
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let field = |key: &str| -> Vec<f32> { lines.iter().map(|l| l[key].as_f64().unwrap() as f32).collect() };
     let fx = fixture("pipeline.safetensors");

@@ -3,22 +3,12 @@
 
 mod common;
 
-use common::{synthetic_category, write_hashed_weights, TempDir};
+use common::{patchcore, s, stderr, synthetic_category, write_hashed_weights, TempDir};
 use patchcore::backbone::Architecture;
 use patchcore::backend::flops::FlopCounter;
 use patchcore::patchcore::model_file;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn patchcore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_patchcore")).args(args).output().expect("binary runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A ResNet-18 (hashed weights) model fitted at `size` px on a synthetic category: (model, data).
 pub fn fitted_model(dir: &TempDir, size: u32) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -43,7 +33,7 @@ pub fn fitted_model(dir: &TempDir, size: u32) -> (std::path::PathBuf, std::path:
         "--ratio",
         "0.5",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     (model, data)
 }
 
@@ -74,7 +64,7 @@ fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
         "--trace",
         s(&trace),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
 
     let json: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     let mut threads: BTreeMap<u64, Vec<Span>> = BTreeMap::new();
@@ -173,7 +163,7 @@ fn profile_json_has_every_stage_shares_summing_to_one_and_consistent_rates() {
         "2",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let json: Value = serde_json::from_slice(&o.stdout).unwrap();
     let stages = json["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
