@@ -6,7 +6,7 @@
 // All kernels are extern "C"; int is 32-bit and every size fits in int. Rows are row-major, d wide.
 // The launch geometry comes from geometry.cuh (src/backend/cuda/geometry.rs, which the host launches with):
 // below, 256 is BLOCK, 64 KNN_TILE, 4 KNN_LISTS and 16 KNN_MAX_K, values the code is written for and
-// static_asserts pin; the merge works with any KNN_MERGE_BLOCK.
+// static_asserts pin; the merge works with any KNN_MERGE_BLOCK that is a whole number of warps.
 // Distance: sq = max(0, (|q|^2 - 2 q.b) + |b|^2), evaluated in that order (the CPU's, anomalib's); a NaN
 // stays NaN and never ranks. Ranking: smaller sq first, equal sq -> lower bank index first.
 //
@@ -22,28 +22,35 @@
 //                                     chunk a multiple of 64 with gridDim.y*chunk >= m (a split may be empty).
 //                                     _k1 only for k == 1, _k16 for 1 <= k <= 16. q and bank are float, or
 //                                     __half for f16; the norms are float, from squared_norms_<same precision>.
-//                                     Output: 4 lists of k per (query, split), S = gridDim.y:
-//                                       cand_d[((qi*S + y)*4 + l)*k + j], cand_i[same]
-//                                     clamped squared distances, unsorted within a list; unused slots hold
-//                                     (+inf, 0xFFFFFFFF). List l of a query holds the best k of the bank
-//                                     rows b with (b - y*chunk) % 4 == l, i.e. column l, l+4, ... of every
-//                                     64-row tile: the 4 lists partition the split.
+//                                     Output: one list of k per (query, split), S = gridDim.y:
+//                                       cand_d[(qi*S + y)*k + j], cand_i[same]
+//                                     the split's best k by (sq, index), clamped squared distances in that
+//                                     order; slots the split cannot fill hold (+inf, 0xFFFFFFFF). Inside the
+//                                     block, 4 threads per query each keep list l: the best k of the rows b
+//                                     with (b - y*chunk) % 4 == l (column l, l+4, ... of every 64-row tile);
+//                                     the 4 lists partition the split and are merged in shared memory last.
 // knn_merge(cand_d, cand_i, nq, per_query, k, out_d, out_i)
-//                                     per_query = S*4*k contiguous candidates per query. Best k by (sq, index),
+//                                     per_query = S*k contiguous candidates per query, in any order, whose
+//                                     indices are distinct but for 0xFFFFFFFF. Best k by (sq, index),
 //                                     skipping +inf/NaN and index 0xFFFFFFFF; out_d = sqrtf(sq) ascending,
 //                                     out_i the bank index; a slot nothing fills is (NaN, 0), as on the CPU.
-//                                     block KNN_MERGE_BLOCK, grid ceil(nq/KNN_MERGE_BLOCK), one thread per
+//                                     block KNN_MERGE_BLOCK, grid ceil(nq/(KNN_MERGE_BLOCK/32)), one warp per
 //                                     query, k <= 16.
 //
 // Why this design
 // ---------------
 // * Split bank + merge: one block per 64 queries gives only ceil(nq/64) blocks (16 for nq = 1024), far
 //   fewer than an H200's 132 SMs. Splitting the bank across gridDim.y fills the machine whatever nq is; the
-//   price is a tiny second pass over S*4*k candidates per query, which is noise next to the nq*m*d product.
+//   price is a second pass over S*k candidates per query, which is noise next to the nq*m*d product.
 // * 4 lists per query: a block has 256 threads and 64 queries, so 4 threads per query each fold a quarter
-//   of every tile. All 256 threads fold in parallel, no list is shared between threads (no atomics, no
-//   inter-thread merge inside the block), and each thread sees its columns in ascending bank order, which
-//   makes "lower index wins a tie" a plain strict < (anything already kept has a lower index).
+//   of every tile. All 256 threads fold in parallel, no list is shared between threads while folding (no
+//   atomics), and each thread sees its columns in ascending bank order, which makes "lower index wins a
+//   tie" a plain strict < (anything already kept has a lower index). Only after the last tile are the 4
+//   sorted lists merged, once, in shared memory: k steps over 4 heads by one thread per query, and the
+//   merge kernel reads k candidates per (query, split) instead of 4k.
+// * The merge is a warp per query: with one thread per query, 1,024 queries were 1,024 threads (8 of the
+//   132 SMs busy) each walking all S*k candidates. A warp's lanes walk every 32nd candidate (coalesced) into
+//   their own top-k, and k rounds of a shuffle butterfly take the warp's best: a lane walks ceil(S*k/32).
 // * The distance tile never leaves the SM: a 64 x 64 tile of dot products is built in registers or tensor-
 //   core accumulators, parked in shared memory (it aliases the operand buffers, which are idle by then), and
 //   folded into the register-resident top-k lists before the next tile overwrites it.
@@ -139,7 +146,55 @@ struct TopK {
             }
         }
     }
+
+    // Drops the best entry: the rest move up and the last slot empties (slots past k are empty already).
+    __device__ __forceinline__ void pop() {
+#pragma unroll
+        for (int j = 0; j + 1 < N; ++j) {
+            d[j] = d[j + 1];
+            i[j] = i[j + 1];
+        }
+        d[N - 1] = INFINITY;
+        i[N - 1] = NO_INDEX;
+        worst_d = INFINITY;
+        worst_i = NO_INDEX;
+    }
 };
+
+// The best k of a query's KNN_LISTS lists, each sorted by (sq, index), entry j of list l at
+// sd[j * BLOCK + l], written in order to out_d/out_i: the smallest of the 4 heads, k times. The lists hold
+// distinct indices, so (sq, index) orders them totally; a list is never read past its k entries, because
+// taking all k of one list is already the whole output. Unrolled to N steps: for N = 1 the heads fold away.
+template <int N>
+__device__ __forceinline__ void merge_lists(const float* sd, const unsigned* si, int k, float* __restrict__ out_d,
+                                            unsigned* __restrict__ out_i) {
+    int head[KNN_LISTS] = {};
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        if (j >= k) {
+            break;
+        }
+        float best_d = sd[head[0] * BLOCK];
+        unsigned best_i = si[head[0] * BLOCK];
+        int best_l = 0;
+#pragma unroll
+        for (int l = 1; l < KNN_LISTS; ++l) {
+            const float dl = sd[head[l] * BLOCK + l];
+            const unsigned il = si[head[l] * BLOCK + l];
+            if (before<false>(dl, il, best_d, best_i)) {
+                best_d = dl;
+                best_i = il;
+                best_l = l;
+            }
+        }
+        out_d[j] = best_d;
+        out_i[j] = best_i;
+#pragma unroll
+        for (int l = 0; l < KNN_LISTS; ++l) {
+            head[l] += l == best_l ? 1 : 0;
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Multiply policies: element type, k-step, shared row stride, and how a 64 x 64 tile of dots is accumulated
@@ -457,15 +512,22 @@ __device__ __forceinline__ void knn_partial(const typename P::T* __restrict__ q,
         __syncthreads();
     }
 
-    if (r < nqv) {
-        const size_t base = ((static_cast<size_t>(q0 + r) * gridDim.y + blockIdx.y) * KNN_LISTS + l) * k;
+    // The 4 lists of each query, merged into one: entry j of thread tid's list at [j][tid], so a warp's
+    // stores fill 32 banks. The operand buffers are idle: the tile loop ended with a barrier, or never ran.
+    float* const s_ld = reinterpret_cast<float*>(smem);
+    unsigned* const s_li = reinterpret_cast<unsigned*>(smem + N * BLOCK * sizeof(float));
+    static_assert(N * BLOCK * (sizeof(float) + sizeof(unsigned)) <= SMEM_BYTES, "the lists fit the tile buffers");
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-            if (j < k) {
-                cand_d[base + j] = top.d[j];
-                cand_i[base + j] = top.i[j];
-            }
+    for (int j = 0; j < N; ++j) {
+        if (j < k) {
+            s_ld[j * BLOCK + tid] = top.d[j];
+            s_li[j * BLOCK + tid] = top.i[j];
         }
+    }
+    __syncthreads();
+    if (l == 0 && r < nqv) {
+        const size_t base = (static_cast<size_t>(q0 + r) * gridDim.y + blockIdx.y) * k;
+        merge_lists<N>(s_ld + tid, s_li + tid, k, cand_d + base, cand_i + base);
     }
 }
 
@@ -547,33 +609,35 @@ KNN_PARTIAL(knn_partial_f16_k16, PolicyF16, KNN_MAX_K)
 
 #undef KNN_PARTIAL
 
-// Candidates come from different lists and splits in no particular index order, so ties are broken on the
-// index explicitly here.
+// Candidates come from different splits in no particular index order, so ties are broken on the index
+// explicitly here. One warp per query (see "Why this design").
+static_assert(KNN_MERGE_BLOCK % 32 == 0, "the merge block is whole warps, one query each");
 extern "C" __global__ void __launch_bounds__(KNN_MERGE_BLOCK) knn_merge(const float* __restrict__ cand_d,
                                                                           const unsigned* __restrict__ cand_i, int nq,
                                                                           int per_query, int k,
                                                                           float* __restrict__ out_d,
                                                                           unsigned* __restrict__ out_i) {
-    const int qi = blockIdx.x * blockDim.x + threadIdx.x;
+    constexpr unsigned FULL = 0xFFFFFFFFu;
+    const int lane = threadIdx.x & 31;
+    const int qi = blockIdx.x * (KNN_MERGE_BLOCK / 32) + (threadIdx.x >> 5);
     if (qi >= nq) {
-        return;
+        return;  // the whole warp leaves together, so the shuffles below see all 32 lanes
     }
     const float* cd = cand_d + static_cast<size_t>(qi) * static_cast<size_t>(per_query);
     const unsigned* ci = cand_i + static_cast<size_t>(qi) * static_cast<size_t>(per_query);
     TopK<KNN_MAX_K, false> top;
     top.init();
-    // Groups of 4 with the loads first: one thread walks up to S*4*16 candidates serially, so it needs
-    // several loads in flight rather than one load's latency per candidate. per_query is a multiple of 4
-    // (S*4*k); the tail loop only keeps the kernel correct if it ever is not.
+    // Lane t takes candidates t, t + 32, ...: each load instruction of the warp reads 128 contiguous bytes,
+    // and groups of 4 put several loads in flight rather than one load's latency per candidate.
     constexpr int GROUP = 4;
-    int c = 0;
-    for (; c + GROUP <= per_query; c += GROUP) {
+    int c = lane;
+    for (; c + 32 * (GROUP - 1) < per_query; c += 32 * GROUP) {
         float sq[GROUP];
         unsigned idx[GROUP];
 #pragma unroll
         for (int u = 0; u < GROUP; ++u) {
-            sq[u] = cd[c + u];
-            idx[u] = ci[c + u];
+            sq[u] = cd[c + 32 * u];
+            idx[u] = ci[c + 32 * u];
         }
 #pragma unroll
         for (int u = 0; u < GROUP; ++u) {
@@ -582,18 +646,42 @@ extern "C" __global__ void __launch_bounds__(KNN_MERGE_BLOCK) knn_merge(const fl
             }
         }
     }
-    for (; c < per_query; ++c) {
+    for (; c < per_query; c += 32) {
         if (cd[c] < INFINITY && ci[c] != NO_INDEX) {
             top.push(cd[c], ci[c], k);
         }
     }
-    const size_t base = static_cast<size_t>(qi) * static_cast<size_t>(k);
+    // Round j: the smallest of the 32 list heads by (sq, index), which the xor butterfly gives every lane;
+    // the lane holding it (indices are distinct) drops it, and lane j keeps it for the store below.
+    float kept_d = INFINITY;
+    unsigned kept_i = NO_INDEX;
+    for (int j = 0; j < k; ++j) {
+        float best_d = top.d[0];
+        unsigned best_i = top.i[0];
 #pragma unroll
-    for (int j = 0; j < KNN_MAX_K; ++j) {
-        if (j < k) {
-            const bool filled = top.i[j] != NO_INDEX;
-            out_d[base + j] = filled ? sqrtf(top.d[j]) : __int_as_float(0x7FC00000);  // the CPU's f32::NAN
-            out_i[base + j] = filled ? top.i[j] : 0u;
+        for (int off = 16; off > 0; off >>= 1) {
+            const float other_d = __shfl_xor_sync(FULL, best_d, off);
+            const unsigned other_i = __shfl_xor_sync(FULL, best_i, off);
+            if (before<false>(other_d, other_i, best_d, best_i)) {
+                best_d = other_d;
+                best_i = other_i;
+            }
         }
+        if (best_i == NO_INDEX) {
+            break;  // every list is empty; the same on every lane, so the warp stays together
+        }
+        if (top.i[0] == best_i) {
+            top.pop();
+        }
+        if (lane == j) {
+            kept_d = best_d;
+            kept_i = best_i;
+        }
+    }
+    if (lane < k) {
+        const size_t slot = static_cast<size_t>(qi) * static_cast<size_t>(k) + lane;
+        const bool filled = kept_i != NO_INDEX;
+        out_d[slot] = filled ? sqrtf(kept_d) : __int_as_float(0x7FC00000);  // the CPU's f32::NAN
+        out_i[slot] = filled ? kept_i : 0u;
     }
 }

@@ -13,7 +13,7 @@ use half::f16;
 use patchcore::backend::cpu::{gaussian_taps, l2_distance, reweighted_score, squared_norms, top_patches};
 use patchcore::backend::cuda::launch::{
     conv_plan, coreset_config, grid_stride, knn_plan, norms_config, one_block_per_image, preprocess_runs, GRID_CAP,
-    MAX_BLUR_RADIUS,
+    KNN_LISTS, KNN_TILE, MAX_BLUR_RADIUS,
 };
 use patchcore::backend::{Activation, Backend, ConvSpec, CpuBackend, Padding, Precision};
 use patchcore::data::image::Preprocess;
@@ -574,6 +574,137 @@ fn knn_breaks_exact_ties_as_the_cpu_in_every_precision() {
                 assert_same_bits(&format!("knn {p:?} ties d={d} k={k} distances"), &got.0, &want.0);
                 assert_eq!(got.1, want.1, "knn {p:?} ties d={d} k={k}: rows");
             }
+        }
+    }
+}
+
+#[test]
+fn knn_merges_lists_and_splits_as_the_cpu_where_the_best_rows_crowd_one_list() {
+    let Some(driver) = driver() else { return };
+    // Integers again (exact in every precision, so distances must match the CPU's bits and rows exactly). The
+    // queries lie in [-2, 2]^d and the bank's "far" rows in [8, 12]^d; the 16 rows 1, 5, ..., 61 lie in
+    // [-1, 1]^d, nearer than any far row: every query's 16 best are in list 1 of split 0, which the in-block
+    // merge must take whole. Row 9 repeats row 5 (a tie inside that list). 131 queries: two full blocks of 64
+    // and one of 3, and not a whole number of merge blocks.
+    let (nq, m, d) = (131, 760, 12);
+    let mut rng = SplitMix64::new(80);
+    let mut int_in = |lo: i64, hi: i64| lo as f32 + rng.below((hi - lo + 1) as u64) as f32;
+    let q: Vec<f32> = (0..nq * d).map(|_| int_in(-2, 2)).collect();
+    let mut bank: Vec<f32> = (0..m * d).map(|_| int_in(8, 12)).collect();
+    for row in (1..KNN_TILE).step_by(KNN_LISTS) {
+        bank[row * d..(row + 1) * d].iter_mut().for_each(|v| *v = int_in(-1, 1));
+    }
+    bank.copy_within(5 * d..6 * d, 9 * d);
+    let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+    for (k, sms) in [(16, SMALL_GPU_SMS), (9, H200_SMS), (1, SMALL_GPU_SMS)] {
+        let splits = knn_plan(nq, m, d, k, 4 * sms).unwrap().splits;
+        assert!(splits > 1, "k={k}: the bank must split for this test, not {splits} way");
+        let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+        assert!(want.1.iter().all(|&r| r % 4 == 1 && (r as usize) < KNN_TILE), "the CPU's rows crowd list 1");
+        for (p, _) in PRECISIONS {
+            let got = emulated_knn(driver, &q, &bank, d, k, p, sms);
+            assert_same_bits(&format!("knn {p:?} one list k={k} distances"), &got.0, &want.0);
+            assert_eq!(got.1, want.1, "knn {p:?} one list k={k} ({splits} splits): rows");
+        }
+    }
+}
+
+#[test]
+fn knn_leaves_the_slots_it_cannot_fill_as_the_cpu() {
+    let Some(driver) = driver() else { return };
+    // A bank of NaN rows but 5 (a NaN distance never ranks), spread over the 3 splits and several lists, with
+    // ties: rows 64 and 65 are equal (two lists of one split), and 129 equals 3 (two splits). k = 9 and 16 leave
+    // 4 and 11 slots (NaN, 0), as on the CPU; query 7 is NaN itself and finds nothing.
+    let (nq, m, d) = (70, 130, 20);
+    let mut rng = SplitMix64::new(81);
+    let mut q: Vec<f32> = (0..nq * d).map(|_| rng.below(5) as f32 - 2.0).collect();
+    q[7 * d + 4] = f32::NAN;
+    let mut bank = vec![f32::NAN; m * d];
+    for row in [3, 64, 100] {
+        bank[row * d..(row + 1) * d].iter_mut().for_each(|v| *v = rng.below(5) as f32 - 2.0);
+    }
+    bank.copy_within(64 * d..65 * d, 65 * d);
+    bank.copy_within(3 * d..4 * d, 129 * d);
+    let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+    for k in [9, 16] {
+        assert_eq!(knn_plan(nq, m, d, k, 4 * SMALL_GPU_SMS).unwrap().splits, m.div_ceil(KNN_TILE));
+        let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+        assert_eq!(want.0.iter().filter(|v| v.is_nan()).count(), (nq - 1) * (k - 5) + k, "the CPU's empty slots");
+        for (p, _) in PRECISIONS {
+            let got = emulated_knn(driver, &q, &bank, d, k, p, SMALL_GPU_SMS);
+            assert_same_bits(&format!("knn {p:?} unfilled k={k} distances"), &got.0, &want.0);
+            assert_eq!(got.1, want.1, "knn {p:?} unfilled k={k}: rows");
+        }
+    }
+}
+
+/// `knn_merge` alone, on candidates the partial kernels never write but its contract allows: finite
+/// distances with index 0xFFFFFFFF, NaN and +inf, in no order, per_query neither a multiple of 32 nor of 4,
+/// and 6 queries (a merge block of 4 warps and a half-idle one).
+/// The reference: the valid candidates sorted by (squared distance, index), the first k square-rooted.
+#[test]
+fn knn_merge_takes_the_best_valid_candidates_whichever_lane_holds_them() {
+    let Some(driver) = driver() else { return };
+    let (nq, per_query) = (6, 530);
+    let mut rng = SplitMix64::new(82);
+    let mut cand_d = Vec::with_capacity(nq * per_query);
+    let mut cand_i = Vec::with_capacity(nq * per_query);
+    for qi in 0..nq {
+        // Distinct indices per query, in random order; distances from 5 values, so ties abound.
+        let mut idx: Vec<u32> = (0..per_query as u32).map(|i| i * 7 + qi as u32).collect();
+        for i in (1..idx.len()).rev() {
+            idx.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for (c, &i) in idx.iter().enumerate() {
+            let sq = match rng.below(10) {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                v => (v % 5) as f32 * 0.25,
+            };
+            // Query 2's 17 best (tied at 0) are all lane 3's (candidates 3, 35, ..., 515), so for k = 16 the
+            // warp takes every result from one lane; query 4 has 3 valid candidates only; a finite distance
+            // with no index is never a result.
+            let sq = match qi {
+                2 if c % 32 == 3 => 0.0,
+                2 => sq + 1.0,
+                4 if c < 3 => c as f32 * 0.5,
+                4 => f32::NAN,
+                _ => sq,
+            };
+            let (sq, i) = if c == 10 { (0.0, u32::MAX) } else { (sq, i) };
+            cand_d.push(sq);
+            cand_i.push(i);
+        }
+    }
+    for k in [1, 9, 16] {
+        let mut s = Script::new("knn_merge");
+        s.load_f32("cand_d", &cand_d);
+        s.load("cand_i", u32_bytes(&cand_i));
+        s.alloc("out_d", nq * k * 4, POISON);
+        s.alloc("out_i", nq * k * 4, POISON);
+        let plan = knn_plan(nq, 1000, 8, k, 1).unwrap(); // the merge's launch as the host computes it
+        let args = [Buf("cand_d"), Buf("cand_i"), I32(nq as i32), I32(per_query as i32), I32(k as i32)];
+        s.launch("knn_merge", plan.merge, &[&args[..], &[Buf("out_d"), Buf("out_i")]].concat());
+        s.save("out_d");
+        s.save("out_i");
+        let out = s.run(driver);
+        let (got_d, got_i) = (out.f32s("out_d"), out.u32s("out_i"));
+        for qi in 0..nq {
+            let range = qi * per_query..(qi + 1) * per_query;
+            let mut valid: Vec<(f32, u32)> = cand_d[range.clone()]
+                .iter()
+                .zip(&cand_i[range])
+                .filter(|&(&sq, &i)| sq < f32::INFINITY && i != u32::MAX)
+                .map(|(&sq, &i)| (sq, i))
+                .collect();
+            valid.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let mut want_d: Vec<f32> = valid.iter().take(k).map(|&(sq, _)| sq.sqrt()).collect();
+            let mut want_i: Vec<u32> = valid.iter().take(k).map(|&(_, i)| i).collect();
+            want_d.resize(k, f32::NAN);
+            want_i.resize(k, 0);
+            let slots = qi * k..(qi + 1) * k;
+            assert_same_bits(&format!("knn_merge k={k} query {qi} distances"), &got_d[slots.clone()], &want_d);
+            assert_eq!(got_i[slots], want_i, "knn_merge k={k} query {qi}: rows");
         }
     }
 }

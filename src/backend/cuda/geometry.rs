@@ -11,9 +11,10 @@
 pub const BLOCK: u32 = 256;
 /// knn.cu: queries per block, and bank rows per tile (a bank split is a whole number of tiles).
 pub const KNN_TILE: usize = 64;
-/// knn.cu: candidate lists kept per (query, split), one per thread of the query's (BLOCK / KNN_TILE).
+/// knn.cu: candidate lists kept per (query, split) while folding, one per thread of the query's
+/// (BLOCK / KNN_TILE); the block merges them into one list before writing it.
 pub const KNN_LISTS: usize = 4;
-/// knn.cu's `knn_merge`: threads per block, one per query.
+/// knn.cu's `knn_merge`: threads per block, a warp per query (a multiple of 32).
 pub const KNN_MERGE_BLOCK: u32 = 128;
 /// The largest k knn.cu's register-resident lists hold.
 pub const KNN_MAX_K: usize = 16;

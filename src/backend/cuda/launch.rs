@@ -16,9 +16,13 @@ include!("geometry.rs");
 pub const GRID_CAP: u32 = 65_535;
 /// blur.cu keeps the taps in shared memory: 2 * 256 + 1 of them at most (sigma <= 63).
 pub const MAX_BLUR_RADIUS: usize = 256;
-/// The most candidates one `knn_merge` thread walks serially: each split adds KNN_LISTS * k per
-/// query, so the splits are capped at 512 / (KNN_LISTS * k) (8 for k = 16, 128 for k = 1).
-pub const KNN_MERGE_MAX_CANDIDATES: usize = 512;
+/// The most candidates one `knn_merge` lane walks serially. Each split adds k candidates per
+/// query, which the query's warp shares out over its 32 lanes, so the splits are capped at
+/// 512 * 32 / k (1,024 for k = 16): far more than fill a GPU, so in practice the occupancy sets
+/// them, not this cap.
+pub const KNN_MERGE_LANE_CANDIDATES: usize = 512;
+/// knn.cu's `knn_merge`: a warp per query.
+pub const KNN_MERGE_QUERIES_PER_BLOCK: usize = KNN_MERGE_BLOCK as usize / 32;
 /// knn.cu's `squared_norms_*`: one warp per row.
 pub const NORM_ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
 
@@ -56,7 +60,8 @@ pub struct KnnPlan {
     /// Bank rows per split, a multiple of KNN_TILE; splits * chunk >= m.
     pub chunk: usize,
     pub splits: usize,
-    /// Candidates per query the merge reads: splits * KNN_LISTS * k.
+    /// Candidates per query the merge reads: splits * k (the partial kernel merges its
+    /// KNN_LISTS lists of a query into one before writing).
     pub per_query: usize,
     pub merge: LaunchConfig,
 }
@@ -64,8 +69,8 @@ pub struct KnnPlan {
 /// Splits the bank until `resident_blocks` blocks (what the GPU runs at once: its SMs times the
 /// partial kernel's blocks per SM, from the occupancy API) are in flight: a small query batch
 /// (one image is 1,024 queries, 16 blocks) would otherwise leave most of an H200's 132 SMs
-/// idle. Every split adds `KNN_LISTS * k` candidates per query for the merge to walk, so the
-/// splits stop at KNN_MERGE_MAX_CANDIDATES of them.
+/// idle. Every split adds k candidates per query for the merge's warp to walk, so the splits
+/// stop where a lane would walk more than KNN_MERGE_LANE_CANDIDATES of them.
 pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, resident_blocks: usize) -> Result<KnnPlan> {
     if nq == 0 || m == 0 || d == 0 || k == 0 || k > KNN_MAX_K.min(m) {
         return Err(Error::invalid_backend_input(format!(
@@ -74,11 +79,11 @@ pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, resident_blocks: usize)
     }
     let query_blocks = nq.div_ceil(KNN_TILE);
     let bank_tiles = m.div_ceil(KNN_TILE);
-    let most_splits = (KNN_MERGE_MAX_CANDIDATES / (KNN_LISTS * k)).clamp(1, bank_tiles);
+    let most_splits = (KNN_MERGE_LANE_CANDIDATES * 32 / k).clamp(1, bank_tiles);
     let wanted = resident_blocks.max(1).div_ceil(query_blocks).clamp(1, most_splits);
     let chunk = bank_tiles.div_ceil(wanted) * KNN_TILE;
     let splits = m.div_ceil(chunk);
-    let per_query = splits * KNN_LISTS * k;
+    let per_query = splits * k;
     fits_i32("knn", &[nq * d, m * d, nq * per_query, query_blocks])?;
     Ok(KnnPlan {
         partial: LaunchConfig {
@@ -90,7 +95,7 @@ pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, resident_blocks: usize)
         splits,
         per_query,
         merge: LaunchConfig {
-            grid_dim: (nq.div_ceil(KNN_MERGE_BLOCK as usize) as u32, 1, 1),
+            grid_dim: (nq.div_ceil(KNN_MERGE_QUERIES_PER_BLOCK) as u32, 1, 1),
             block_dim: (KNN_MERGE_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         },
@@ -280,13 +285,19 @@ mod tests {
             assert!(plan.splits * plan.chunk >= m && (plan.splits - 1) * plan.chunk < m, "no empty split");
             assert!(plan.partial.grid_dim.0 as usize * KNN_TILE >= nq);
             assert_eq!(plan.partial.grid_dim.1 as usize, plan.splits);
-            assert_eq!(plan.per_query, plan.splits * KNN_LISTS * k);
-            assert!(plan.per_query <= KNN_MERGE_MAX_CANDIDATES, "{nq}x{m} k={k}: {} candidates", plan.per_query);
-            assert!(plan.merge.grid_dim.0 as usize * KNN_MERGE_BLOCK as usize >= nq);
+            assert_eq!(plan.per_query, plan.splits * k);
+            let lane = plan.per_query.div_ceil(32);
+            assert!(lane <= KNN_MERGE_LANE_CANDIDATES, "{nq}x{m} k={k}: a lane walks {lane} candidates");
+            assert!(plan.merge.grid_dim.0 as usize * KNN_MERGE_QUERIES_PER_BLOCK >= nq);
+            assert!((plan.merge.grid_dim.0 as usize - 1) * KNN_MERGE_QUERIES_PER_BLOCK < nq, "no idle merge block");
             let blocks = plan.partial.grid_dim.0 as usize * plan.splits;
-            let most = nq.div_ceil(KNN_TILE) * m.div_ceil(KNN_TILE).min(KNN_MERGE_MAX_CANDIDATES / (KNN_LISTS * k));
+            let most = nq.div_ceil(KNN_TILE) * m.div_ceil(KNN_TILE).min(KNN_MERGE_LANE_CANDIDATES * 32 / k);
             assert!(blocks >= (4 * 132).min(most) / 2, "{nq}x{m}: {blocks} blocks");
         }
+        // One query against a bank of 2,000 tiles on a GPU that holds 100,000 blocks: the lane cap,
+        // not the occupancy, stops the splits, at exactly KNN_MERGE_LANE_CANDIDATES a lane.
+        let plan = knn_plan(1, 2000 * KNN_TILE, 8, 16, 100_000).unwrap();
+        assert_eq!(plan.per_query.div_ceil(32), KNN_MERGE_LANE_CANDIDATES, "{} splits", plan.splits);
     }
 
     #[test]
