@@ -294,9 +294,9 @@ mod tests {
             let most = nq.div_ceil(KNN_TILE) * m.div_ceil(KNN_TILE).min(KNN_MERGE_LANE_CANDIDATES * 32 / k);
             assert!(blocks >= (4 * 132).min(most) / 2, "{nq}x{m}: {blocks} blocks");
         }
-        // One query against a bank of 2,000 tiles on a GPU that holds 100,000 blocks: the lane cap,
+        // One query against a bank of 2,048 tiles on a GPU that holds 100,000 blocks: the lane cap,
         // not the occupancy, stops the splits, at exactly KNN_MERGE_LANE_CANDIDATES a lane.
-        let plan = knn_plan(1, 2000 * KNN_TILE, 8, 16, 100_000).unwrap();
+        let plan = knn_plan(1, 2048 * KNN_TILE, 8, 16, 100_000).unwrap();
         assert_eq!(plan.per_query.div_ceil(32), KNN_MERGE_LANE_CANDIDATES, "{} splits", plan.splits);
     }
 
