@@ -140,7 +140,8 @@ fn the_report_plots_agree_with_the_metrics_and_show_the_worst_cases() {
     // The histogram: every image in one bar of its kind; the wrong-side counts in the legend
     // are the bars on the wrong side of the threshold line.
     let histogram = plots.iter().find(|p| p.contains("histogram of image scores")).unwrap();
-    let bars = |kind: &str| tags(histogram, &format!("<rect class=\"{kind}\"")).into_iter().map(|t| number(t, "data-count"));
+    let bars =
+        |kind: &str| tags(histogram, &format!("<rect class=\"{kind}\"")).into_iter().map(|t| number(t, "data-count"));
     assert_eq!(bars("good").sum::<f64>() as usize, good);
     assert_eq!(bars("defective").sum::<f64>() as usize, defective);
     let line = number(tags(histogram, "<line class=\"threshold\"")[0], "x1");
@@ -162,9 +163,8 @@ fn the_report_plots_agree_with_the_metrics_and_show_the_worst_cases() {
     let drawn = area_under_curve(roc);
     assert!((drawn - auroc).abs() <= 0.01, "area under the drawn ROC {drawn} vs AUROC {auroc}");
     let roc_json = &json["plots"]["image_roc"];
-    let column = |name: &str| -> Vec<f64> {
-        roc_json[name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
-    };
+    let column =
+        |name: &str| -> Vec<f64> { roc_json[name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
     let (fpr, tpr) = (column("fpr"), column("tpr"));
     let json_area: f64 = (1..fpr.len()).map(|i| (fpr[i] - fpr[i - 1]) * (tpr[i] + tpr[i - 1]) / 2.0).sum();
     assert!((json_area - auroc).abs() < 1e-9, "metrics.json ROC area {json_area} vs AUROC {auroc}");
@@ -178,7 +178,11 @@ fn the_report_plots_agree_with_the_metrics_and_show_the_worst_cases() {
     // The terminal: the same histogram as two rows of blocks split by the threshold.
     let text = String::from_utf8_lossy(&eval.stdout);
     let row = text.lines().find(|l| l.trim_start().starts_with("good ")).unwrap_or_else(|| panic!("{text}"));
-    assert!(row.contains('|') && row.ends_with(&format!("{good}, {} above the threshold (false alarms)", stats["false_alarms"])), "{text}");
+    assert!(
+        row.contains('|')
+            && row.ends_with(&format!("{good}, {} above the threshold (false alarms)", stats["false_alarms"])),
+        "{text}"
+    );
 
     // The two examples allowed are the highest-scoring good image and the lowest-scoring defect,
     // found here from `predict`'s scores of every test image.

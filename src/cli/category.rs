@@ -7,11 +7,11 @@ use crate::backend::Backend;
 use crate::data::dataset::{Category, Sample};
 use crate::data::image::load_mask;
 use crate::error::{Error, Result};
-use crate::patchcore::evaluate::evaluate;
-use crate::patchcore::{FitOptions, PatchCore};
 use crate::eval::curve::{Curve, MAX_CURVE_POINTS};
 use crate::eval::histogram::ScoreHistogram;
 use crate::eval::metrics::AUPRO_FPR_LIMIT;
+use crate::patchcore::evaluate::evaluate;
+use crate::patchcore::{FitOptions, PatchCore};
 use crate::render::examples::pick_examples;
 use crate::render::report::{CategoryReport, Example};
 use crate::render::{prediction_overlay, side_by_side, write_png};
@@ -126,9 +126,8 @@ pub fn evaluate_category<B: Backend>(
 /// The curves and histogram of a category for metrics.json and benchmark.json, so other tools
 /// can plot them.
 pub fn plots_json(report: &CategoryReport) -> serde_json::Value {
-    let curve = |c: &Curve, y: &str| {
-        serde_json::json!({"fpr": c.x, y: c.y, "threshold": c.threshold, "thinned": c.thinned})
-    };
+    let curve =
+        |c: &Curve, y: &str| serde_json::json!({"fpr": c.x, y: c.y, "threshold": c.threshold, "thinned": c.thinned});
     let histogram = report.histogram.as_ref().map(|h| {
         serde_json::json!({
             "edges": (0..=h.bins()).map(|i| h.edge(i)).collect::<Vec<_>>(),

@@ -27,7 +27,6 @@ pub struct Args {
     pub trace: TraceArgs,
 }
 
-
 pub fn run(args: Args) -> Result<()> {
     let category = Category::open(&args.data)?;
     let model = args.model.load()?;

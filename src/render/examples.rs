@@ -13,7 +13,8 @@ pub enum Gallery {
 }
 
 impl Gallery {
-    pub const ALL: [Gallery; 4] = [Gallery::HighestGood, Gallery::LowestDefect, Gallery::HighestDefect, Gallery::LowestGood];
+    pub const ALL: [Gallery; 4] =
+        [Gallery::HighestGood, Gallery::LowestDefect, Gallery::HighestDefect, Gallery::LowestGood];
 
     pub fn heading(self) -> &'static str {
         match self {
@@ -136,7 +137,10 @@ mod tests {
         assert_eq!(by(Gallery::LowestDefect), [9, 10]);
         assert_eq!(by(Gallery::HighestDefect), [18]);
         assert_eq!(by(Gallery::LowestGood), [0]);
-        assert_eq!(picks[0].caption(scores[8], 0.85), "good, 1st highest of 9: score 0.900, flagged anomalous (false alarm)");
+        assert_eq!(
+            picks[0].caption(scores[8], 0.85),
+            "good, 1st highest of 9: score 0.900, flagged anomalous (false alarm)"
+        );
 
         // Three images, cap above them: each shown once, and the turns stop.
         let picks = pick_examples(&[0.2, 0.1, 0.9], &[false, false, true], 50);

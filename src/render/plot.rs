@@ -120,7 +120,7 @@ fn ticks(lo: f64, hi: f64) -> (Vec<f64>, usize) {
 /// count of each kind on its wrong side in the legend.
 pub fn histogram_svg(h: &ScoreHistogram) -> String {
     let tallest = h.good.iter().chain(&h.defective).copied().max().unwrap_or(0).max(1);
-    let frame = Frame { width: 500.0, height: 310.0, x: (h.edge(0), h.edge(h.bins())), y: (0.0, f64::from(tallest)) };
+    let frame = Frame { width: 460.0, height: 310.0, x: (h.edge(0), h.edge(h.bins())), y: (0.0, f64::from(tallest)) };
     let (good, defective): (u32, u32) = (h.good.iter().sum(), h.defective.iter().sum());
     let mut svg = frame.open(
         "histogram of image scores, good and defective, with the threshold",
@@ -157,7 +157,11 @@ pub fn histogram_svg(h: &ScoreHistogram) -> String {
         th = h.threshold,
     );
     for (row, (colour, style, text)) in [
-        (GOOD, "fill-opacity=\"0.6\"", format!("good: {good}, {} above the threshold (false alarms)", h.false_alarms())),
+        (
+            GOOD,
+            "fill-opacity=\"0.6\"",
+            format!("good: {good}, {} above the threshold (false alarms)", h.false_alarms()),
+        ),
         (
             DEFECTIVE,
             "fill-opacity=\"0.45\" stroke=\"#8c3c00\"",
@@ -197,7 +201,7 @@ pub struct CurvePlot<'a> {
 
 /// A rising curve through `curve`'s points (cut at `x_max`, where the PRO curve ends).
 pub fn curve_svg(curve: &Curve, plot: &CurvePlot) -> String {
-    let frame = Frame { width: 320.0, height: 310.0, x: (0.0, plot.x_max), y: (0.0, 1.0) };
+    let frame = Frame { width: 300.0, height: 310.0, x: (0.0, plot.x_max), y: (0.0, 1.0) };
     let mut svg = frame.open(plot.description, plot.x_label, plot.y_label, false);
     if plot.chance_line {
         let _ = write!(
