@@ -98,13 +98,14 @@ pub fn evaluate_category<B: Backend>(
             .iter()
             .map(|p| {
                 let scored = &evaluation.images[p.index];
+                let file = overlay_file(&scored.sample);
                 Example {
-                    file: format!("{}/{}", category.name, overlay_file(&scored.sample)),
                     caption: format!(
                         "{}: {}",
-                        overlay_file(&scored.sample).trim_end_matches(".png"),
+                        file.trim_end_matches(".png"),
                         p.caption(scored.prediction.score, threshold)
                     ),
+                    file: format!("{}/{file}", category.name),
                     anomalous: scored.sample.anomalous,
                     gallery: p.gallery,
                 }

@@ -46,9 +46,9 @@ pub struct Pick {
 }
 
 impl Pick {
-    /// e.g. "good, 1st highest of 120: score 2.310, flagged anomalous (false alarm)".
+    /// e.g. "1st highest of 120 good: score 2.310, flagged anomalous (false alarm)".
     pub fn caption(&self, score: f32, threshold: f32) -> String {
-        let kind = if self.gallery.anomalous() { "defect" } else { "good" };
+        let kinds = if self.gallery.anomalous() { "defects" } else { "good" };
         let end = if self.gallery.highest_first() { "highest" } else { "lowest" };
         let verdict = match (score > threshold, self.gallery.anomalous()) {
             (true, false) => "flagged anomalous (false alarm)",
@@ -56,7 +56,7 @@ impl Pick {
             (true, true) => "flagged anomalous",
             (false, false) => "passed as normal",
         };
-        format!("{kind}, {} {end} of {}: score {score:.3}, {verdict}", ordinal(self.rank), self.of)
+        format!("{} {end} of {} {kinds}: score {score:.3}, {verdict}", ordinal(self.rank), self.of)
     }
 }
 
@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(by(Gallery::LowestGood), [0]);
         assert_eq!(
             picks[0].caption(scores[8], 0.85),
-            "good, 1st highest of 9: score 0.900, flagged anomalous (false alarm)"
+            "1st highest of 9 good: score 0.900, flagged anomalous (false alarm)"
         );
 
         // Three images, cap above them: each shown once, and the turns stop.
