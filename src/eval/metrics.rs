@@ -332,6 +332,26 @@ mod tests {
     }
 
     #[test]
+    fn roc_curve_is_the_curve_auroc_integrates() {
+        // One tie across the classes (0.3): one diagonal step, as the half-counted pair.
+        let c = roc_curve(&[0.1, 0.3, 0.3, 0.4], &[false, false, true, true]).unwrap();
+        assert_eq!((c.x, c.y), (vec![0.0, 0.0, 0.5, 1.0], vec![0.0, 0.5, 1.0, 1.0]));
+        assert_eq!(c.threshold, [f32::INFINITY, 0.4, 0.3, 0.1]);
+        assert_eq!(roc_curve(&[0.1, 0.2], &[true, true]), None);
+    }
+
+    #[test]
+    fn pro_curve_ends_at_the_fpr_limit() {
+        // The region (0.9) is found first: (0, 1); the next score flags 1 of 3 normal pixels, past
+        // 0.3, so the curve is cut at (0.3, 1).
+        let map = [0.9, 0.1, 0.5, 0.2];
+        let p = pro_curve(&[&map], &[&[true, false, false, false]], 4, 1, 0.3).unwrap();
+        assert_eq!((p.curve.x, p.curve.y), (vec![0.0, 0.0, 0.3], vec![0.0, 1.0, 1.0]));
+        assert_eq!(p.curve.threshold, [f32::INFINITY, 0.9, 0.5]);
+        assert_eq!(p.aupro, 1.0);
+    }
+
+    #[test]
     fn regions_join_diagonal_neighbours() {
         // x . .
         // . x .     one region (corner contact), and a separate one at the bottom right

@@ -146,10 +146,12 @@ pub fn histogram_svg(h: &ScoreHistogram) -> String {
         }
     }
     let x = frame.px(f64::from(h.threshold));
+    // The label reads from the line into the plot, so it never runs off either side.
+    let anchor = if x < MARGIN.left + frame.inner_width() * 0.6 { "start" } else { "end" };
     let _ = write!(
         svg,
         "<line class=\"threshold\" x1=\"{x:.2}\" x2=\"{x:.2}\" y1=\"{t:.2}\" y2=\"{b:.2}\" stroke=\"#000\" \
-         stroke-width=\"2\" stroke-dasharray=\"6 3\"/><text x=\"{x:.2}\" y=\"{ty:.2}\" text-anchor=\"middle\">\
+         stroke-width=\"2\" stroke-dasharray=\"6 3\"/><text x=\"{x:.2}\" y=\"{ty:.2}\" text-anchor=\"{anchor}\">\
          threshold {th:.3}</text>",
         t = MARGIN.top - 4.0,
         b = frame.py(0.0),

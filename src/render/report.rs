@@ -49,7 +49,7 @@ pub fn write_report(path: &Path, title: &str, intro: &str, categories: &[Categor
          td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,th:first-child{{text-align:left}}\
          figure{{display:inline-block;margin:6px;vertical-align:top}}figcaption{{font-size:13px;max-width:520px}}\
          img{{max-width:520px;border:1px solid #999}}.bad{{color:#b00}}.good{{color:#070}}\
-         @media print{{figure{{break-inside:avoid}}body{{margin:0}}}}</style></head><body>\
+         .plots figure{{width:min-content}}@media print{{figure{{break-inside:avoid}}body{{margin:0}}}}</style></head><body>\
          <h1>{t}</h1><p>{i}</p><table><tr><th>Category</th><th>Image AUROC</th><th>Pixel AUROC</th>\
          <th>Image F1</th><th>Pixel F1</th><th>AUPRO</th>",
         t = escape(title),
