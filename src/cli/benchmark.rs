@@ -1,5 +1,5 @@
-use super::category::{evaluate_category, fit_category};
-use super::options::{BackboneArgs, DeviceArgs, FitArgs, TraceArgs};
+use super::category::{evaluate_category, fit_category, plots_json};
+use super::options::{BackboneArgs, DeviceArgs, FitArgs, ReportArgs, TraceArgs};
 use super::{backend_for, Bars};
 use crate::backbone::weights::WeightSource;
 use crate::backbone::Architecture;
@@ -26,6 +26,8 @@ pub struct Args {
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
+    report: ReportArgs,
+    #[command(flatten)]
     pub trace: TraceArgs,
 }
 
@@ -35,7 +37,7 @@ pub fn run(args: Args) -> Result<()> {
     let options = args.fit.options(arch)?;
     let weights = args.backbone.source()?;
     let categories = Category::find_all(&args.data)?;
-    let reports = run_categories(&categories, arch, &weights, &options, args.device, &args.out)?;
+    let reports = run_categories(&categories, arch, &weights, &options, args.device, &args.out, args.report)?;
     let rows: Vec<_> = reports.iter().map(|r| (r.name.clone(), r.metrics)).collect();
     print!("{}", seed_tables(&rows));
     let intro = format!("{arch} on {}, {} categories.", args.data.display(), reports.len());
@@ -53,6 +55,7 @@ pub fn run_categories(
     options: &FitOptions,
     device: DeviceArgs,
     out: &Path,
+    report: ReportArgs,
 ) -> Result<Vec<CategoryReport>> {
     let mut bars = Bars::new();
     let mut reports = Vec::new();
@@ -65,10 +68,11 @@ pub fn run_categories(
             category.test.len()
         );
         let (model, fit_s) = fit_category(backend_for(device)?, arch, weights, &category, options, &mut bars)?;
-        let (mut report, eval_s) =
-            evaluate_category(&model, &category, options.batch, Some(&out.join(&category.name)), &mut bars)?;
-        report.timings = vec![("fit".into(), fit_s), ("evaluate".into(), eval_s)];
-        reports.push(report);
+        let overlays = out.join(&category.name);
+        let (mut evaluated, eval_s) =
+            evaluate_category(&model, &category, options.batch, Some(&overlays), report.examples, &mut bars)?;
+        evaluated.timings = vec![("fit".into(), fit_s), ("evaluate".into(), eval_s)];
+        reports.push(evaluated);
     }
     Ok(reports)
 }
@@ -86,7 +90,9 @@ pub fn write_outputs(
     write_atomic(&out.join("benchmark.csv"), csv(&rows).as_bytes())?;
     let json: Vec<_> = reports
         .iter()
-        .map(|r| serde_json::json!({"category": r.name, "metrics": r.metrics, "seconds": r.timings}))
+        .map(|r| {
+            serde_json::json!({"category": r.name, "metrics": r.metrics, "seconds": r.timings, "plots": plots_json(r)})
+        })
         .collect();
     let summary = serde_json::json!({"backbone": arch, "categories": json});
     write_atomic(&out.join("benchmark.json"), summary.to_string().as_bytes())?;

@@ -1,5 +1,5 @@
 use super::benchmark::{run_categories, write_outputs};
-use super::options::{DeviceArgs, TraceArgs};
+use super::options::{DeviceArgs, ReportArgs, TraceArgs};
 use crate::backbone::weights::SafetensorsFile;
 use crate::backbone::Architecture;
 use crate::backend::{DeviceChoice, Precision};
@@ -22,6 +22,8 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     #[command(flatten)]
+    report: ReportArgs,
+    #[command(flatten)]
     pub trace: TraceArgs,
 }
 
@@ -41,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
     let weights = SafetensorsFile::bundled_efficientnet_lite0();
     let fit = FitOptions { preprocess: arch.preprocess(256, None)?, ..FitOptions::default() };
     let device = DeviceArgs { device: args.device, precision: Precision::F32 };
-    let reports = run_categories(&dirs, arch, &weights, &fit, device, &args.out)?;
+    let reports = run_categories(&dirs, arch, &weights, &fit, device, &args.out, args.report)?;
     let rows: Vec<_> = reports.iter().map(|r| (r.name.clone(), r.metrics)).collect();
     let stage = |i: usize| reports.iter().map(|r| format!("{:.1}", r.timings[i].1)).collect::<Vec<_>>();
     println!("\n{}", metrics_table(&rows, &[("fit (s)", stage(0)), ("evaluate (s)", stage(1))]));

@@ -1,10 +1,11 @@
-use super::category::evaluate_category;
-use super::options::{ModelArgs, TraceArgs};
+use super::category::{evaluate_category, plots_json};
+use super::options::{ModelArgs, ReportArgs, TraceArgs};
 use super::Bars;
 use crate::data::dataset::Category;
 use crate::error::Result;
 use crate::eval::table::metrics_table;
 use crate::render::report::write_report;
+use crate::render::text_histogram::text_histogram;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -21,6 +22,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    report: ReportArgs,
+    #[command(flatten)]
     pub trace: TraceArgs,
 }
 
@@ -29,18 +32,23 @@ pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let mut bars = Bars::new();
     let overlays = args.out.as_ref().map(|o| o.join(&category.name));
-    let (report, seconds) = evaluate_category(&model, &category, args.model.batch, overlays.as_deref(), &mut bars)?;
+    let (report, seconds) =
+        evaluate_category(&model, &category, args.model.batch, overlays.as_deref(), args.report.examples, &mut bars)?;
     let m = &report.metrics;
     if args.json {
         println!("{}", serde_json::json!({"category": category.name, "metrics": m, "seconds": seconds}));
     } else {
         print!("{}", metrics_table(&[(category.name.clone(), *m)], &[]));
+        // The report's histogram, bin for bin: the terminal and the page agree.
+        if let Some(h) = &report.histogram {
+            print!("\n{}", text_histogram(h));
+        }
         for note in &report.notes {
             println!("note: {note}");
         }
     }
     if let Some(out) = &args.out {
-        let json = serde_json::json!({"category": category.name, "metrics": m});
+        let json = serde_json::json!({"category": category.name, "metrics": m, "plots": plots_json(&report)});
         let path = out.join("metrics.json");
         crate::io::write_atomic(&path, json.to_string().as_bytes())?;
         let title = format!("patchcore eval: {}", category.name);

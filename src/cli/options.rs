@@ -25,6 +25,16 @@ pub struct TraceArgs {
     pub trace: Option<PathBuf>,
 }
 
+/// How much of the test set the report shows, for the commands that write one.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ReportArgs {
+    /// Example images per category in report.html, worst cases first: the highest-scoring good
+    /// images and the lowest-scoring defects, then the clearest of each kind. Overlays of every
+    /// image are written regardless.
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    pub examples: usize,
+}
+
 /// Where to run, for the commands that take a model or fit one.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct DeviceArgs {

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::curve::{Curve, CurveBuilder};
 use super::threshold::f1_at;
 
 /// The FPR limit of AUPRO in anomalib and in the MVTec AD paper.
@@ -18,6 +19,50 @@ fn sort_key(score: f32) -> u64 {
     u64::from(if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 })
 }
 
+/// The inverse of [`sort_key`] (for the thresholds of curve points).
+fn score_of_key(key: u64) -> f32 {
+    let bits = key as u32;
+    f32::from_bits(if bits >> 31 == 1 { bits & 0x7FFF_FFFF } else { !bits })
+}
+
+/// The one ROC sweep behind [`auroc`] and [`roc_curve`]: every score sorted once, then walked
+/// from the highest down in groups of equal scores.
+struct RocSweep {
+    /// Sort keys with the label in the lowest bit, ascending.
+    keys: Vec<u64>,
+    positives: u64,
+    negatives: u64,
+}
+
+impl RocSweep {
+    /// None when only one class is present or a score is NaN. Panics if the lengths differ.
+    fn new(scores: &[f32], labels: &[bool]) -> Option<Self> {
+        assert_eq!(scores.len(), labels.len(), "auroc: {} scores for {} labels", scores.len(), labels.len());
+        let positives = labels.iter().filter(|&&l| l).count() as u64;
+        let negatives = labels.len() as u64 - positives;
+        if positives == 0 || negatives == 0 || scores.par_iter().any(|s| s.is_nan()) {
+            return None;
+        }
+        // The label rides in the lowest bit, so sorting plain integers orders by score.
+        let mut keys: Vec<u64> =
+            scores.par_iter().zip(labels).map(|(&s, &l)| sort_key(s) << 1 | u64::from(l)).collect();
+        keys.par_sort_unstable();
+        Some(RocSweep { keys, positives, negatives })
+    }
+
+    /// (score, positives, negatives) of each distinct score, highest score first.
+    fn groups(&self) -> impl Iterator<Item = (f32, u64, u64)> + '_ {
+        let mut rest = self.keys.as_slice();
+        std::iter::from_fn(move || {
+            let &last = rest.last()?;
+            let group = rest.iter().rev().take_while(|&&k| k >> 1 == last >> 1).count();
+            let group_tp = rest[rest.len() - group..].iter().filter(|&&k| k & 1 == 1).count() as u64;
+            rest = &rest[..rest.len() - group];
+            Some((score_of_key(last >> 1), group_tp, group as u64 - group_tp))
+        })
+    }
+}
+
 /// Area under the ROC curve of `scores` against `labels` (true = anomalous), ties handled as
 /// sklearn's `roc_auc_score`: one curve point per distinct score, trapezoids between them (a tie
 /// of positives and negatives counts one half). None when only one class is present or a score
@@ -25,31 +70,32 @@ fn sort_key(score: f32) -> u64 {
 ///
 /// Panics if the lengths differ.
 pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
-    assert_eq!(scores.len(), labels.len(), "auroc: {} scores for {} labels", scores.len(), labels.len());
-    let positives = labels.iter().filter(|&&l| l).count() as u64;
-    let negatives = labels.len() as u64 - positives;
-    if positives == 0 || negatives == 0 || scores.par_iter().any(|s| s.is_nan()) {
-        return None;
-    }
-    // The label rides in the lowest bit, so sorting plain integers orders by score.
-    let mut keys: Vec<u64> = scores.par_iter().zip(labels).map(|(&s, &l)| sort_key(s) << 1 | u64::from(l)).collect();
-    keys.par_sort_unstable();
-    // From the highest score down; each group of equal scores adds one trapezoid. Twice its area
-    // in units of (one negative x one positive) is an integer, so the sum is exact and the only
-    // rounding is the final division.
+    let sweep = RocSweep::new(scores, labels)?;
+    // Each group of equal scores adds one trapezoid. Twice its area in units of (one negative x
+    // one positive) is an integer, so the sum is exact and the only rounding is the final division.
     let (mut tp, mut fp, mut twice_area) = (0u64, 0u64, 0u128);
-    let mut rest = keys.as_slice();
-    while let Some(&last) = rest.last() {
-        let group = rest.iter().rev().take_while(|&&k| k >> 1 == last >> 1).count();
-        let group_tp = rest[rest.len() - group..].iter().filter(|&&k| k & 1 == 1).count() as u64;
-        let group_fp = group as u64 - group_tp;
+    for (_, group_tp, group_fp) in sweep.groups() {
         twice_area += u128::from(group_fp) * u128::from(2 * tp + group_tp);
         tp += group_tp;
         fp += group_fp;
-        rest = &rest[..rest.len() - group];
     }
-    debug_assert_eq!((tp, fp), (positives, negatives));
-    Some(twice_area as f64 / (2.0 * positives as f64 * negatives as f64))
+    debug_assert_eq!((tp, fp), (sweep.positives, sweep.negatives));
+    Some(twice_area as f64 / (2.0 * sweep.positives as f64 * sweep.negatives as f64))
+}
+
+/// The ROC curve whose area [`auroc`] is: (false positive rate, true positive rate) for every
+/// distinct score from the highest down, from (0, 0) to (1, 1), thinned as
+/// [`CurveBuilder`] says. None where [`auroc`] is. Panics if the lengths differ.
+pub fn roc_curve(scores: &[f32], labels: &[bool]) -> Option<Curve> {
+    let sweep = RocSweep::new(scores, labels)?;
+    let mut curve = CurveBuilder::new(scores.len());
+    let (mut tp, mut fp) = (0u64, 0u64);
+    for (score, group_tp, group_fp) in sweep.groups() {
+        tp += group_tp;
+        fp += group_fp;
+        curve.push(fp as f64 / sweep.negatives as f64, tp as f64 / sweep.positives as f64, score);
+    }
+    Some(curve.finish())
 }
 
 /// Labels the 8-connected regions of a row-major `width x height` mask: 0 for background,
@@ -98,6 +144,18 @@ fn label_regions(mask: &[bool], width: usize, height: usize) -> (Vec<u32>, Vec<u
 /// is not `width * height` long, the counts of maps and masks differ, or `fpr_limit` is not in
 /// (0, 1].
 pub fn aupro(maps: &[&[f32]], masks: &[&[bool]], width: usize, height: usize, fpr_limit: f64) -> Option<f64> {
+    pro_curve(maps, masks, width, height, fpr_limit).map(|p| p.aupro)
+}
+
+/// [`aupro`] and the curve it integrates, from (0, 0) to the point cut at `fpr_limit`, thinned as
+/// [`CurveBuilder`] says (one candidate point per distinct pixel score).
+pub struct ProCurve {
+    pub aupro: f64,
+    pub curve: Curve,
+}
+
+/// The sweep of [`aupro`], keeping the curve's points: one computation for both.
+pub fn pro_curve(maps: &[&[f32]], masks: &[&[bool]], width: usize, height: usize, fpr_limit: f64) -> Option<ProCurve> {
     assert!(fpr_limit > 0.0 && fpr_limit <= 1.0, "aupro: fpr_limit {fpr_limit} outside (0, 1]");
     assert_eq!(maps.len(), masks.len(), "aupro: {} maps for {} masks", maps.len(), masks.len());
     let pixels = width * height;
@@ -134,8 +192,10 @@ pub fn aupro(maps: &[&[f32]], masks: &[&[bool]], width: usize, height: usize, fp
 
     let (mut fp, mut overlap) = (0u64, 0.0f64);
     let (mut x0, mut y0, mut area) = (0.0f64, 0.0f64, 0.0f64);
+    let mut curve = CurveBuilder::new(keys.len());
     let mut rest = keys.as_slice();
     while let Some(&last) = rest.last() {
+        let score = score_of_key(last >> 32);
         let group = rest.iter().rev().take_while(|&&k| k >> 32 == last >> 32).count();
         for &k in &rest[rest.len() - group..] {
             match (k & 0xFFFF_FFFF) as usize {
@@ -149,13 +209,15 @@ pub fn aupro(maps: &[&[f32]], masks: &[&[bool]], width: usize, height: usize, fp
         if x1 > fpr_limit {
             let y_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0);
             area += 0.5 * (y0 + y_limit) * (fpr_limit - x0);
-            return Some(area / fpr_limit);
+            curve.push(fpr_limit, y_limit, score);
+            return Some(ProCurve { aupro: area / fpr_limit, curve: curve.finish() });
         }
         area += 0.5 * (y0 + y1) * (x1 - x0);
+        curve.push(x1, y1, score);
         (x0, y0) = (x1, y1);
     }
     // Only reached when fpr_limit is 1: the last point is (1, 1).
-    Some(area / fpr_limit)
+    Some(ProCurve { aupro: area / fpr_limit, curve: curve.finish() })
 }
 
 /// One test image as the metrics see it.
@@ -189,6 +251,15 @@ pub struct Metrics {
     pub skipped_masks: usize,
 }
 
+/// The curves behind the image AUROC and the AUPRO, for plots and metrics.json; None where the
+/// metric is.
+#[derive(Clone, Debug, Default)]
+pub struct Curves {
+    pub image_roc: Option<Curve>,
+    /// Up to [`AUPRO_FPR_LIMIT`].
+    pub pro: Option<Curve>,
+}
+
 impl Metrics {
     /// The metrics of `images`, F1 evaluated at the given thresholds (anomalous when strictly
     /// above, as [`f1_at`]). Pixel metrics pool every pixel of the images that have a map and are
@@ -200,6 +271,17 @@ impl Metrics {
         image_threshold: f32,
         pixel_threshold: f32,
     ) -> Metrics {
+        Self::compute_with_curves(images, width, height, image_threshold, pixel_threshold).0
+    }
+
+    /// [`Metrics::compute`] and the curves, from the same sweeps.
+    pub fn compute_with_curves(
+        images: &[ImageResult],
+        width: usize,
+        height: usize,
+        image_threshold: f32,
+        pixel_threshold: f32,
+    ) -> (Metrics, Curves) {
         let scores: Vec<f32> = images.iter().map(|i| i.score).collect();
         let labels: Vec<bool> = images.iter().map(|i| i.anomalous).collect();
         let any_anomalous = labels.contains(&true);
@@ -217,18 +299,19 @@ impl Metrics {
         let pixel_scores: Vec<f32> = maps.concat();
         let pixel_labels: Vec<bool> = masks.concat();
         let pixel_f1 = pixel_labels.contains(&true).then(|| f1_at(&pixel_scores, &pixel_labels, pixel_threshold));
-        let ((image_auroc, pixel_auroc), aupro) = rayon::join(
+        let ((image_auroc, pixel_auroc), pro) = rayon::join(
             || (auroc(&scores, &labels), auroc(&pixel_scores, &pixel_labels)),
-            || aupro(&maps, &masks, width, height, AUPRO_FPR_LIMIT),
+            || pro_curve(&maps, &masks, width, height, AUPRO_FPR_LIMIT),
         );
-        Metrics {
+        let metrics = Metrics {
             image_auroc,
             pixel_auroc,
             image_f1,
             pixel_f1,
-            aupro,
+            aupro: pro.as_ref().map(|p| p.aupro),
             skipped_masks: images.iter().filter(|i| i.anomalous && i.mask.is_none()).count(),
-        }
+        };
+        (metrics, Curves { image_roc: roc_curve(&scores, &labels), pro: pro.map(|p| p.curve) })
     }
 }
 
@@ -243,6 +326,29 @@ mod tests {
             assert!(sort_key(w[0]) < sort_key(w[1]), "{} vs {}", w[0], w[1]);
         }
         assert_eq!(sort_key(-0.0), sort_key(0.0));
+        for x in xs {
+            assert_eq!(score_of_key(sort_key(x)), x);
+        }
+    }
+
+    #[test]
+    fn roc_curve_is_the_curve_auroc_integrates() {
+        // One tie across the classes (0.3): one diagonal step, as the half-counted pair.
+        let c = roc_curve(&[0.1, 0.3, 0.3, 0.4], &[false, false, true, true]).unwrap();
+        assert_eq!((c.x, c.y), (vec![0.0, 0.0, 0.5, 1.0], vec![0.0, 0.5, 1.0, 1.0]));
+        assert_eq!(c.threshold, [f32::INFINITY, 0.4, 0.3, 0.1]);
+        assert_eq!(roc_curve(&[0.1, 0.2], &[true, true]), None);
+    }
+
+    #[test]
+    fn pro_curve_ends_at_the_fpr_limit() {
+        // The region (0.9) is found first: (0, 1); the next score flags 1 of 3 normal pixels, past
+        // 0.3, so the curve is cut at (0.3, 1).
+        let map = [0.9, 0.1, 0.5, 0.2];
+        let p = pro_curve(&[&map], &[&[true, false, false, false]], 4, 1, 0.3).unwrap();
+        assert_eq!((p.curve.x, p.curve.y), (vec![0.0, 0.0, 0.3], vec![0.0, 1.0, 1.0]));
+        assert_eq!(p.curve.threshold, [f32::INFINITY, 0.9, 0.5]);
+        assert_eq!(p.aupro, 1.0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::backend::Backend;
 use crate::data::dataset::Sample;
 use crate::data::image::{load_mask, load_rgb};
 use crate::error::Result;
-use crate::eval::metrics::{ImageResult, Metrics};
+use crate::eval::metrics::{Curves, ImageResult, Metrics};
 use image::RgbImage;
 
 /// One scored test image, kept for reports and overlays.
@@ -18,6 +18,8 @@ pub struct Scored {
 
 pub struct Evaluation {
     pub metrics: Metrics,
+    /// The image ROC and PRO curves, from the sweeps that gave the metrics.
+    pub curves: Curves,
     pub images: Vec<Scored>,
 }
 
@@ -57,6 +59,7 @@ pub fn evaluate<B: Backend>(
             mask: s.truth.as_deref(),
         })
         .collect();
-    let metrics = Metrics::compute(&results, side, side, meta.image.threshold, meta.pixel.threshold);
-    Ok(Evaluation { metrics, images })
+    let (metrics, curves) =
+        Metrics::compute_with_curves(&results, side, side, meta.image.threshold, meta.pixel.threshold);
+    Ok(Evaluation { metrics, curves, images })
 }

@@ -7,12 +7,19 @@
 //! outlined ([`render_mask_outline`], also used for ground-truth outlines),
 //! and a caption such as "ANOMALY 87%" drawn with a built-in bitmap font
 //! ([`draw_text`], [`draw_text_boxed`]), so no font files are needed.
+//!
+//! For the evaluation report: [`plot`] draws the score histogram and the ROC and PRO curves as
+//! inline SVG, [`text_histogram`] the histogram for a terminal, [`examples`] picks the test
+//! images worth showing, and [`report`] writes the HTML.
 
 mod colormap;
+pub mod examples;
 mod font;
 mod overlay;
+pub mod plot;
 mod prediction;
 pub mod report;
+pub mod text_histogram;
 
 pub use colormap::{jet, JET};
 pub use font::{draw_text, draw_text_boxed, text_size};
