@@ -156,7 +156,7 @@ def openvino_engine(ov_model, images, batch, config):
         return request.infer({0: x})[score].copy()
 
     infer(images[:batch])  # warm-up
-    return (lambda: batched(images, batch, infer)), str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return (lambda: batched(images, batch, infer)), compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
 
 def ours_engine(binary, model_path, paths, batch):
@@ -186,9 +186,16 @@ def category_engines(binary, model_path, paths, images, pipeline):
 
 
 # ------------------------------------------------------------------------- comparison
+def image_auroc(scores, anomalous):
+    """P(an anomalous image outscores a good one), ties counting half (Mann-Whitney U)."""
+    bad, good = scores[anomalous], scores[~anomalous]
+    wins = (bad[:, None] > good[None, :]).sum() + 0.5 * (bad[:, None] == good[None, :]).sum()
+    return float(wins) / (len(bad) * len(good))
+
+
 def compare(args):
     torch.set_grad_enabled(False)
-    seconds, worst = {}, {}
+    seconds, worst, aurocs = {}, {}, {}
     n_images, largest = 0, 0.0
     for pair in args.pairs:
         model_path, image_dir = pair.split(":", 1)
@@ -212,6 +219,9 @@ def compare(args):
             seconds[name] = seconds.get(name, 0.0) + s
         n_images += len(paths)
 
+        anomalous = np.array([os.path.basename(os.path.dirname(p)) != "good" for p in paths])
+        for name, s in scores.items():
+            aurocs.setdefault(name, []).append(image_auroc(s, anomalous))
         ref = scores.pop("anomalib PyTorch b8")
         diffs = {k: float(np.abs(v - ref).max()) for k, v in scores.items()}
         for k, d in diffs.items():
@@ -225,11 +235,12 @@ def compare(args):
     print("ours: the whole `patchcore predict` run (process start, model load, PNG decoding); "
           "anomalib and OpenVINO: inference on decoded images.\n")
     reference = seconds["anomalib PyTorch b8"]
-    print("| engine | ms/image | anomalib / engine | max \\|score - anomalib\\| |")
-    print("| --- | ---: | ---: | ---: |")
+    # Image AUROC (mean over the categories) shows whether a score difference changes verdicts.
+    print("| engine | ms/image | anomalib / engine | max \\|score - anomalib\\| | image AUROC |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, s in seconds.items():
         diff = f"{worst[name]:.2e}" if name in worst else "-"
-        print(f"| {name} | {1000 * s / n_images:.1f} | {reference / s:.2f}x | {diff} |")
+        print(f"| {name} | {1000 * s / n_images:.1f} | {reference / s:.2f}x | {diff} | {np.mean(aurocs[name]):.3f} |")
     ours = min(seconds[f"ours CLI b{b}"] for b in BATCHES)
     for peer in ("OpenVINO default", "OpenVINO f32"):
         best_peer = min(seconds[f"{peer} b{b}"] for b in BATCHES)
