@@ -8,8 +8,9 @@ OpenVINO export against `patchcore predict`, with the weights and bank of our mo
         values.
     compare_openvino.py compare --patchcore BIN --repeats R MODEL:IMAGE_DIR ...
         For each model file, anomalib's PatchcoreModel loaded with its weights and bank, that
-        module converted to OpenVINO, and our CLI score the images of IMAGE_DIR (a multiple of
-        8 of them, from all its folders). Prints ms per image, the ratios and the scores' largest differences.
+        module converted to OpenVINO, and our CLI score the PNGs under IMAGE_DIR (the first
+        multiple of 8 of them; anomalous unless in a folder named good). Prints ms per image,
+        the ratios, the scores' largest differences and each engine's image AUROC.
 
 Anomalib and OpenVINO are timed on decoded, already-sized float images (decoding is outside
 their clock); ours is the whole CLI run (process start, model load, PNG decoding), the figure
@@ -189,6 +190,8 @@ def category_engines(binary, model_path, paths, images, pipeline):
 def image_auroc(scores, anomalous):
     """P(an anomalous image outscores a good one), ties counting half (Mann-Whitney U)."""
     bad, good = scores[anomalous], scores[~anomalous]
+    if len(bad) == 0 or len(good) == 0:
+        return float("nan")  # undefined without both kinds
     wins = (bad[:, None] > good[None, :]).sum() + 0.5 * (bad[:, None] == good[None, :]).sum()
     return float(wins) / (len(bad) * len(good))
 
