@@ -13,7 +13,7 @@
 //! (`patchcore_free`), so after the last one it holds the whole run.
 //!
 //! Under a profiler (`nsys profile`), with the `cuda` feature, every span is also an NVTX range
-//! of the same name on its thread (`backend::cuda::nvtx`), whether or not spans are recorded:
+//! of the same name on its thread (`nvtx`), whether or not spans are recorded:
 //! `attach_profiler` looks for one once, at the CLI's start and at the first model load or fit.
 //! The one atomic holds both switches, so with neither on a span still costs one load.
 //!
@@ -28,6 +28,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::Instant;
+
+#[cfg(feature = "cuda")]
+mod nvtx;
+/// NVTX comes with the `cuda` feature; without it no profiler is ever attached.
+#[cfg(not(feature = "cuda"))]
+mod nvtx {
+    pub fn attach() -> bool {
+        false
+    }
+    pub fn push(_name: &str) {}
+    pub fn pop() {}
+}
 
 /// `RECORD | NVTX`: what a span does when it opens; 0, nothing.
 static ON: AtomicU8 = AtomicU8::new(0);
@@ -123,9 +135,9 @@ pub fn start() {
 }
 
 /// Makes every span from now on an NVTX range too, when a profiler that takes NVTX is attached
-/// to this process (with the `cuda` feature; see `backend::cuda::nvtx`). Looks once.
+/// to this process (with the `cuda` feature; see `nvtx`). Looks once.
 pub fn attach_profiler() {
-    if crate::backend::cuda::nvtx::attach() {
+    if nvtx::attach() {
         ON.fetch_or(NVTX, Ordering::Relaxed);
     }
 }
@@ -239,7 +251,7 @@ impl Span {
     fn begin(name: &str, cat: &'static str, on: u8) -> Span {
         let nvtx = on & NVTX != 0;
         if nvtx {
-            crate::backend::cuda::nvtx::push(name);
+            nvtx::push(name);
         }
         if on & RECORD == 0 {
             return Span { open: None, nvtx };
@@ -296,7 +308,7 @@ fn device_event(open: &Open, t: DeviceTiming) -> Event {
 impl Drop for Span {
     fn drop(&mut self) {
         if self.nvtx {
-            crate::backend::cuda::nvtx::pop();
+            nvtx::pop();
         }
         let Some(open) = self.open.take() else { return };
         let end = Instant::now();

@@ -15,8 +15,6 @@ mod kernels;
 #[cfg(feature = "cuda")]
 pub mod launch;
 #[cfg(feature = "cuda")]
-pub mod nvtx;
-#[cfg(feature = "cuda")]
 mod peak;
 #[cfg(feature = "cuda")]
 mod probe;
@@ -32,7 +30,7 @@ pub use peak::Properties;
 #[cfg(feature = "cuda")]
 pub use probe::probe;
 #[cfg(not(feature = "cuda"))]
-pub use stub::{nvtx, probe, CudaBackend, Mark};
+pub use stub::{probe, CudaBackend, Mark};
 
 use crate::error::{Error, Result};
 

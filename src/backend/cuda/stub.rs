@@ -19,15 +19,6 @@ pub fn probe(_ordinal: usize) -> Result<()> {
     Err(unavailable())
 }
 
-/// NVTX ranges come with the CUDA backend; without it no profiler is ever attached.
-pub mod nvtx {
-    pub fn attach() -> bool {
-        false
-    }
-    pub fn push(_name: &str) {}
-    pub fn pop() {}
-}
-
 /// A point on a CUDA stream, for device time in the trace: none exists without the feature.
 pub enum Mark {}
 

@@ -10,8 +10,10 @@
 //! application's pointer slots through that table. The old libnvToolsExt.so.1 (NVTX v2) is that
 //! same loader compiled into a library: with the variable unset it finds no tool and does nothing.
 //! So loading libnvToolsExt would add a library CUDA 13 lacks and nothing else; instead this
-//! module is the v3 loader's handshake in Rust (the types of nvtxDetail/nvtxTypes.h), for the
-//! core module's RangePushA and RangePop only, and it needs no NVIDIA library at all.
+//! module is the v3 loader's handshake in Rust (the types of nvtxDetail/nvtxTypes.h), and it
+//! needs no NVIDIA library at all. It offers the tool every module's table, as the header does,
+//! so that a tool sees what it sees in any NVTX v3 application; only the core module's
+//! RangePushA and RangePop are ever called.
 //!
 //! When no profiler is attached (the variable is unset, its library does not load, lacks the
 //! entry point or declines) NVTX is silently absent and spans cost what they cost without it.
@@ -27,9 +29,11 @@ pub const INJECTION_VARIABLE: &str = "NVTX_INJECTION64_PATH";
 /// nvtxTypes.h: `NVTX_ETID_CALLBACKS`, `NVTX_ETID_VERSIONINFO`, `NVTX_CB_MODULE_CORE`.
 const EXPORT_TABLE_CALLBACKS: u32 = 1;
 const EXPORT_TABLE_VERSION_INFO: u32 = 3;
-const MODULE_CORE: c_int = 1;
-/// `NVTX_CBID_CORE_SIZE`: the core module's callbacks are numbered 1..=15 (0 is invalid).
-const CORE_SIZE: usize = 16;
+const MODULE_CORE: usize = 1;
+/// `NVTX_CBID_<module>_SIZE` by `NvtxCallbackModule`: 1 core, 2 CUDA, 3 OpenCL, 4 CUDA runtime,
+/// 5 core2 (domains), 6 sync; 0 is invalid. A module's callbacks are numbered 1..SIZE.
+const MODULE_SIZES: [usize; 7] = [0, 16, 9, 15, 7, 16, 7];
+const MAX_SIZE: usize = 16;
 /// `NVTX_CBID_CORE_RangePushA`, `NVTX_CBID_CORE_RangePop`.
 const RANGE_PUSH_A: usize = 9;
 const RANGE_POP: usize = 11;
@@ -57,26 +61,28 @@ struct VersionInfo {
     set_injection_nvtx_version: unsafe extern "C" fn(u32),
 }
 
-/// The core module's function-pointer slots, indexed by callback id: the tool writes its
-/// functions here, during the handshake or later (a tool may also clear them). `AtomicPtr` has
-/// the layout of a plain pointer, which is what the tool writes through.
-static SLOTS: [AtomicPtr<c_void>; CORE_SIZE] = [const { AtomicPtr::new(ptr::null_mut()) }; CORE_SIZE];
+/// Each module's function-pointer slots, indexed by callback id: the tool writes its functions
+/// here, during the handshake or later (a tool may also clear them). `AtomicPtr` has the layout
+/// of a plain pointer, which is what the tool writes through.
+static SLOTS: [[AtomicPtr<c_void>; MAX_SIZE]; 7] = [const { [const { AtomicPtr::new(ptr::null_mut()) }; MAX_SIZE] }; 7];
 
-/// `NvtxFunctionTable` for the core module: a null, a pointer to each slot, and a null (as the
-/// header lays it out; the tool is told `CORE_SIZE` entries).
-struct Table([*mut c_void; CORE_SIZE + 1]);
-// SAFETY: the pointers are to `SLOTS`, a static; the table itself is never written.
-unsafe impl Sync for Table {}
-unsafe impl Send for Table {}
+/// Each module's `NvtxFunctionTable`: a null, a pointer to each of its slots, and nulls (as the
+/// header lays it out; the tool is told the module's size).
+struct Tables([[*mut c_void; MAX_SIZE + 1]; 7]);
+// SAFETY: the pointers are to `SLOTS`, a static; the tables themselves are never written.
+unsafe impl Sync for Tables {}
+unsafe impl Send for Tables {}
 
-fn core_table() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut table = [ptr::null_mut(); CORE_SIZE + 1];
-        for (id, entry) in table.iter_mut().enumerate().take(CORE_SIZE).skip(1) {
-            *entry = SLOTS[id].as_ptr() as *mut c_void;
+fn tables() -> &'static Tables {
+    static TABLES: OnceLock<Tables> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut tables = [[ptr::null_mut(); MAX_SIZE + 1]; 7];
+        for (module, table) in tables.iter_mut().enumerate() {
+            for id in 1..MODULE_SIZES[module] {
+                table[id] = SLOTS[module][id].as_ptr() as *mut c_void;
+            }
         }
-        Table(table)
+        Tables(tables)
     })
 }
 
@@ -85,18 +91,17 @@ unsafe extern "C" fn get_module_function_table(
     out_table: *mut *const *mut c_void,
     out_size: *mut u32,
 ) -> c_int {
-    // The other modules (CUDA and OpenCL naming, domains, sync) are not offered: 0 is what the
-    // header answers for a module it does not know, and tools take it so.
-    if module != MODULE_CORE {
+    // 0 for a module this NVTX does not know, as the header answers.
+    let Some(&size) = usize::try_from(module).ok().and_then(|m| MODULE_SIZES.get(m)).filter(|&&s| s > 0) else {
         return 0;
-    }
+    };
     // SAFETY: the tool passes writable pointers or null, per the NVTX export-table contract.
     unsafe {
         if !out_size.is_null() {
-            *out_size = CORE_SIZE as u32;
+            *out_size = size as u32;
         }
         if !out_table.is_null() {
-            *out_table = core_table().0.as_ptr();
+            *out_table = tables().0[module as usize].as_ptr();
         }
     }
     1
@@ -145,7 +150,7 @@ fn handshake(path: &OsStr) -> bool {
 
 /// Opens a range on this thread: `nvtxRangePushA(name)`. A name with a NUL is cut there.
 pub fn push(name: &str) {
-    let f = SLOTS[RANGE_PUSH_A].load(Ordering::Acquire);
+    let f = SLOTS[MODULE_CORE][RANGE_PUSH_A].load(Ordering::Acquire);
     if f.is_null() {
         return;
     }
@@ -156,7 +161,7 @@ pub fn push(name: &str) {
 
 /// Closes this thread's innermost range: `nvtxRangePop()`.
 pub fn pop() {
-    let f = SLOTS[RANGE_POP].load(Ordering::Acquire);
+    let f = SLOTS[MODULE_CORE][RANGE_POP].load(Ordering::Acquire);
     if !f.is_null() {
         // SAFETY: the tool wrote its nvtxRangePop into this slot.
         unsafe { std::mem::transmute::<*mut c_void, Pop>(f)() };
@@ -182,16 +187,24 @@ mod tests {
             let callbacks = &*(get_export_table(EXPORT_TABLE_CALLBACKS) as *const Callbacks);
             assert_eq!(callbacks.struct_size, 16);
             let (mut table, mut size) = (ptr::null(), 0u32);
-            assert_eq!((callbacks.get_module_function_table)(2, &mut table, &mut size), 0, "CUDA module");
-            assert_eq!((callbacks.get_module_function_table)(MODULE_CORE, &mut table, &mut size), 1);
+            for unknown in [0, 7, -1] {
+                assert_eq!((callbacks.get_module_function_table)(unknown, &mut table, &mut size), 0);
+            }
+            // The CUDA runtime module (4): 6 callbacks, every one a distinct slot, and the nulls.
+            assert_eq!((callbacks.get_module_function_table)(4, &mut table, &mut size), 1);
+            let entries = std::slice::from_raw_parts(table, size as usize + 1);
+            assert_eq!(size, 7);
+            assert!(entries[0].is_null() && entries[7].is_null() && entries[1..7].iter().all(|e| !e.is_null()));
+            assert_eq!((callbacks.get_module_function_table)(MODULE_CORE as c_int, &mut table, &mut size), 1);
             assert_eq!(size, 16);
             let entries = std::slice::from_raw_parts(table, size as usize + 1);
             assert!(entries[0].is_null() && entries[16].is_null());
-            assert_eq!(entries[RANGE_PUSH_A], SLOTS[RANGE_PUSH_A].as_ptr() as *mut c_void);
+            let slot = &SLOTS[MODULE_CORE][RANGE_PUSH_A];
+            assert_eq!(entries[RANGE_PUSH_A], slot.as_ptr() as *mut c_void);
             // The slot a tool writes through is the one `push` reads.
             *(entries[RANGE_PUSH_A] as *mut PushA) = fake_push;
-            assert_eq!(SLOTS[RANGE_PUSH_A].load(Ordering::Acquire), fake_push as *mut c_void);
-            SLOTS[RANGE_PUSH_A].store(ptr::null_mut(), Ordering::Release);
+            assert_eq!(slot.load(Ordering::Acquire), fake_push as *mut c_void);
+            slot.store(ptr::null_mut(), Ordering::Release);
         }
     }
 }
