@@ -1,5 +1,6 @@
 //! Backbone forward, embedding and predict end to end on the CPU backend, with the hashed
-//! test weights (the numbers do not depend on the weight values). Run:
+//! test weights (the numbers do not depend on the weight values), and what tracing costs
+//! (`-- trace`: predict with it off and on, and one span while it is off). Run:
 //! `cargo bench --bench pipeline` (add a name to run one: `-- forward`).
 
 mod common;
@@ -66,7 +67,7 @@ fn main() {
             println!("embed resnet18 {side}px: {:.2} ms/image", t * 1e3);
         }
     }
-    if wanted("predict") {
+    if wanted("predict") || wanted("trace") {
         predict_end_to_end();
     }
 }
@@ -142,11 +143,59 @@ fn predict_end_to_end() {
         Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
     let model = PatchCore::fit(CpuBackend, backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();
     println!("predict bank: {} rows x {}", model.meta().bank_rows, model.meta().embedding_dim);
-    for batch in [1, 8] {
-        let t = median_seconds(3, || {
-            model.predict(&images[..batch]).unwrap();
+    if wanted("predict") {
+        for batch in [1, 8] {
+            let t = median_seconds(3, || {
+                model.predict(&images[..batch]).unwrap();
+            });
+            println!("predict resnet18 256px batch {batch}: {:.1} ms/image", t * 1e3 / batch as f64);
+        }
+    }
+    if wanted("trace") {
+        tracing_cost(&images[..8], |batch| {
+            model.predict(batch).unwrap();
         });
-        println!("predict resnet18 256px batch {batch}: {:.1} ms/image", t * 1e3 / batch as f64);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Predict on `batch` with tracing off (the default) and on, interleaved so that the load of a
+/// shared machine falls on both alike; then what one span costs while tracing is off, and so
+/// what the spans of one batch cost off.
+fn tracing_cost(batch: &[image::RgbImage], predict: impl Fn(&[image::RgbImage])) {
+    use patchcore::trace;
+    trace::start();
+    predict(batch);
+    let spans = trace::stop().len();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        off.push(median_seconds(1, || predict(batch)));
+        trace::start();
+        on.push(median_seconds(1, || predict(batch)));
+        trace::stop();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!(
+        "predict resnet18 256px batch {}: tracing off {:.1} ms, on {:.1} ms ({:+.1}%), {spans} spans a batch",
+        batch.len(),
+        off * 1e3,
+        on * 1e3,
+        100.0 * (on / off - 1.0)
+    );
+    const N: u32 = 10_000_000;
+    let t = median_seconds(5, || {
+        for _ in 0..N {
+            drop(std::hint::black_box(trace::span(std::hint::black_box("knn"))));
+        }
+    });
+    let per_span = t / f64::from(N);
+    println!(
+        "one span, tracing off: {:.2} ns; {spans} of them are {:.1e} of the batch",
+        per_span * 1e9,
+        spans as f64 * per_span / off
+    );
 }

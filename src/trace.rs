@@ -12,17 +12,41 @@
 //! fit; that file is rewritten, whole and atomically, each time a model is dropped
 //! (`patchcore_free`), so after the last one it holds the whole run.
 //!
+//! Under a profiler (`nsys profile`), with the `cuda` feature, every span is also an NVTX range
+//! of the same name on its thread (`nvtx`), whether or not spans are recorded:
+//! `attach_profiler` looks for one once, at the CLI's start and at the first model load or fit.
+//! The one atomic holds both switches, so with neither on a span still costs one load.
+//!
 //! On a device backend, `backend::traced` synchronises the stream at both ends of a
 //! span while tracing is on, so a span times device work; tracing then serialises the stream.
+//! The CUDA backend also times each such operation with a pair of CUDA events, and the GPU's
+//! time goes on a track of its own, "CUDA stream" (`Span::on_device`).
 
 use crate::error::Result;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::Instant;
 
-static ON: AtomicBool = AtomicBool::new(false);
+#[cfg(feature = "cuda")]
+mod nvtx;
+/// NVTX comes with the `cuda` feature; without it no profiler is ever attached.
+#[cfg(not(feature = "cuda"))]
+mod nvtx {
+    pub fn attach() -> bool {
+        false
+    }
+    pub fn push(_name: &str) {}
+    pub fn pop() {}
+}
+
+/// `RECORD | NVTX`: what a span does when it opens; 0, nothing.
+static ON: AtomicU8 = AtomicU8::new(0);
+/// Spans are recorded into `EVENTS`.
+const RECORD: u8 = 1;
+/// Spans are NVTX ranges too: a profiler is attached.
+const NVTX: u8 = 2;
 static EVENTS: Mutex<Vec<Event>> = Mutex::new(Vec::new());
 /// Where `PATCHCORE_TRACE` asked for the trace; `None` when tracing was started otherwise.
 static ENV_FILE: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -32,6 +56,24 @@ static NEXT_TID: AtomicU64 = AtomicU64::new(1);
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// Now, in microseconds on the trace's clock.
+pub fn now_us() -> f64 {
+    Instant::now().duration_since(epoch()).as_secs_f64() * 1e6
+}
+
+/// The track of the device's stream; threads are numbered from 1.
+pub const STREAM_TID: u64 = 0;
+
+/// An operation's time as the device measured it (CUDA events): from the backend's reference
+/// event to the operation's start, and from its start to its end, with the host time at which
+/// the reference completed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceTiming {
+    pub reference_us: f64,
+    pub from_reference_ms: f32,
+    pub elapsed_ms: f32,
 }
 
 thread_local! {
@@ -83,18 +125,26 @@ pub struct Event {
 /// Whether spans are being recorded: one relaxed load.
 #[inline]
 pub fn enabled() -> bool {
-    ON.load(Ordering::Relaxed)
+    ON.load(Ordering::Relaxed) & RECORD != 0
 }
 
 /// Starts recording into memory, from now on (events already recorded are kept).
 pub fn start() {
     epoch();
-    ON.store(true, Ordering::Relaxed);
+    ON.fetch_or(RECORD, Ordering::Relaxed);
+}
+
+/// Makes every span from now on an NVTX range too, when a profiler that takes NVTX is attached
+/// to this process (with the `cuda` feature; see `nvtx`). Looks once.
+pub fn attach_profiler() {
+    if nvtx::attach() {
+        ON.fetch_or(NVTX, Ordering::Relaxed);
+    }
 }
 
 /// Stops recording and returns every event recorded so far, in the order they ended.
 pub fn stop() -> Vec<Event> {
-    ON.store(false, Ordering::Relaxed);
+    ON.fetch_and(!RECORD, Ordering::Relaxed);
     take()
 }
 
@@ -104,8 +154,9 @@ pub fn take() -> Vec<Event> {
 }
 
 /// `PATCHCORE_TRACE=FILE`: read once, at the first model load or fit; starts recording unless
-/// something (the CLI's `--trace`) already did.
+/// something (the CLI's `--trace`) already did. Attaches to a profiler, if any, too.
 pub fn init_from_env() {
+    attach_profiler();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if let Some(path) = std::env::var_os("PATCHCORE_TRACE").filter(|p| !p.is_empty()) {
@@ -141,7 +192,8 @@ pub fn chrome_json(events: &[Event]) -> serde_json::Value {
     tids.sort_unstable();
     tids.dedup();
     let names = tids.iter().map(|&tid| {
-        serde_json::json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": format!("thread {tid}")}})
+        let name = if tid == STREAM_TID { "CUDA stream".to_string() } else { format!("thread {tid}") };
+        serde_json::json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
     });
     let spans = events.iter().map(|e| {
         let mut args = serde_json::json!({"flops": e.work.flops, "bytes": e.work.bytes, "shape": e.work.shape});
@@ -160,8 +212,13 @@ pub fn chrome_json(events: &[Event]) -> serde_json::Value {
 /// order they began (scopes do that).
 #[must_use = "a span times the scope it lives in"]
 pub struct Span {
+    /// The span being recorded.
     open: Option<Box<Open>>,
+    /// An NVTX range was pushed for it.
+    nvtx: bool,
 }
+
+const OFF: Span = Span { open: None, nvtx: false };
 
 struct Open {
     name: String,
@@ -174,37 +231,52 @@ struct Open {
 /// A span for a stage.
 #[inline]
 pub fn span(name: &str) -> Span {
-    if !enabled() {
-        return Span { open: None };
+    match ON.load(Ordering::Relaxed) {
+        0 => OFF,
+        on => Span::begin(name, "stage", on),
     }
-    Span::begin(name, "stage")
 }
 
 /// A span for a backbone convolution, named as in the weights (`layer2.0.conv1`).
 #[inline]
 pub fn conv_span(name: &str) -> Span {
-    if !enabled() {
-        return Span { open: None };
+    match ON.load(Ordering::Relaxed) {
+        0 => OFF,
+        on => Span::begin(name, "conv", on),
     }
-    Span::begin(name, "conv")
 }
 
 impl Span {
     #[cold]
-    fn begin(name: &str, cat: &'static str) -> Span {
+    fn begin(name: &str, cat: &'static str, on: u8) -> Span {
+        let nvtx = on & NVTX != 0;
+        if nvtx {
+            nvtx::push(name);
+        }
+        if on & RECORD == 0 {
+            return Span { open: None, nvtx };
+        }
         let depth = STACK.with(|s| {
             let mut s = s.borrow_mut();
             s.push(0.0);
             s.len() - 1
         });
         let open = Open { name: name.to_string(), cat, start: Instant::now(), depth, work: Work::default() };
-        Span { open: Some(Box::new(open)) }
+        Span { open: Some(Box::new(open)), nvtx }
     }
 
     /// Whether this span is recording.
     #[inline]
     pub fn is_on(&self) -> bool {
         self.open.is_some()
+    }
+
+    /// Records this span's operation once more, on the stream's track as the device timed it: the
+    /// same name, category and figures. Does nothing when the span is not recording.
+    pub fn on_device(&self, timing: DeviceTiming) {
+        if let Some(open) = &self.open {
+            EVENTS.lock().unwrap_or_else(|e| e.into_inner()).push(device_event(open, timing));
+        }
     }
 
     /// Attaches the operation's figures; `work` runs only while tracing is on.
@@ -217,8 +289,27 @@ impl Span {
     }
 }
 
+/// `open`'s operation on the stream's track: the device's operations there do not nest, so
+/// every one is a root and all its time is its own.
+fn device_event(open: &Open, t: DeviceTiming) -> Event {
+    let dur_us = f64::from(t.elapsed_ms) * 1e3;
+    Event {
+        name: open.name.clone(),
+        cat: open.cat,
+        tid: STREAM_TID,
+        start_us: t.reference_us + f64::from(t.from_reference_ms) * 1e3,
+        dur_us,
+        self_us: dur_us,
+        depth: 0,
+        work: open.work.clone(),
+    }
+}
+
 impl Drop for Span {
     fn drop(&mut self) {
+        if self.nvtx {
+            nvtx::pop();
+        }
         let Some(open) = self.open.take() else { return };
         let end = Instant::now();
         let at = |t: Instant| t.duration_since(epoch()).as_secs_f64() * 1e6;
@@ -293,5 +384,23 @@ mod tests {
         let x = json["traceEvents"].as_array().unwrap().iter().find(|e| e["ph"] == "X").unwrap().clone();
         assert_eq!(x["args"]["flops"], 10);
         assert_eq!(x["args"]["k"], 3);
+    }
+
+    #[test]
+    fn device_time_goes_on_the_stream_track_at_the_reference_plus_its_offset() {
+        let open = Open {
+            name: "layer1.0.conv1".into(),
+            cat: "conv",
+            start: Instant::now(),
+            depth: 2,
+            work: Work::new(100, 40, vec![1, 64, 56, 56]),
+        };
+        let e = device_event(&open, DeviceTiming { reference_us: 1000.0, from_reference_ms: 2.5, elapsed_ms: 0.25 });
+        assert_eq!((e.name.as_str(), e.cat, e.tid, e.depth), ("layer1.0.conv1", "conv", STREAM_TID, 0));
+        assert_eq!((e.start_us, e.dur_us, e.self_us), (3500.0, 250.0, 250.0));
+        assert_eq!(e.work, open.work);
+        let json = chrome_json(&[e]);
+        let track = json["traceEvents"].as_array().unwrap().iter().find(|e| e["ph"] == "M").unwrap().clone();
+        assert_eq!((track["tid"].as_u64(), track["args"]["name"].as_str()), (Some(STREAM_TID), Some("CUDA stream")));
     }
 }

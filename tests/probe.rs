@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::TempDir;
+use common::{build_library, skip_unless_required, TempDir};
 use std::path::Path;
 use std::process::Command;
 
@@ -38,20 +38,6 @@ const LIBRARIES: [&str; 8] = [
     "libcudnn_engines_precompiled.so.9",
     "libcudnn_heuristic.so.9",
 ];
-
-/// Compiles `source` into the shared library `dir/name`; Err when there is no C compiler.
-fn build_library(dir: &Path, name: &str, source: &str) -> Result<(), String> {
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, source).unwrap();
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(dir.join(name))
-        .arg(&c)
-        .output()
-        .map_err(|e| format!("no C compiler (cc: {e})"))?;
-    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
 
 /// A stand-in for each of `names`, an empty library, in `dir`.
 fn build_stand_ins(dir: &Path, names: &[&str]) {
@@ -100,9 +86,7 @@ fn each_missing_cuda_piece_is_named() {
         std::fs::create_dir_all(d).unwrap();
     }
     if let Err(why) = build_library(&old, "libcuda.so.1", &fake_driver(12040, 1, 0)) {
-        let required = std::env::var("PATCHCORE_REQUIRE_EMULATION").is_ok_and(|v| v == "1");
-        assert!(!required, "{why}, and PATCHCORE_REQUIRE_EMULATION=1");
-        println!("skipping: {why}");
+        skip_unless_required(&why);
         return;
     }
     build_library(&none, "libcuda.so.1", &fake_driver(13000, 0, 100)).unwrap();

@@ -237,6 +237,13 @@ impl Backend for AnyBackend {
             AnyBackend::Cuda(b) => Backend::synchronize(b),
         }
     }
+
+    fn mark(&self) -> Result<Option<super::Mark>> {
+        match self {
+            AnyBackend::Cpu(b) => b.mark(),
+            AnyBackend::Cuda(b) => b.mark(),
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]

@@ -95,13 +95,21 @@ pub fn anomaly_map(grids: &[usize], out_h: usize, out_w: usize, sigma: f32) -> W
     Work::new(2 * 2 * taps * maps, F32 * (elements(grids) + maps), grids.to_vec())
 }
 
-/// 8-bit images made into the network's input `[N, 3, S, S]`: bytes in and out; the resampling
-/// arithmetic depends on each image's size and is not counted (FLOPs 0).
+/// 8-bit images made into the network's input `[N, 3, S, S]`: bytes in and out. FLOPs, per
+/// channel: a multiply-add per filter tap of the antialiased resize (across each input row to
+/// the new width, then down each new column), 2 for normalising each resized value; the center
+/// crop only moves values. The taps depend on each image's size (`Preprocess::resize_normalize`).
 pub fn preprocess(images: &[RgbImage], preprocess: &Preprocess) -> Work {
     let side = preprocess.input_size();
+    let s = preprocess.resize;
+    let taps = |input: u32, output: usize| -> u64 {
+        crate::resample::antialias_spans(input as usize, output).iter().map(|span| span.weights.len() as u64).sum()
+    };
+    let per_channel = |i: &RgbImage| u64::from(i.height()) * taps(i.width(), s) + (s as u64) * taps(i.height(), s);
+    let flops = images.iter().map(|i| 3 * 2 * (per_channel(i) + (s * s) as u64)).sum();
     let pixels: u64 = images.iter().map(|i| 3 * u64::from(i.width()) * u64::from(i.height())).sum();
     let out = [images.len(), 3, side, side];
-    Work::new(0, pixels + F32 * elements(&out), out.to_vec())
+    Work::new(flops, pixels + F32 * elements(&out), out.to_vec())
 }
 
 /// A sparse random projection of `rows x in_dims` with `nonzeros` entries to `out_dims`: an add
@@ -194,5 +202,22 @@ impl Backend for FlopCounter {
     }
     fn anomaly_map(&self, _: &Tensor, _: usize, _: usize, _: f32) -> Result<Tensor> {
         Err(unsupported("anomaly_map"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocess_counts_each_resize_tap_and_the_normalisation() {
+        // 64 -> 32 halves: the triangle filter spans 4 input pixels (start 2i-1), clipped to 3
+        // at either edge, so each pass has 30 x 4 + 2 x 3 = 126 taps per line; 64 input rows
+        // across, then 32 new columns down, and 32 x 32 values normalised, for 3 channels.
+        let p = Preprocess::new(32, None, [0.0; 3], [1.0; 3]).unwrap();
+        let image = RgbImage::new(64, 64);
+        let work = preprocess(&[image.clone(), image], &p);
+        assert_eq!(work.flops, 2 * 3 * 2 * (64 * 126 + 32 * 126 + 32 * 32));
+        assert_eq!(work.bytes, 2 * (3 * 64 * 64 + 4 * 3 * 32 * 32));
     }
 }

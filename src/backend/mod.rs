@@ -16,7 +16,7 @@ use image::RgbImage;
 
 pub use any::{AnyBackend, AnyBank, AnyConv, AnyTensor};
 pub use cpu::CpuBackend;
-pub use cuda::{CudaBackend, Precision, TransferCounts};
+pub use cuda::{CudaBackend, GpuPeak, Mark, Precision, TransferCounts};
 
 /// The activation applied after a convolution's bias (and residual).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -154,11 +154,18 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    /// A timing point on the device's queue, for [`traced`] while tracing; None on a backend
+    /// whose operations are done when they return (the CPU): their host spans are their times.
+    fn mark(&self) -> Result<Option<Mark>> {
+        Ok(None)
+    }
 }
 
 /// Runs `op` inside `span`. While tracing is on, the backend is synchronised before the span
 /// starts and before it ends, so on a device backend the span times the device work (tracing
-/// then serialises the stream); off, this is `op()` after one atomic load.
+/// then serialises the stream), and the device's own time between a mark before `op` and one
+/// after goes on its track too; off, this is `op()` after one atomic load.
 pub fn traced<B: Backend + ?Sized, T>(
     backend: &B,
     span: impl FnOnce() -> crate::trace::Span,
@@ -169,8 +176,13 @@ pub fn traced<B: Backend + ?Sized, T>(
     }
     backend.synchronize()?;
     let span = span();
+    let start = backend.mark()?;
     let out = op()?;
+    let end = backend.mark()?;
     backend.synchronize()?;
+    if let (Some(start), Some(end)) = (start, end) {
+        span.on_device(start.timing(&end)?);
+    }
     drop(span);
     Ok(out)
 }

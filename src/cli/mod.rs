@@ -48,6 +48,8 @@ enum Command {
 
 /// Runs the command line; the error, if any, is printed by `main`.
 pub fn run(cli: Cli) -> Result<()> {
+    // Before the command's root span, so that a profiler sees it too.
+    crate::trace::attach_profiler();
     match cli.command {
         Command::Fit(args) => with_trace(args.trace.clone(), "fit", || fit::run(args)),
         Command::Predict(args) => with_trace(args.trace.clone(), "predict", || predict::run(args)),

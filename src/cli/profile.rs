@@ -1,7 +1,9 @@
-//! `patchcore profile`: predict, traced into memory, as a per-stage table against this
-//! machine's measured peak.
+//! `patchcore profile`: predict, traced into memory, as a per-stage table against the peak of
+//! the device it ran on: the CPU's measured (sgemm, copy), or the GPU's from its properties and
+//! a copy (`CudaBackend::peak`).
 
 use super::options::{ModelArgs, TraceArgs};
+use crate::backend::AnyBackend;
 use crate::data::image::load_rgb;
 use crate::error::{Error, Result};
 use crate::trace::{self, Event};
@@ -45,11 +47,15 @@ pub struct Stage {
     pub peak_bytes_fraction: Option<f64>,
 }
 
-/// This machine's CPU peak as measured: sgemm GFLOP/s and copy GB/s.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+/// The device's peak: FLOP/s (absent when unknown for the device), bandwidth as a copy
+/// reached it, and how the figures were had.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Peak {
-    pub sgemm_gflop_per_s: f64,
+    pub gflop_per_s: Option<f64>,
     pub copy_gb_per_s: f64,
+    /// The bandwidth the device's properties promise (GPUs).
+    pub spec_gb_per_s: Option<f64>,
+    pub method: &'static str,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -71,7 +77,7 @@ fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
 
 /// A 1024^3 sgemm on all threads (the kernel the CPU convolutions and knn run on) and a
 /// parallel copy of 256 MiB (read + write counted, far above any cache): a few hundred ms.
-pub fn measure_peak() -> Peak {
+fn measure_peak() -> Peak {
     let n = 1024;
     let a: Vec<f32> = (0..n * n).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
     let b: Vec<f32> = (0..n * n).map(|i| ((i % 5) as f32 - 2.0) * 0.1).collect();
@@ -85,12 +91,33 @@ pub fn measure_peak() -> Peak {
     let t = best_seconds(5, || {
         dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
     });
-    Peak { sgemm_gflop_per_s: sgemm, copy_gb_per_s: 2.0 * 4.0 * len as f64 / t / 1e9 }
+    Peak {
+        gflop_per_s: Some(sgemm),
+        copy_gb_per_s: 2.0 * 4.0 * len as f64 / t / 1e9,
+        spec_gb_per_s: None,
+        method: "measured: 1024^3 sgemm, 256 MiB copy",
+    }
+}
+
+/// The peak of the device `backend` runs on.
+fn device_peak(backend: &AnyBackend) -> Result<Peak> {
+    match backend {
+        AnyBackend::Cpu(_) => Ok(measure_peak()),
+        AnyBackend::Cuda(gpu) => {
+            let p = gpu.peak()?;
+            Ok(Peak {
+                gflop_per_s: p.fp32_gflop_per_s,
+                copy_gb_per_s: p.copy_gb_per_s,
+                spec_gb_per_s: p.spec_gb_per_s,
+                method: "FP32 from the GPU's properties, a measured 256 MiB device copy",
+            })
+        }
+    }
 }
 
 /// The table of `events` from runs whose root spans are named `root`: one row per stage nested
 /// directly in a root, in order of first appearance, and `(untraced)` for the rest of the roots.
-pub fn stages(events: &[Event], root: &str, peak: Option<Peak>) -> Vec<Stage> {
+pub fn stages(events: &[Event], root: &str, peak: Option<&Peak>) -> Vec<Stage> {
     let roots: Vec<&Event> = events.iter().filter(|e| e.depth == 0 && e.name == root).collect();
     let whole: f64 = roots.iter().map(|e| e.dur_us).sum();
     let mut order: Vec<String> = Vec::new();
@@ -124,7 +151,7 @@ pub fn stages(events: &[Event], root: &str, peak: Option<Peak>) -> Vec<Stage> {
             bytes,
             gflop_per_s,
             gb_per_s,
-            peak_flops_fraction: peak.map(|p| gflop_per_s / p.sgemm_gflop_per_s),
+            peak_flops_fraction: peak.and_then(|p| p.gflop_per_s).map(|peak| gflop_per_s / peak),
             peak_bytes_fraction: peak.map(|p| gb_per_s / p.copy_gb_per_s),
         }
     };
@@ -146,11 +173,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.repeat == 0 {
         return Err(Error::option("--repeat", "0: expected at least 1"));
     }
-    let cpu = matches!(args.model.device.device, crate::backend::DeviceChoice::Cpu);
-    // Measured first, on an idle machine; only the CPU has a probe so far.
-    let peak = cpu.then(measure_peak);
     let paths = super::predict::expand(&args.images)?;
     let model = args.model.load()?;
+    // Measured before the runs, with nothing else of ours running.
+    let peak = device_peak(model.backend())?;
     let predict_all = || -> Result<()> {
         let _root = trace::span("predict");
         for chunk in paths.chunks(args.model.batch) {
@@ -167,7 +193,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.trace.trace {
         trace::write_chrome(path, &events)?;
     }
-    let rows = stages(&events, "predict", peak);
+    let rows = stages(&events, "predict", Some(&peak));
     let describe = crate::backend::Backend::describe(model.backend());
     if args.json {
         let out = serde_json::json!({
@@ -182,12 +208,9 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!("{} images, batch {}, {} runs on {describe}", paths.len(), args.model.batch, args.repeat);
-    match peak {
-        Some(p) => {
-            println!("peak (measured): sgemm {:.1} GFLOP/s, copy {:.1} GB/s", p.sgemm_gflop_per_s, p.copy_gb_per_s)
-        }
-        None => println!("peak: not measured for this device (the fractions are left out)"),
-    }
+    let flops = peak.gflop_per_s.map_or("unknown for this device".into(), |f| format!("{f:.1} GFLOP/s"));
+    let spec = peak.spec_gb_per_s.map_or(String::new(), |b| format!(" (properties: {b:.1} GB/s)"));
+    println!("peak ({}): {flops}, copy {:.1} GB/s{spec}", peak.method, peak.copy_gb_per_s);
     println!(
         "{:<22} {:>6} {:>10} {:>10} {:>7} {:>9} {:>7} {:>7} {:>7}",
         "stage", "calls", "total ms", "median ms", "share", "GFLOP/s", "GB/s", "%flops", "%bw"

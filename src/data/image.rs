@@ -11,12 +11,13 @@ use std::path::Path;
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let span = crate::trace::span("decode");
     let image = decode_rgb(path)?;
+    // Its bytes: the file read and the pixels written. No FLOPs: entropy decoding is integer
+    // work, and a FLOP rate of it would mean nothing.
     drop(span.work(|| {
-        crate::trace::Work::new(
-            0,
-            3 * u64::from(image.width()) * u64::from(image.height()),
-            vec![image.height() as usize, image.width() as usize, 3],
-        )
+        let file = std::fs::metadata(path).map_or(0, |m| m.len());
+        let pixels = 3 * u64::from(image.width()) * u64::from(image.height());
+        crate::trace::Work::new(0, file + pixels, vec![image.height() as usize, image.width() as usize, 3])
+            .arg("file_bytes", file)
     }));
     Ok(image)
 }

@@ -164,3 +164,52 @@ pub fn covering_radius(rows: &patchcore::Tensor, selected: &[u32]) -> f32 {
     let (dist, _) = CpuBackend.knn(rows, &bank, 1).unwrap();
     dist.into_iter().fold(0.0, f32::max)
 }
+
+/// A ResNet-18 (hashed weights) model fitted at `size` px on a synthetic category: (model, data).
+pub fn fitted_model(dir: &TempDir, size: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.path().join("cat");
+    synthetic_category(&data, size, 6, 3);
+    let weights = dir.path().join("resnet18.safetensors");
+    write_hashed_weights(patchcore::backbone::Architecture::Resnet18, &weights);
+    let model = dir.path().join("model.safetensors");
+    let size = size.to_string();
+    let o = patchcore(&[
+        "fit",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        s(&weights),
+        "--train",
+        s(&data.join("train/good")),
+        "--out",
+        s(&model),
+        "--size",
+        &size,
+        "--ratio",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (model, data)
+}
+
+/// Compiles `source` into the shared library `dir/name`; Err when there is no C compiler.
+pub fn build_library(dir: &std::path::Path, name: &str, source: &str) -> Result<(), String> {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(dir.join(name))
+        .arg(&c)
+        .output()
+        .map_err(|e| format!("no C compiler (cc: {e})"))?;
+    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A check that needs a stand-in built here is skipped for `why` (no C compiler), saying so;
+/// unless PATCHCORE_REQUIRE_EMULATION=1 (as in CI), where skipping is a failure.
+pub fn skip_unless_required(why: &str) {
+    let required = std::env::var("PATCHCORE_REQUIRE_EMULATION").is_ok_and(|v| v == "1");
+    assert!(!required, "{why}, and PATCHCORE_REQUIRE_EMULATION=1");
+    println!("skipping: {why}");
+}

@@ -104,6 +104,8 @@ pub struct CudaBackend {
     dnn: Mutex<Dnn>,
     staging: Mutex<Staging>,
     transfers: Transfers,
+    /// Device time of traced operations (CUDA events).
+    clock: super::events::StreamClock,
     // Dropped last: the context outlives every buffer and module made in it.
     _ctx: Arc<CudaContext>,
 }
@@ -181,6 +183,7 @@ impl CudaBackend {
             dnn: Mutex::new(dnn),
             staging,
             transfers: Transfers::default(),
+            clock: Default::default(),
             _ctx: ctx,
         })
     }
@@ -810,5 +813,10 @@ impl Backend for CudaBackend {
     /// Waits for the stream: a span then times the work queued inside it (`backend::traced`).
     fn synchronize(&self) -> Result<()> {
         CudaBackend::synchronize(self)
+    }
+
+    /// A CUDA event on the stream: `traced` puts the device's time between two on its track.
+    fn mark(&self) -> Result<Option<super::Mark>> {
+        self.clock.mark(&self.stream).map(Some)
     }
 }

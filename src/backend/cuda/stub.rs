@@ -1,7 +1,7 @@
 //! The CUDA backend's place in a build without the `cuda` feature: a backend that cannot be
 //! constructed, and a probe that says how to get the real one instead of failing deeper.
 
-use super::{Precision, TransferCounts};
+use super::{GpuPeak, Precision, TransferCounts};
 use crate::backend::{Backend, BatchScores, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
@@ -19,6 +19,15 @@ pub fn probe(_ordinal: usize) -> Result<()> {
     Err(unavailable())
 }
 
+/// A point on a CUDA stream, for device time in the trace: none exists without the feature.
+pub enum Mark {}
+
+impl Mark {
+    pub fn timing(&self, _end: &Mark) -> Result<crate::trace::DeviceTiming> {
+        match *self {}
+    }
+}
+
 /// Uninhabited: without the feature no value of it exists, so every method is unreachable and
 /// the code that dispatches over backends needs no `cfg`.
 pub enum CudaBackend {}
@@ -29,6 +38,10 @@ impl CudaBackend {
     }
 
     pub fn transfer_counts(&self) -> TransferCounts {
+        match *self {}
+    }
+
+    pub fn peak(&self) -> Result<GpuPeak> {
         match *self {}
     }
 }
