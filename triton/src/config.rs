@@ -12,7 +12,9 @@ pub fn model_file(config: &Value, repository: &Path, version: u64) -> Result<Pat
     let batch = config.get("max_batch_size").and_then(Value::as_i64).unwrap_or(0);
     if batch < 1 {
         // The IMAGE tensor then arrives without a batch dimension, and Triton cannot batch.
-        return Err(format!("max_batch_size is {batch}: the patchcore backend needs 1 or more (with dynamic_batching)"));
+        return Err(format!(
+            "max_batch_size is {batch}: the patchcore backend needs 1 or more (with dynamic_batching)"
+        ));
     }
     let name = config
         .pointer(&format!("/parameters/{MODEL_FILE}/string_value"))

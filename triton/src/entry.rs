@@ -40,7 +40,8 @@ impl Failure {
 type Outcome<T> = Result<T, Failure>;
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    let text = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
+    let text =
+        payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
     text.unwrap_or_else(|| "a panic without a message".into())
 }
 
@@ -137,7 +138,10 @@ pub extern "C" fn TRITONBACKEND_Initialize(_backend: *mut TRITONBACKEND_Backend)
                 ),
             ));
         }
-        log(TRITONSERVER_LOG_INFO, &format!("patchcore backend {} on TRITONBACKEND API {major}.{minor}", env!("CARGO_PKG_VERSION")));
+        log(
+            TRITONSERVER_LOG_INFO,
+            &format!("patchcore backend {} on TRITONBACKEND API {major}.{minor}", env!("CARGO_PKG_VERSION")),
+        );
         Ok(())
     })
 }
@@ -251,10 +255,14 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceInitialize(instance: *mut TRITONBAC
         } else {
             model.cpu.clone()
         };
-        log(TRITONSERVER_LOG_INFO, &format!("instance '{name}' of model '{}' runs on {}", model.name, engine.backend().describe()));
+        log(
+            TRITONSERVER_LOG_INFO,
+            &format!("instance '{name}' of model '{}' runs on {}", model.name, engine.backend().describe()),
+        );
         let state = Box::into_raw(Box::new(InstanceState { engine }));
         // SAFETY: a live instance; the state is freed in ModelInstanceFinalize.
-        if let Err(failure) = check(unsafe { TRITONBACKEND_ModelInstanceSetState(instance, state.cast()) }, "SetState") {
+        if let Err(failure) = check(unsafe { TRITONBACKEND_ModelInstanceSetState(instance, state.cast()) }, "SetState")
+        {
             // SAFETY: Triton did not take the state; it is ours to free, once.
             drop(unsafe { Box::from_raw(state) });
             return Err(failure);
@@ -323,7 +331,9 @@ pub unsafe extern "C" fn TRITONBACKEND_ModelInstanceExecute(
             // SAFETY: a live request of a live instance; released right after.
             let reported = check(
                 unsafe {
-                    TRITONBACKEND_ModelInstanceReportStatistics(instance, request, success, times.0, times.1, times.2, times.3)
+                    TRITONBACKEND_ModelInstanceReportStatistics(
+                        instance, request, success, times.0, times.1, times.2, times.3,
+                    )
                 },
                 "TRITONBACKEND_ModelInstanceReportStatistics",
             );
@@ -366,7 +376,9 @@ fn read_job(request: *mut TRITONBACKEND_Request) -> Job {
     match catch_unwind(AssertUnwindSafe(read)) {
         Ok(Ok(job)) => job,
         Ok(Err(failure)) => Job { images: Err(failure.message), want_map: false },
-        Err(panic) => Job { images: Err(format!("reading the request panicked: {}", panic_message(&*panic))), want_map: false },
+        Err(panic) => {
+            Job { images: Err(format!("reading the request panicked: {}", panic_message(&*panic))), want_map: false }
+        }
     }
 }
 
@@ -414,7 +426,8 @@ fn read_images(request: *mut TRITONBACKEND_Request) -> Result<crate::images::Ima
     for index in 0..buffers {
         let (mut buffer, mut size, mut memory, mut memory_id) = (std::ptr::null(), 0, TRITONSERVER_MEMORY_CPU, 0);
         // SAFETY: 0 <= index < buffer_count and writable out-parameters.
-        let got = unsafe { TRITONBACKEND_InputBuffer(input, index, &mut buffer, &mut size, &mut memory, &mut memory_id) };
+        let got =
+            unsafe { TRITONBACKEND_InputBuffer(input, index, &mut buffer, &mut size, &mut memory, &mut memory_id) };
         check(got, "TRITONBACKEND_InputBuffer").map_err(|f| f.message)?;
         if memory != TRITONSERVER_MEMORY_CPU && memory != TRITONSERVER_MEMORY_CPU_PINNED {
             return Err(format!("{IMAGE} is in GPU memory: the patchcore backend reads it from CPU memory"));
@@ -444,7 +457,10 @@ fn respond(request: *mut TRITONBACKEND_Request, answer: Result<Answer, Refused>)
     };
     let error = failure.map_or(null_mut(), |f| new_error(f.code, &f.message));
     // SAFETY: a live response, sent once; the error stays ours (Triton copies it).
-    let sent = check(unsafe { TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, error) }, "ResponseSend");
+    let sent = check(
+        unsafe { TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, error) },
+        "ResponseSend",
+    );
     if !error.is_null() {
         // SAFETY: created above, deleted once.
         unsafe { TRITONSERVER_ErrorDelete(error) };
@@ -455,10 +471,16 @@ fn respond(request: *mut TRITONBACKEND_Request, answer: Result<Answer, Refused>)
 }
 
 /// Writes each requested output of `answer` into the response.
-fn write_outputs(response: *mut TRITONBACKEND_Response, request: *mut TRITONBACKEND_Request, answer: &Answer) -> Outcome<()> {
+fn write_outputs(
+    response: *mut TRITONBACKEND_Response,
+    request: *mut TRITONBACKEND_Request,
+    answer: &Answer,
+) -> Outcome<()> {
     let verdicts = &answer.verdicts;
     let n = verdicts.len() as i64;
-    let floats = |f: fn(&crate::score::Verdict) -> f32| -> Vec<u8> { verdicts.iter().flat_map(|v| f(v).to_le_bytes()).collect() };
+    let floats = |f: fn(&crate::score::Verdict) -> f32| -> Vec<u8> {
+        verdicts.iter().flat_map(|v| f(v).to_le_bytes()).collect()
+    };
     for name in requested_outputs(request)? {
         let name = name.as_c_str();
         if name == SCORE {
@@ -469,11 +491,13 @@ fn write_outputs(response: *mut TRITONBACKEND_Response, request: *mut TRITONBACK
             let bytes: Vec<u8> = verdicts.iter().map(|v| u8::from(v.anomalous)).collect();
             write_output(response, name, TRITONSERVER_TYPE_BOOL, &[n, 1], &bytes)?;
         } else if name == ANOMALY_MAP {
-            let bytes: Vec<u8> = verdicts.iter().flat_map(|v| v.map.iter().flatten()).flat_map(|x| x.to_le_bytes()).collect();
+            let bytes: Vec<u8> =
+                verdicts.iter().flat_map(|v| v.map.iter().flatten()).flat_map(|x| x.to_le_bytes()).collect();
             let shape = [n, i64::from(answer.height), i64::from(answer.width)];
             write_output(response, name, TRITONSERVER_TYPE_FP32, &shape, &bytes)?;
         } else {
-            let m = format!("output {} is not one of SCORE, NORMALIZED, ANOMALOUS, ANOMALY_MAP", name.to_string_lossy());
+            let m =
+                format!("output {} is not one of SCORE, NORMALIZED, ANOMALOUS, ANOMALY_MAP", name.to_string_lossy());
             return Err(Failure::new(TRITONSERVER_ERROR_INVALID_ARG, m));
         }
     }
@@ -496,10 +520,14 @@ fn write_output(
     check(made, "TRITONBACKEND_ResponseOutput")?;
     let (mut buffer, mut memory, mut memory_id) = (null_mut(), TRITONSERVER_MEMORY_CPU, 0);
     // SAFETY: a live output and writable out-parameters.
-    let got = unsafe { TRITONBACKEND_OutputBuffer(output, &mut buffer, bytes.len() as u64, &mut memory, &mut memory_id) };
+    let got =
+        unsafe { TRITONBACKEND_OutputBuffer(output, &mut buffer, bytes.len() as u64, &mut memory, &mut memory_id) };
     check(got, "TRITONBACKEND_OutputBuffer")?;
     if memory != TRITONSERVER_MEMORY_CPU && memory != TRITONSERVER_MEMORY_CPU_PINNED {
-        let m = format!("Triton gave GPU memory for output {}; the patchcore backend writes CPU memory", name.to_string_lossy());
+        let m = format!(
+            "Triton gave GPU memory for output {}; the patchcore backend writes CPU memory",
+            name.to_string_lossy()
+        );
         return Err(Failure::new(TRITONSERVER_ERROR_UNSUPPORTED, m));
     }
     if !bytes.is_empty() {

@@ -15,7 +15,3 @@ mod images;
 mod score;
 #[cfg(not(test))]
 mod sys;
-
-#[cfg(test)]
-#[path = "../../tests/common/mod.rs"]
-mod common;

@@ -91,18 +91,37 @@ fn verdict<B: Backend>(core: &PatchCore<B>, prediction: &Prediction, map_size: O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::{synthetic_category, synthetic_image, TempDir};
+    use image::{Rgb, RgbImage};
     use patchcore::backbone::weights::HashedWeights;
     use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
     use patchcore::backend::CpuBackend;
-    use patchcore::data::dataset::list_training_images;
     use patchcore::patchcore::FitOptions;
 
-    /// ResNet-18 with hashed weights at 64 px, as tests/ffi.rs fits it.
+    /// A striped texture with seeded noise; `defect` paints a bright square into it.
+    fn texture(size: u32, seed: u64, defect: bool) -> RgbImage {
+        let mut rng = patchcore::rng::SplitMix64::new(seed);
+        RgbImage::from_fn(size, size, |x, y| {
+            let v = 120.0 + 50.0 * (x as f32 * 0.8).sin() * (y as f32 * 0.5).cos() + rng.next_f64() as f32 * 16.0;
+            let square = defect && (size / 3..size / 2).contains(&x) && (size / 3..size / 2).contains(&y);
+            if square {
+                Rgb([250, 30, 200])
+            } else {
+                Rgb([v as u8, (v * 0.9) as u8, (v * 0.7) as u8])
+            }
+        })
+    }
+
+    /// ResNet-18 with hashed weights at 64 px on six textures (as tests/ffi.rs fits its model).
     fn model() -> PatchCore<CpuBackend> {
-        let dir = TempDir::new("triton-fit");
-        synthetic_category(dir.path(), 64, 6, 1);
-        let train = list_training_images(&dir.path().join("train/good")).unwrap();
+        let dir = std::env::temp_dir().join(format!("triton-patchcore-fit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let train: Vec<_> = (0..6)
+            .map(|i| {
+                let path = dir.join(format!("{i}.png"));
+                texture(64, i, false).save(&path).unwrap();
+                path
+            })
+            .collect();
         let backbone =
             Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
         let options = FitOptions {
@@ -110,7 +129,9 @@ mod tests {
             ratio: 0.25,
             ..FitOptions::default()
         };
-        PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
+        let core = PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {});
+        std::fs::remove_dir_all(&dir).unwrap();
+        core.unwrap()
     }
 
     fn job(images: Vec<image::RgbImage>, want_map: bool) -> Job {
@@ -127,8 +148,8 @@ mod tests {
     #[test]
     fn a_batch_of_requests_answers_each_as_if_alone_and_refusals_stay_their_own() {
         let core = model();
-        let good = synthetic_image(64, 7, false).0;
-        let defect = synthetic_image(80, 8, true).0;
+        let good = texture(64, 7, false);
+        let defect = texture(80, 8, true);
         let jobs = vec![
             job(vec![good.clone()], true),
             Job { images: Err("IMAGE is 0x0".into()), want_map: true },

@@ -128,8 +128,10 @@ extern "C" {
         instance: *mut TRITONBACKEND_ModelInstance,
         kind: *mut TRITONSERVER_InstanceGroupKind,
     ) -> Error;
-    pub fn TRITONBACKEND_ModelInstanceDeviceId(instance: *mut TRITONBACKEND_ModelInstance, device_id: *mut i32)
-        -> Error;
+    pub fn TRITONBACKEND_ModelInstanceDeviceId(
+        instance: *mut TRITONBACKEND_ModelInstance,
+        device_id: *mut i32,
+    ) -> Error;
     pub fn TRITONBACKEND_ModelInstanceModel(
         instance: *mut TRITONBACKEND_ModelInstance,
         model: *mut *mut TRITONBACKEND_Model,
@@ -210,6 +212,5 @@ extern "C" {
         memory_type: *mut TRITONSERVER_MemoryType,
         memory_type_id: *mut i64,
     ) -> Error;
-    pub fn TRITONBACKEND_ResponseSend(response: *mut TRITONBACKEND_Response, send_flags: u32, error: Error)
-        -> Error;
+    pub fn TRITONBACKEND_ResponseSend(response: *mut TRITONBACKEND_Response, send_flags: u32, error: Error) -> Error;
 }
