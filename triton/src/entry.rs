@@ -123,8 +123,12 @@ fn now_ns() -> u64 {
     time.seconds as u64 * 1_000_000_000 + time.nanoseconds as u64
 }
 
+/// Checks the server's backend API version once, when Triton loads the library.
+///
+/// # Safety
+/// Called by Triton (the argument is not used).
 #[no_mangle]
-pub extern "C" fn TRITONBACKEND_Initialize(_backend: *mut TRITONBACKEND_Backend) -> Error {
+pub unsafe extern "C" fn TRITONBACKEND_Initialize(_backend: *mut TRITONBACKEND_Backend) -> Error {
     guard("TRITONBACKEND_Initialize", || {
         let (mut major, mut minor) = (0, 0);
         // SAFETY: two writable u32s.
@@ -159,8 +163,13 @@ fn load(device: DeviceChoice, file: &Path) -> patchcore::Result<Engine> {
     PatchCore::load(AnyBackend::open(device, Precision::F32, |_| {})?, file)
 }
 
+/// Reads the config and loads the model file on the CPU, so a file that does not load fails
+/// the model's load with the engine's message.
+///
+/// # Safety
+/// Called by Triton with a live model.
 #[no_mangle]
-pub extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut TRITONBACKEND_Model) -> Error {
+pub unsafe extern "C" fn TRITONBACKEND_ModelInitialize(model: *mut TRITONBACKEND_Model) -> Error {
     guard("TRITONBACKEND_ModelInitialize", || {
         let (mut name, mut version, mut kind, mut location) = (std::ptr::null(), 0, 0, std::ptr::null());
         let mut message = null_mut();
@@ -217,8 +226,10 @@ unsafe fn model_state<'a>(model: *mut TRITONBACKEND_Model) -> Outcome<&'a ModelS
         .ok_or_else(|| Failure::new(TRITONSERVER_ERROR_INTERNAL, "the model has no patchcore state"))
 }
 
+/// # Safety
+/// Called by Triton once per model, after its instances are finalised.
 #[no_mangle]
-pub extern "C" fn TRITONBACKEND_ModelFinalize(model: *mut TRITONBACKEND_Model) -> Error {
+pub unsafe extern "C" fn TRITONBACKEND_ModelFinalize(model: *mut TRITONBACKEND_Model) -> Error {
     guard("TRITONBACKEND_ModelFinalize", || {
         // SAFETY: Triton finalises a model after all its instances, exactly once.
         let state = unsafe { model_state(model) }? as *const ModelState;
@@ -233,8 +244,12 @@ struct InstanceState {
     engine: Arc<Engine>,
 }
 
+/// A KIND_CPU instance shares the model's engine; a KIND_GPU one loads the file on its device.
+///
+/// # Safety
+/// Called by Triton with a live instance of an initialised model.
 #[no_mangle]
-pub extern "C" fn TRITONBACKEND_ModelInstanceInitialize(instance: *mut TRITONBACKEND_ModelInstance) -> Error {
+pub unsafe extern "C" fn TRITONBACKEND_ModelInstanceInitialize(instance: *mut TRITONBACKEND_ModelInstance) -> Error {
     guard("TRITONBACKEND_ModelInstanceInitialize", || {
         let (mut name, mut kind, mut device, mut model) = (std::ptr::null(), 0, 0, null_mut());
         // SAFETY: a live instance and writable out-parameters.
@@ -284,8 +299,10 @@ unsafe fn instance_state<'a>(instance: *mut TRITONBACKEND_ModelInstance) -> Outc
         .ok_or_else(|| Failure::new(TRITONSERVER_ERROR_INTERNAL, "the instance has no patchcore state"))
 }
 
+/// # Safety
+/// Called by Triton once per instance, after its last Execute.
 #[no_mangle]
-pub extern "C" fn TRITONBACKEND_ModelInstanceFinalize(instance: *mut TRITONBACKEND_ModelInstance) -> Error {
+pub unsafe extern "C" fn TRITONBACKEND_ModelInstanceFinalize(instance: *mut TRITONBACKEND_ModelInstance) -> Error {
     guard("TRITONBACKEND_ModelInstanceFinalize", || {
         // SAFETY: Triton finalises an instance once, after its last Execute.
         let state = unsafe { instance_state(instance) }? as *const InstanceState;
