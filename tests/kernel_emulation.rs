@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{covering_radius, rel_err, TempDir};
+use common::{clustered, covering_radius, rel_err, TempDir};
 use cudarc::driver::LaunchConfig;
 use half::f16;
 use patchcore::backend::cpu::{distance_eps, prune_factor, Subspace, PROJ};
@@ -394,21 +394,6 @@ fn cpu_min_dist(rows: &Tensor, start: usize, selected: &[u32]) -> Vec<f32> {
     (0..n).map(|i| centres.iter().map(|&c| l2_distance(row(i), row(c))).fold(f32::INFINITY, f32::min)).collect()
 }
 
-/// `k` tight clusters in `latent` dims mapped to `d`: data like patch embeddings, where the bounds prune.
-fn clustered(n: usize, d: usize, k: usize, seed: u64) -> Vec<f32> {
-    let latent = 4;
-    let mut rng = SplitMix64::new(seed);
-    let map: Vec<f32> = (0..d * latent).map(|_| rng.normal() as f32).collect();
-    let centres: Vec<f32> = (0..k * latent).map(|_| 10.0 * rng.normal() as f32).collect();
-    let mut rows = Vec::with_capacity(n * d);
-    for _ in 0..n {
-        let c = rng.below(k as u64) as usize;
-        let z: Vec<f32> = (0..latent).map(|j| centres[c * latent + j] + 0.5 * rng.normal() as f32).collect();
-        rows.extend((0..d).map(|r| map[r * latent..][..latent].iter().zip(&z).map(|(a, b)| a * b).sum::<f32>()));
-    }
-    rows
-}
-
 #[test]
 fn coreset_f32_selection_equals_the_cpu_selection() {
     let Some(driver) = driver() else { return };
@@ -453,8 +438,10 @@ fn coreset_prunes_most_rows_on_clustered_data() {
     let rows = tensor(&[3000, 40], clustered(3000, 40, 12, 36));
     let run = emulated_coreset(driver, &rows, 150, 0, false, SMALL_GPU_SMS);
     assert_eq!(run.selected, CpuBackend.coreset(&rows, 150, 0).unwrap());
+    println!("coreset clustered: {} of 3000 rows took the full distance in the last step", run.last_candidates);
     assert!(run.last_candidates > 0, "the new centre itself always takes a full distance");
-    assert!(run.last_candidates < 3000 / 20, "{} of 3000 rows took the full distance", run.last_candidates);
+    // Either bound alone leaves more: without the row-level projection test about 200 rows here.
+    assert!(run.last_candidates < 3000 / 50, "{} of 3000 rows took the full distance", run.last_candidates);
 }
 
 #[test]
