@@ -46,8 +46,8 @@
 // elements l, l + 16, ... (16 consecutive elements per half-warp: coalesced), and the pairwise
 // reduction is __shfl_down_sync by 8, 4, 2, 1 within the 16-thread segment, so lane i < w adds
 // lane i + w exactly as `finish` does. The bounds need not be the CPU's: any sound bound leaves
-// the same d values. The projections are f64 sums in another order than the CPU's (and nvcc may
-// fuse them), which the slack covers: its error bound holds for any order of the dim terms. f16
+// the same d values. The projections are f64 sums in the CPU's order, but nvcc may fuse their
+// products into FMAs; the slack covers that: its error bound holds for any rounding of the dim terms. f16
 // rows are widened to f32 element by element and go through the same arithmetic (projections
 // included), so the f16 selection is the textbook loop's on the f16-rounded rows.
 //
