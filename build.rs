@@ -93,7 +93,10 @@ fn geometry_header() -> String {
     }
     let constants =
         define!(BLOCK, KNN_TILE, KNN_LISTS, KNN_MERGE_BLOCK, KNN_MAX_K, CORESET_ROWS_PER_BLOCK, CORESET_BLOCKS_PER_SM);
-    format!("// Written by build.rs from {GEOMETRY}: edit that file, not this one.\n#pragma once\n\n{constants}")
+    let coreset = define!(CORESET_PROJ);
+    format!(
+        "// Written by build.rs from {GEOMETRY}: edit that file, not this one.\n#pragma once\n\n{constants}{coreset}"
+    )
 }
 
 fn find_nvcc() -> Option<PathBuf> {

@@ -4,7 +4,7 @@
 //!
 //! Inputs and baselines:
 //! - "structured": a synthetic stand-in for patch embeddings, which have low intrinsic dimension.
-//!   `structured()` documents the generator.
+//!   `common::structured` documents the generator.
 //! - "isotropic": iid N(0, 1) rows. In 384 dims all distances concentrate near sqrt(2 * 384), the
 //!   bounds prune nothing, and every selection rescans every row; it runs at
 //!   20,000 rows -> 2,000 so one iteration stays short. Its throughput is reported in bytes of
@@ -16,6 +16,9 @@
 //! Each iteration is seconds long; criterion's minimum of 10 samples makes a full run take several
 //! minutes. Filter with e.g. `cargo bench --bench coreset -- structured_100000_to_10000/384`.
 
+mod common;
+
+use common::structured;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use patchcore::backend::cpu::l2_distance;
 use patchcore::backend::{Backend, CpuBackend};
@@ -24,46 +27,6 @@ use patchcore::Tensor;
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
-
-/// Structured rows: a mixture of 500 Gaussian clusters. Cluster centres are N(0, 4^2 I) in a
-/// 16-dim latent space; a cluster's members are its centre plus N(0, s^2 I) latent noise with s
-/// uniform in [0.25, 1.5] (radii vary 6x); cluster sizes follow lognormal weights exp(N(0, 1))
-/// (from a handful to a few thousand rows at n = 100,000). The latent points are mapped to
-/// `dim` dims by a fixed Gaussian matrix with N(0, 1/dim) entries (which roughly preserves
-/// lengths: centres ~23 apart, clusters 1.4 to 8.5 across) and get isotropic N(0, 0.05^2) noise
-/// in all `dim` dims (norm ~1), which keeps the data full-rank as real embeddings are and is not
-/// small next to the final covering radius.
-fn structured(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    const CLUSTERS: usize = 500;
-    const LATENT: usize = 16;
-    let mut rng = SplitMix64::new(seed);
-    let map: Vec<f64> = (0..dim * LATENT).map(|_| rng.normal() / (dim as f64).sqrt()).collect();
-    let centres: Vec<f64> = (0..CLUSTERS * LATENT).map(|_| 4.0 * rng.normal()).collect();
-    let spread: Vec<f64> = (0..CLUSTERS).map(|_| 0.25 + 1.25 * rng.next_f64()).collect();
-    let weights: Vec<f64> = (0..CLUSTERS).map(|_| rng.normal().exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let cumulative: Vec<f64> = weights
-        .iter()
-        .scan(0.0, |acc, w| {
-            *acc += w / total;
-            Some(*acc)
-        })
-        .collect();
-    let mut rows = Vec::with_capacity(n * dim);
-    let mut latent = [0f64; LATENT];
-    for _ in 0..n {
-        let u = rng.next_f64();
-        let c = cumulative.iter().position(|&p| u < p).unwrap_or(CLUSTERS - 1);
-        for (j, l) in latent.iter_mut().enumerate() {
-            *l = centres[c * LATENT + j] + spread[c] * rng.normal();
-        }
-        for r in 0..dim {
-            let x: f64 = map[r * LATENT..][..LATENT].iter().zip(&latent).map(|(a, b)| a * b).sum();
-            rows.push((x + 0.05 * rng.normal()) as f32);
-        }
-    }
-    rows
-}
 
 fn isotropic(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);

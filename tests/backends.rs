@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{covering_radius, rel_err, TempDir};
+use common::{clustered, covering_radius, rel_err, TempDir};
 use patchcore::backbone::weights::SafetensorsFile;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::cpu::l2_distance;
@@ -443,18 +443,23 @@ backend_test!(
 );
 
 fn coreset_selects_as_the_textbook_loop(case: Case) {
-    let rows = random(&[3000, 41], 7);
-    let want = textbook_coreset(&rows, 300, 17);
+    // Isotropic rows, where no bound prunes, and clustered ones, where the bounds skip most rows.
+    let inputs =
+        [("isotropic", random(&[3000, 41], 7)), ("clustered", Tensor::new(vec![4000, 48], clustered(4000, 48, 20, 8)))];
     let b = &case.backend;
-    let got = b.coreset(&b.upload(&rows).unwrap(), 300, 17).unwrap();
-    if case.exact_coreset {
-        assert_eq!(got, want, "{}: the selection differs from the textbook loop", case.name);
-    } else {
-        let (r_got, r_want) = (covering_radius(&rows, &got), covering_radius(&rows, &want));
-        assert!(r_got <= 1.10 * r_want, "{}: covering radius {r_got} vs {r_want}", case.name);
+    for (what, rows) in &inputs {
+        let want = textbook_coreset(rows, 300, 17);
+        let got = b.coreset(&b.upload(rows).unwrap(), 300, 17).unwrap();
+        if case.exact_coreset {
+            assert_eq!(got, want, "{} {what}: the selection differs from the textbook loop", case.name);
+        } else {
+            let (r_got, r_want) = (covering_radius(rows, &got), covering_radius(rows, &want));
+            assert!(r_got <= 1.10 * r_want, "{} {what}: covering radius {r_got} vs {r_want}", case.name);
+        }
     }
-    assert!(b.coreset(&b.upload(&rows).unwrap(), 3001, 0).is_err());
-    assert!(b.coreset(&b.upload(&rows).unwrap(), 1, 3000).is_err());
+    let rows = &inputs[0].1;
+    assert!(b.coreset(&b.upload(rows).unwrap(), 3001, 0).is_err());
+    assert!(b.coreset(&b.upload(rows).unwrap(), 1, 3000).is_err());
 }
 
 // ---- anomaly map ------------------------------------------------------------------------

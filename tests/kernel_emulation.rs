@@ -7,10 +7,12 @@
 
 mod common;
 
-use common::{covering_radius, rel_err, TempDir};
+use common::{clustered, covering_radius, rel_err, TempDir};
 use cudarc::driver::LaunchConfig;
 use half::f16;
+use patchcore::backend::cpu::{distance_eps, prune_factor, Subspace, PROJ};
 use patchcore::backend::cpu::{gaussian_taps, l2_distance, reweighted_score, squared_norms, top_patches};
+use patchcore::backend::cuda::launch::coreset_scan_config;
 use patchcore::backend::cuda::launch::{
     conv_plan, coreset_config, grid_stride, knn_plan, norms_config, one_block_per_image, preprocess_runs, GRID_CAP,
     KNN_LISTS, KNN_TILE, MAX_BLUR_RADIUS,
@@ -225,7 +227,7 @@ fn assert_same_bits(what: &str, got: &[f32], want: &[f32]) {
     );
 }
 
-/// Distances and row indices: a kNN result (nq x k each), or a coreset's min_dist and selection.
+/// Distances and row indices: a kNN result (nq x k each).
 type DistRows = (Vec<f32>, Vec<u32>);
 
 fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
@@ -313,47 +315,82 @@ fn blur_matches_the_cpu_anomaly_map_bit_for_bit() {
 // coreset.cu
 // ------------------------------------------------------------------------------------------------------------
 
-/// device.rs `coreset`: fill_f32, then one coreset_step launch per selection, back to back. Returns the
-/// selection and each row's final min_dist.
-fn emulated_coreset(driver: &Path, rows: &Tensor, n_select: usize, start: usize, half: bool, sms: usize) -> DistRows {
-    let [n, d] = rows.dims2().unwrap();
-    let config = coreset_config(n, d, sms).unwrap();
-    let blocks = config.grid_dim.0 as usize;
-    let mut s = Script::new("coreset");
-    s.load_f32("rows", &rows.data);
-    s.alloc("min_dist", n * 4, POISON);
-    s.launch("fill_f32", grid_stride(n, 4096, 0), &[Buf("min_dist"), I64(n as i64), F32(f32::INFINITY)]);
-    s.alloc("selected", n_select * 4, 0);
-    s.alloc("block_d", blocks * 4, POISON);
-    s.alloc("block_i", blocks * 4, POISON);
-    s.alloc("counter", 4, 0);
-    let (kernel, source) = if half {
-        s.alloc("rows16", n * d * 2, POISON);
-        s.launch("to_f16", grid_stride(n * d, 4096, 0), &[Buf("rows"), Buf("rows16"), I64((n * d) as i64)]);
-        ("coreset_step_f16", "rows16")
-    } else {
-        ("coreset_step_f32", "rows")
-    };
-    for step in 0..n_select {
-        let args = [Buf(source), I32(n as i32), I32(d as i32), U32(start as u32), I32(step as i32)];
-        let buffers = ["min_dist", "selected", "block_d", "block_i", "counter"].map(Buf);
-        s.launch(kernel, config, &[&args[..], &buffers[..]].concat());
-    }
-    s.save("selected");
-    s.save("min_dist");
-    s.save("counter");
-    let out = s.run(driver);
-    assert_eq!(out.u32s("counter"), [0], "the last block re-arms the counter");
-    (out.f32s("min_dist"), out.u32s("selected"))
+/// What an emulated selection leaves on the device.
+struct CoresetRun {
+    selected: Vec<u32>,
+    /// Each row's final d: its distance to the nearest of the start and every selected row.
+    min_dist: Vec<f32>,
+    /// The rows that took the full-width distance in the last step (coreset_filter's survivors).
+    last_candidates: u32,
 }
 
-/// The textbook loop's min_dist after selecting `selected` from `start`: each row's smallest `l2_distance` to
-/// the start and every selected row but the last (whose distances the next step would take).
+/// device.rs `coreset`: the subspace estimated from the CPU's sample (device.rs gathers those rows on the device
+/// and downloads them; here they come straight from the host's copy, the same values), coreset_project and
+/// coreset_init, then pick, reach, filter and distance for every selection, back to back.
+fn emulated_coreset(driver: &Path, rows: &Tensor, n_select: usize, start: usize, half: bool, sms: usize) -> CoresetRun {
+    let [n, d] = rows.dims2().unwrap();
+    let rows_config = coreset_config(n, d, sms).unwrap();
+    let sample: Vec<f32> = Subspace::sample(n).flat_map(|i| &rows.data[i * d..(i + 1) * d]).copied().collect();
+    let subspace = Subspace::estimate(&sample, d);
+    let eps = distance_eps(d);
+    let factor = prune_factor(eps);
+    let f64s = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut s = Script::new("coreset");
+    s.load_f32("rows", &rows.data);
+    s.load("bound", f64s(&[1.0 + 3.0 * eps as f64, subspace.sigma, subspace.slack_per_radius(d)]));
+    s.load("mean", f64s(&subspace.mean));
+    s.load("basis", f64s(&subspace.basis));
+    for (name, bytes) in [("radius_sq", 8), ("far", (n_select + 1) * 8), ("best", 8), ("count", 4)] {
+        s.alloc(name, bytes, 0);
+    }
+    for (name, bytes) in [("proj", n * PROJ * 8), ("min_dist", n * 4), ("owner", n * 4), ("reach", n_select * 4)] {
+        s.alloc(name, bytes, POISON);
+    }
+    s.alloc("candidates", n * 4, POISON);
+    s.alloc("selected", n_select * 4, POISON);
+    let (suffix, source) = if half {
+        s.alloc("rows16", n * d * 2, POISON);
+        s.launch("to_f16", grid_stride(n * d, 4096, 0), &[Buf("rows"), Buf("rows16"), I64((n * d) as i64)]);
+        ("f16", "rows16")
+    } else {
+        ("f32", "rows")
+    };
+    let (n32, d32, start32) = (I32(n as i32), I32(d as i32), U32(start as u32));
+    let project = [Buf(source), n32, d32, Buf("mean"), Buf("basis"), Buf("proj"), Buf("radius_sq")];
+    s.launch(&format!("coreset_project_{suffix}"), rows_config, &project);
+    let init = [Buf(source), n32, d32, start32, Buf("min_dist"), Buf("owner"), Buf("far")];
+    s.launch(&format!("coreset_init_{suffix}"), rows_config, &init);
+    let bound = [Buf("proj"), Buf("bound"), Buf("radius_sq"), F32(factor)];
+    for step in 0..n_select {
+        let s32 = I32(step as i32);
+        let pick = [Buf("far"), I32(step as i32 + 1), Buf("best"), Buf("count")];
+        s.launch("coreset_pick", coreset_scan_config(step + 1, sms), &pick);
+        let reach = [Buf(source), d32, start32, s32, Buf("selected"), Buf("best")];
+        s.launch(
+            &format!("coreset_reach_{suffix}"),
+            coreset_config(step + 1, d, sms).unwrap(),
+            &[&reach[..], &bound[..], &[Buf("far"), Buf("reach")]].concat(),
+        );
+        let filter = [n32, s32, Buf("selected"), Buf("owner"), Buf("min_dist"), Buf("reach")];
+        let rest = [Buf("far"), Buf("best"), Buf("candidates"), Buf("count")];
+        s.launch("coreset_filter", coreset_scan_config(n, sms), &[&filter[..], &bound[..], &rest[..]].concat());
+        let distance = [Buf(source), d32, s32, Buf("selected"), Buf("candidates"), Buf("count")];
+        let state = [Buf("min_dist"), Buf("owner"), Buf("far")];
+        s.launch(&format!("coreset_distance_{suffix}"), rows_config, &[&distance[..], &state[..]].concat());
+    }
+    for name in ["selected", "min_dist", "count"] {
+        s.save(name);
+    }
+    let out = s.run(driver);
+    CoresetRun { selected: out.u32s("selected"), min_dist: out.f32s("min_dist"), last_candidates: out.u32s("count")[0] }
+}
+
+/// The textbook loop's min_dist after selecting `selected` from `start`: each row's smallest `l2_distance` to the
+/// start and every selected row.
 fn cpu_min_dist(rows: &Tensor, start: usize, selected: &[u32]) -> Vec<f32> {
     let [n, d] = rows.dims2().unwrap();
     let row = |i: usize| &rows.data[i * d..(i + 1) * d];
     let centres: Vec<usize> = std::iter::once(start).chain(selected.iter().map(|&c| c as usize)).collect();
-    let centres = &centres[..selected.len()];
     (0..n).map(|i| centres.iter().map(|&c| l2_distance(row(i), row(c))).fold(f32::INFINITY, f32::min)).collect()
 }
 
@@ -372,18 +409,39 @@ fn coreset_f32_selection_equals_the_cpu_selection() {
         ("duplicates", tensor(&[1200, 33], duplicates), 60, 7, H200_SMS),
         // Wider than the 2048 floats coreset.cu stages in shared memory: the centre is read from global memory.
         ("wide", tensor(&[201, 2100], gaussian(201 * 2100, 32)), 12, 150, 4),
-        // 263 blocks: the last block's reduction loops over more block results than it has threads.
+        // 263 blocks: more blocks than rows per block in the scan kernels.
         ("many blocks", tensor(&[4201, 20], gaussian(4201 * 20, 34)), 30, 4200, H200_SMS),
+        // Where the bounds prune: clusters ruled out whole, rows ruled out by the projection.
+        ("clustered", tensor(&[3000, 40], clustered(3000, 40, 12, 35)), 150, 5, SMALL_GPU_SMS),
     ];
     for (what, rows, n_select, start, sms) in cases {
         let started = Instant::now();
         let want = CpuBackend.coreset(&rows, n_select, start).unwrap();
-        let (min_dist, got) = emulated_coreset(driver, &rows, n_select, start, false, sms);
-        assert_eq!(got, want, "{what}: coreset_step_f32 vs CpuBackend::coreset");
+        let run = emulated_coreset(driver, &rows, n_select, start, false, sms);
+        assert_eq!(run.selected, want, "{what}: the pruned coreset kernels vs CpuBackend::coreset");
         // The distances behind the selection, bit for bit (a selection can survive a rounding difference).
-        assert_same_bits(&format!("{what}: min_dist"), &min_dist, &cpu_min_dist(&rows, start, &want));
-        println!("coreset {what} {:?}: {n_select} steps equal in {:.1} s", rows.shape, started.elapsed().as_secs_f64());
+        assert_same_bits(&format!("{what}: min_dist"), &run.min_dist, &cpu_min_dist(&rows, start, &want));
+        println!(
+            "coreset {what} {:?}: {n_select} steps equal, {} full distances in the last, in {:.1} s",
+            rows.shape,
+            run.last_candidates,
+            started.elapsed().as_secs_f64()
+        );
     }
+}
+
+/// The pruning is real: on clustered rows, the last selection computes full-width distances for a small
+/// fraction of the rows (the textbook loop: all of them).
+#[test]
+fn coreset_prunes_most_rows_on_clustered_data() {
+    let Some(driver) = driver() else { return };
+    let rows = tensor(&[3000, 40], clustered(3000, 40, 12, 36));
+    let run = emulated_coreset(driver, &rows, 150, 0, false, SMALL_GPU_SMS);
+    assert_eq!(run.selected, CpuBackend.coreset(&rows, 150, 0).unwrap());
+    println!("coreset clustered: {} of 3000 rows took the full distance in the last step", run.last_candidates);
+    assert!(run.last_candidates > 0, "the new centre itself always takes a full distance");
+    // Either bound alone leaves more: without the row-level projection test about 200 rows here.
+    assert!(run.last_candidates < 3000 / 50, "{} of 3000 rows took the full distance", run.last_candidates);
 }
 
 #[test]
@@ -392,7 +450,7 @@ fn coreset_f16_covers_within_ten_percent_of_the_f32_selection() {
     // Offset by 16, where f16 steps are 1/64: the f16 rows round visibly and the selection departs from f32's.
     let rows = tensor(&[2000, 50], gaussian(2000 * 50, 33).iter().map(|v| 16.0 + v).collect());
     let exact = CpuBackend.coreset(&rows, 100, 99).unwrap();
-    let (_, half) = emulated_coreset(driver, &rows, 100, 99, true, SMALL_GPU_SMS);
+    let half = emulated_coreset(driver, &rows, 100, 99, true, SMALL_GPU_SMS).selected;
     let mut sorted = half.clone();
     sorted.sort_unstable();
     sorted.dedup();

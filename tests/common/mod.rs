@@ -213,3 +213,19 @@ pub fn skip_unless_required(why: &str) {
     assert!(!required, "{why}, and PATCHCORE_REQUIRE_EMULATION=1");
     println!("skipping: {why}");
 }
+
+/// n x d rows in `k` tight clusters of a 4-dim latent space mapped to `d` dims: data like patch embeddings
+/// (low intrinsic dimension), where the coreset's bounds prune most rows.
+pub fn clustered(n: usize, d: usize, k: usize, seed: u64) -> Vec<f32> {
+    let latent = 4;
+    let mut rng = patchcore::rng::SplitMix64::new(seed);
+    let map: Vec<f32> = (0..d * latent).map(|_| rng.normal() as f32).collect();
+    let centres: Vec<f32> = (0..k * latent).map(|_| 10.0 * rng.normal() as f32).collect();
+    let mut rows = Vec::with_capacity(n * d);
+    for _ in 0..n {
+        let c = rng.below(k as u64) as usize;
+        let z: Vec<f32> = (0..latent).map(|j| centres[c * latent + j] + 0.5 * rng.normal() as f32).collect();
+        rows.extend((0..d).map(|r| map[r * latent..][..latent].iter().zip(&z).map(|(a, b)| a * b).sum::<f32>()));
+    }
+    rows
+}

@@ -31,7 +31,7 @@ const SWEEP_FRACTION: usize = 8;
 /// Lanes of the distance sum: row element j goes to partial sum j % LANES.
 const LANES: usize = 16;
 /// Dimensions of the projection used for lower bounds.
-const PROJ: usize = 16;
+pub const PROJ: usize = 16;
 /// Rows (evenly spaced) that the principal subspace is estimated from, and subspace iterations.
 const SAMPLE: usize = 4096;
 const POWER_ITERATIONS: usize = 3;
@@ -122,25 +122,29 @@ fn beats(a: (f32, u32), b: (f32, u32)) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
-/// Every row projected onto an estimate of the data's top-`PROJ` principal subspace, in f64,
-/// with what it takes to turn projected distances into safe lower bounds on `l2_distance`.
-struct Projection {
-    /// U^T (z_i - mean) for every row i; U is dim x PROJ with (near-)orthonormal or zero columns.
-    rows: Vec<Proj>,
+/// An estimate of the data's top-`PROJ` principal subspace, from a sample of the rows: what a
+/// projection for lower bounds needs besides the rows themselves. The CUDA backend estimates it
+/// here too, from the same sample, and projects the rows on the device.
+pub struct Subspace {
+    /// The sample's mean, `dim` values.
+    pub mean: Vec<f64>,
+    /// U, dim x PROJ, element-major (basis[k * PROJ + j] = U[k][j]), with (near-)orthonormal or zero columns.
+    pub basis: Vec<f64>,
     /// An upper bound on ||U||_2 (at least 1): ||U^T v|| <= sigma ||v||.
-    sigma: f64,
-    /// An upper bound on the f64 rounding error of ||y_i - y_j|| against the exact ||U^T (z_i - z_j)||.
-    slack: f64,
-    /// 1 + 3 eps, eps the relative error bound of `l2_distance` (see `greedy_coreset`).
-    tol: f64,
+    pub sigma: f64,
 }
 
-impl Projection {
-    /// Randomised subspace iteration on a sample of the rows. Its accuracy only affects how much is
-    /// pruned: the bounds hold for any U, because sigma is measured from the U actually used.
-    fn new(rows: &[f32], dim: usize, eps: f64) -> Self {
-        let n = rows.len() / dim;
-        let sample: Vec<&[f32]> = rows.chunks_exact(dim).step_by((n / SAMPLE).max(1)).collect();
+impl Subspace {
+    /// The rows (evenly spaced) the subspace is estimated from.
+    pub fn sample(n: usize) -> impl Iterator<Item = usize> {
+        (0..n).step_by((n / SAMPLE).max(1))
+    }
+
+    /// Randomised subspace iteration on `sample` (the rows `Subspace::sample` names, concatenated).
+    /// Its accuracy only affects how much is pruned: the bounds hold for any U, because sigma is
+    /// measured from the U actually used.
+    pub fn estimate(sample: &[f32], dim: usize) -> Self {
+        let sample: Vec<&[f32]> = sample.chunks_exact(dim).collect();
         let mut mean = vec![0f64; dim];
         for r in &sample {
             for (m, &x) in mean.iter_mut().zip(*r) {
@@ -149,8 +153,8 @@ impl Projection {
         }
         mean.iter_mut().for_each(|m| *m /= sample.len() as f64);
 
-        // U is stored element-major (basis[k * PROJ + j] = U[k][j]), so projecting a row is one
-        // PROJ-wide multiply-add per element, which vectorises without reassociating a sum.
+        // U is stored element-major, so projecting a row is one PROJ-wide multiply-add per element,
+        // which vectorises without reassociating a sum.
         let mut rng = SplitMix64::new(0x9E37_79B9);
         let mut basis: Vec<f64> = (0..dim * PROJ).map(|_| rng.normal()).collect();
         orthonormalise(&mut basis);
@@ -188,21 +192,62 @@ impl Projection {
             norm_sq = norm_sq.max(row_sum);
         }
         let sigma = (norm_sq * (1.0 + 1e-12)).sqrt().max(1.0);
+        Subspace { mean, basis, sigma }
+    }
 
+    /// The slack of projected distances per unit of `radius`, the largest ||z - mean|| over the
+    /// rows: an upper bound on the f64 rounding error of ||y_i - y_j|| against the exact
+    /// ||U^T (z_i - z_j)|| is this times the radius. Each coordinate of a projection is a dim-term
+    /// f64 dot product, summed in any order: its error is at most (dim + 2) u ||U[:, j]|| ||z - mean||
+    /// (u = f64::EPSILON / 2), so a projected vector is off by at most sqrt(PROJ) (dim + 2) u sigma
+    /// radius, and a difference of two by twice that. Doubled again for the rounding of the bound's
+    /// own arithmetic.
+    pub fn slack_per_radius(&self, dim: usize) -> f64 {
+        2.0 * (PROJ as f64).sqrt() * (dim as f64 + 2.0) * f64::EPSILON * self.sigma
+    }
+}
+
+/// The relative error bound of `l2_distance` against the exact distance, for `dim`-wide rows: a
+/// rounded difference and square per element, a sum of dim positive terms, a square root.
+pub fn distance_eps(dim: usize) -> f32 {
+    (dim as f32 + 8.0) * f32::EPSILON
+}
+
+/// The factor of the triangle-inequality test, 2 (1 + 4 eps): see `greedy_coreset`.
+pub fn prune_factor(eps: f32) -> f32 {
+    2.0 * (1.0 + 4.0 * eps)
+}
+
+/// Every row projected onto a `Subspace`, in f64, with what it takes to turn projected distances
+/// into safe lower bounds on `l2_distance`.
+struct Projection {
+    /// U^T (z_i - mean) for every row i.
+    rows: Vec<Proj>,
+    /// The subspace's sigma.
+    sigma: f64,
+    /// An upper bound on the f64 rounding error of ||y_i - y_j|| against the exact ||U^T (z_i - z_j)||.
+    slack: f64,
+    /// 1 + 3 eps, eps the relative error bound of `l2_distance` (see `greedy_coreset`).
+    tol: f64,
+}
+
+impl Projection {
+    fn new(rows: &[f32], dim: usize, eps: f64) -> Self {
+        let n = rows.len() / dim;
+        let sample: Vec<f32> = Subspace::sample(n).flat_map(|i| &rows[i * dim..][..dim]).copied().collect();
+        let subspace = Subspace::estimate(&sample, dim);
+        let (mean, basis) = (&subspace.mean, &subspace.basis);
         let projected: Vec<(Proj, f64)> = rows
             .par_chunks_exact(dim)
             .map(|r| {
-                let radius_sq: f64 = r.iter().zip(&mean).map(|(&x, &m)| (x as f64 - m) * (x as f64 - m)).sum();
-                (project(r, &mean, &basis), radius_sq)
+                let radius_sq: f64 = r.iter().zip(mean).map(|(&x, &m)| (x as f64 - m) * (x as f64 - m)).sum();
+                (project(r, mean, basis), radius_sq)
             })
             .collect();
         let radius = projected.iter().fold(0f64, |a, p| a.max(p.1)).sqrt();
-        // Each coordinate of a projection is a dim-term f64 dot product: its error is at most
-        // (dim + 2) u ||U[:, j]|| ||z - mean|| (u = f64::EPSILON / 2), so a projected vector is off
-        // by at most sqrt(PROJ) (dim + 2) u sigma radius, and a difference of two by twice that.
-        // Doubled again for the rounding of the bound's own arithmetic.
-        let slack = 2.0 * (PROJ as f64).sqrt() * (dim as f64 + 2.0) * f64::EPSILON * sigma * radius;
-        Projection { rows: projected.into_iter().map(|p| p.0).collect(), sigma, slack, tol: 1.0 + 3.0 * eps }
+        let slack = subspace.slack_per_radius(dim) * radius;
+        let tol = 1.0 + 3.0 * eps;
+        Projection { rows: projected.into_iter().map(|p| p.0).collect(), sigma: subspace.sigma, slack, tol }
     }
 
     /// True when the projections `a`, `b` of two rows prove that `l2_distance` of those rows is at
@@ -336,8 +381,8 @@ pub fn greedy_coreset(rows: &[f32], dim: usize, n_select: usize, start: usize) -
     // the exact D >= 2 d (1 + eps) or so, the exact ||z_i - z_c|| >= d (1 + 2 eps), and the
     // computed one at least d (1 + eps) > computed d. A skipped row would never have moved, so the
     // d values, and the selection, equal the brute force's exactly.
-    let eps = (dim as f32 + 8.0) * f32::EPSILON;
-    let factor = 2.0 * (1.0 + 4.0 * eps);
+    let eps = distance_eps(dim);
+    let factor = prune_factor(eps);
     let proj = Projection::new(rows, dim, eps as f64);
 
     let z_start = row(start as u32);

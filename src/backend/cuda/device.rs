@@ -9,12 +9,14 @@ use super::launch::{
     conv_plan, coreset_config, fits_i32, grid_stride, knn_plan, norms_config, one_block_per_image, preprocess_runs,
     ExplicitPad, PreprocessRun, BLOCK, GRID_CAP, MAX_BLUR_RADIUS,
 };
+use super::launch::{coreset_scan_config, CORESET_PROJ};
 use super::probe::unwind_to_unavailable;
 use super::{probe, Precision, TransferCounts};
 use crate::backend::checks::{
     conv_output, coreset_args, embed_args, knn_args, map_args, pool_output, preprocess_args, score_args,
 };
 use crate::backend::cpu::gaussian_taps;
+use crate::backend::cpu::{distance_eps, prune_factor, Subspace, PROJ};
 use crate::backend::{flops, traced, Activation, Backend, BatchScores, ConvSpec, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
@@ -61,6 +63,43 @@ pub struct CudaBank {
     f16_rows: Option<CudaSlice<f16>>,
     norms: CudaSlice<f32>,
 }
+
+/// Which precision's row kernels of coreset.cu a selection runs: the rows are f32 or f16.
+#[derive(Clone, Copy)]
+enum CoresetKernels {
+    F32,
+    F16,
+}
+
+/// The row kernels of one precision.
+struct CoresetRowKernels<'a> {
+    project: &'a CudaFunction,
+    init: &'a CudaFunction,
+    reach: &'a CudaFunction,
+    distance: &'a CudaFunction,
+}
+
+impl CoresetKernels {
+    fn of(self, k: &Kernels) -> CoresetRowKernels<'_> {
+        match self {
+            CoresetKernels::F32 => CoresetRowKernels {
+                project: &k.coreset_project_f32,
+                init: &k.coreset_init_f32,
+                reach: &k.coreset_reach_f32,
+                distance: &k.coreset_distance_f32,
+            },
+            CoresetKernels::F16 => CoresetRowKernels {
+                project: &k.coreset_project_f16,
+                init: &k.coreset_init_f16,
+                reach: &k.coreset_reach_f16,
+                distance: &k.coreset_distance_f16,
+            },
+        }
+    }
+}
+
+/// The host's projection width (the CPU's bounds) is the one coreset.cu is compiled for.
+const _: () = assert!(CORESET_PROJ == PROJ);
 
 /// The backend's host synchronisations and copies, counted where they happen (`transfer_counts`).
 #[derive(Default)]
@@ -376,6 +415,103 @@ impl CudaBackend {
         }
         .map_err(driver_error("squared_norms launch"))?;
         Ok(norms)
+    }
+
+    /// The pruned greedy k-center selection (kernels/coreset.cu's header has the order and the proofs)
+    /// on `rows`, the f32 tensor `tensor` or its f16 copy; the selection stays on the device.
+    fn coreset_on_device<T: DeviceRepr>(
+        &self,
+        rows: &CudaSlice<T>,
+        tensor: &CudaTensor,
+        n_select: usize,
+        start: usize,
+        kernels: CoresetKernels,
+    ) -> Result<CudaSlice<u32>> {
+        let [n, d] = dims::<2>(&tensor.shape)?;
+        let k = kernels.of(&self.kernels);
+        // The subspace of the projected bound, estimated on the host as the CPU estimates it, from the
+        // same sample of the f32 rows (any subspace keeps the bounds sound; see coreset.rs `Subspace`).
+        let sample = self.gather_rows(&tensor.data, &Subspace::sample(n).map(|i| i as u32).collect::<Vec<_>>(), d)?;
+        let subspace = Subspace::estimate(&sample, d);
+        let eps = distance_eps(d);
+        let factor = prune_factor(eps);
+        let bound = self.to_device(&[1.0 + 3.0 * eps as f64, subspace.sigma, subspace.slack_per_radius(d)])?;
+        let mean = self.to_device(&subspace.mean)?;
+        let basis = self.to_device(&subspace.basis)?;
+        let zeros = |len: usize| self.stream.alloc_zeros::<u64>(len).map_err(alloc_error);
+        let (mut radius_sq, mut far, mut best) = (zeros(1)?, zeros(n_select + 1)?, zeros(1)?);
+        let mut proj = self.alloc::<f64>(n * CORESET_PROJ)?;
+        let mut min_dist = self.alloc::<f32>(n)?;
+        let mut owner = self.alloc::<u32>(n)?;
+        let mut reach = self.alloc::<f32>(n_select)?;
+        let mut candidates = self.alloc::<u32>(n)?;
+        let mut count = self.stream.alloc_zeros::<u32>(1).map_err(alloc_error)?;
+        let mut selected = self.alloc::<u32>(n_select)?;
+        let (n32, d32, start32) = (n as i32, d as i32, start as u32);
+        let rows_config = coreset_config(n, d, self.sm_count)?;
+        // SAFETY (every launch below): the contracts in kernels/coreset.cu's header: rows n x d, proj
+        // n x CORESET_PROJ, min_dist, owner and candidates n, far n_select + 1 (clusters 0..=step + 1),
+        // reach and selected n_select, mean d, basis d x CORESET_PROJ, bound 3; far, best, count and
+        // radius_sq zeroed above; the grids are coreset_config's and coreset_scan_config's.
+        unsafe {
+            let mut l = self.stream.launch_builder(k.project);
+            l.arg(rows).arg(&n32).arg(&d32).arg(&mean).arg(&basis).arg(&mut proj).arg(&mut radius_sq);
+            l.launch(rows_config)
+        }
+        .map_err(driver_error("coreset_project launch"))?;
+        unsafe {
+            let mut l = self.stream.launch_builder(k.init);
+            l.arg(rows).arg(&n32).arg(&d32).arg(&start32).arg(&mut min_dist).arg(&mut owner).arg(&mut far);
+            l.launch(rows_config)
+        }
+        .map_err(driver_error("coreset_init launch"))?;
+        // Four launches per selection, queued without waiting: each reads what the one before wrote.
+        for step in 0..n_select {
+            let (s32, clusters) = (step as i32, step as i32 + 1);
+            unsafe {
+                let mut l = self.stream.launch_builder(&self.kernels.coreset_pick);
+                l.arg(&far).arg(&clusters).arg(&mut best).arg(&mut count);
+                l.launch(coreset_scan_config(step + 1, self.sm_count))
+            }
+            .map_err(driver_error("coreset_pick launch"))?;
+            unsafe {
+                let mut l = self.stream.launch_builder(k.reach);
+                l.arg(rows).arg(&d32).arg(&start32).arg(&s32).arg(&mut selected).arg(&best).arg(&proj);
+                l.arg(&bound).arg(&radius_sq).arg(&factor).arg(&mut far).arg(&mut reach);
+                l.launch(coreset_config(step + 1, d, self.sm_count)?)
+            }
+            .map_err(driver_error("coreset_reach launch"))?;
+            unsafe {
+                let mut l = self.stream.launch_builder(&self.kernels.coreset_filter);
+                l.arg(&n32).arg(&s32).arg(&selected).arg(&owner).arg(&min_dist).arg(&reach).arg(&proj);
+                l.arg(&bound).arg(&radius_sq).arg(&factor).arg(&mut far).arg(&mut best).arg(&mut candidates);
+                l.arg(&mut count).launch(coreset_scan_config(n, self.sm_count))
+            }
+            .map_err(driver_error("coreset_filter launch"))?;
+            unsafe {
+                let mut l = self.stream.launch_builder(k.distance);
+                l.arg(rows).arg(&d32).arg(&s32).arg(&selected).arg(&candidates).arg(&count);
+                l.arg(&mut min_dist).arg(&mut owner).arg(&mut far).launch(rows_config)
+            }
+            .map_err(driver_error("coreset_distance launch"))?;
+        }
+        Ok(selected)
+    }
+
+    /// `rows` of the n x d matrix `src`, gathered on the device and downloaded in one copy.
+    fn gather_rows(&self, src: &CudaSlice<f32>, rows: &[u32], d: usize) -> Result<Vec<f32>> {
+        let indices = self.to_device(rows)?;
+        let mut dst = self.alloc::<f32>(rows.len() * d)?;
+        let (m32, d32) = (rows.len() as i32, d as i32);
+        // SAFETY: gather_rows's contract (kernels/score.cu): every index names a row of src, dst is
+        // rows.len() x d; grid-stride.
+        unsafe {
+            let mut l = self.stream.launch_builder(&self.kernels.gather_rows);
+            l.arg(src).arg(&indices).arg(&m32).arg(&d32).arg(&mut dst);
+            l.launch(grid_stride(rows.len() * d, GRID_CAP, 0))
+        }
+        .map_err(driver_error("gather_rows launch"))?;
+        self.download_vec(&dst)
     }
 
     fn to_f16(&self, src: &CudaSlice<f32>) -> Result<CudaSlice<f16>> {
@@ -726,61 +862,13 @@ impl Backend for CudaBackend {
         if n_select == 0 {
             return Ok(Vec::new());
         }
-        let config = coreset_config(n, d, self.sm_count)?;
-        let blocks = config.grid_dim.0 as usize;
-        let mut min_dist = self.alloc::<f32>(n)?;
-        let (n64, inf) = (n as i64, f32::INFINITY);
-        // SAFETY: fill_f32's contract (kernels/coreset.cu): n elements, grid-stride.
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.fill_f32)
-                .arg(&mut min_dist)
-                .arg(&n64)
-                .arg(&inf)
-                .launch(grid_stride(n, 4096, 0))
-        }
-        .map_err(driver_error("fill_f32 launch"))?;
-        let mut selected = self.stream.alloc_zeros::<u32>(n_select).map_err(alloc_error)?;
-        let mut block_d = self.alloc::<f32>(blocks)?;
-        let mut block_i = self.alloc::<u32>(blocks)?;
-        let mut counter = self.stream.alloc_zeros::<u32>(1).map_err(alloc_error)?;
-        let rows16 = match self.precision {
-            Precision::F16 => Some(self.to_f16(&rows.data)?),
-            _ => None,
-        };
-        let (n32, d32, start32) = (n as i32, d as i32, start as u32);
-        // One launch per selection, queued without waiting: the kernel reads its centre from
-        // `selected`, where the previous launch's last block wrote it.
-        for step in 0..n_select as i32 {
-            // SAFETY: coreset_step's contract (kernels/coreset.cu): rows n x d, min_dist n,
-            // selected n_select, block_d/block_i one per block, counter zeroed once above.
-            unsafe {
-                let mut launch = match &rows16 {
-                    Some(r) => {
-                        let mut l = self.stream.launch_builder(&self.kernels.coreset_step_f16);
-                        l.arg(r);
-                        l
-                    }
-                    None => {
-                        let mut l = self.stream.launch_builder(&self.kernels.coreset_step_f32);
-                        l.arg(&rows.data);
-                        l
-                    }
-                };
-                launch
-                    .arg(&n32)
-                    .arg(&d32)
-                    .arg(&start32)
-                    .arg(&step)
-                    .arg(&mut min_dist)
-                    .arg(&mut selected)
-                    .arg(&mut block_d)
-                    .arg(&mut block_i)
-                    .arg(&mut counter)
-                    .launch(config)
+        coreset_config(n, d, self.sm_count)?;
+        let selected = match self.precision {
+            Precision::F16 => {
+                self.coreset_on_device(&self.to_f16(&rows.data)?, rows, n_select, start, CoresetKernels::F16)?
             }
-            .map_err(driver_error("coreset_step launch"))?;
-        }
+            _ => self.coreset_on_device(&rows.data, rows, n_select, start, CoresetKernels::F32)?,
+        };
         self.download_vec(&selected)
     }
 

@@ -20,6 +20,9 @@ pub const KNN_MERGE_BLOCK: u32 = 128;
 pub const KNN_MAX_K: usize = 16;
 /// coreset.cu: rows per block per grid-stride step (a half-warp per row).
 pub const CORESET_ROWS_PER_BLOCK: usize = 16;
-/// coreset.cu: the blocks per SM `coreset_step_*` are compiled to keep resident at once
+/// coreset.cu: the blocks per SM its kernels are compiled to keep resident at once
 /// (`__launch_bounds__`), and so the most its grid gives each SM.
 pub const CORESET_BLOCKS_PER_SM: usize = 4;
+/// coreset.cu: the dimensions of the projection behind the lower bounds, `PROJ` of the CPU's
+/// src/backend/cpu/coreset.rs (device.rs asserts that the two agree).
+pub const CORESET_PROJ: usize = 16;

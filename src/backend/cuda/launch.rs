@@ -102,12 +102,19 @@ pub fn knn_plan(nq: usize, m: usize, d: usize, k: usize, resident_blocks: usize)
     })
 }
 
-/// `coreset_step_*`: CORESET_BLOCKS_PER_SM blocks per SM stream the rows; more blocks would only
-/// lengthen the last block's reduction over all block results.
+/// coreset.cu's row kernels (`coreset_{project,init,reach,distance}_*`, a half-warp per item of `n`
+/// d-wide rows): CORESET_BLOCKS_PER_SM blocks per SM stream the rows, all resident at once.
 pub fn coreset_config(n: usize, d: usize, sm_count: usize) -> Result<LaunchConfig> {
     fits_i32("coreset", &[n * d])?;
     let blocks = n.div_ceil(CORESET_ROWS_PER_BLOCK).clamp(1, CORESET_BLOCKS_PER_SM * sm_count.max(1)) as u32;
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// coreset.cu's `coreset_pick` and `coreset_filter`, a thread per item (cluster or row), as many
+/// blocks as the row kernels at most: each block ends with one atomic, so fewer blocks mean fewer.
+pub fn coreset_scan_config(items: usize, sm_count: usize) -> LaunchConfig {
+    let blocks = items.div_ceil(BLOCK as usize).clamp(1, CORESET_BLOCKS_PER_SM * sm_count.max(1)) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// One axis of an antialiased resize as kernels/preprocess.cu reads it: output i is
@@ -358,5 +365,8 @@ mod tests {
         assert_eq!(c.grid_dim.0, 528);
         assert_eq!(coreset_config(20, 4, 132).unwrap().grid_dim.0, 2);
         assert!(coreset_config(2_000_000, 1536, 132).is_err());
+        assert_eq!(coreset_scan_config(0, 132).grid_dim.0, 1);
+        assert_eq!(coreset_scan_config(300, 132).grid_dim.0, 2);
+        assert_eq!(coreset_scan_config(1_000_000, 132).grid_dim.0, 528);
     }
 }

@@ -70,6 +70,27 @@ inline float __int_as_float(int i) {
     memcpy(&f, &i, 4);
     return f;
 }
+// Bit casts between a float or double and an integer of its width (coreset.cu's keys and bounds).
+inline unsigned __float_as_uint(float f) {
+    unsigned i;
+    memcpy(&i, &f, 4);
+    return i;
+}
+inline float __uint_as_float(unsigned i) {
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
+inline long long __double_as_longlong(double d) {
+    long long i;
+    memcpy(&i, &d, 8);
+    return i;
+}
+inline double __longlong_as_double(long long i) {
+    double d;
+    memcpy(&d, &i, 8);
+    return d;
+}
 
 namespace emu {
 
@@ -104,6 +125,12 @@ inline T __ldcg(const T* p) {
 }
 
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+    unsigned long long old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+    }
+    return old;
+}
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 namespace emu {
