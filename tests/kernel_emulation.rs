@@ -10,7 +10,7 @@ mod common;
 use common::{clustered, covering_radius, rel_err, TempDir};
 use cudarc::driver::LaunchConfig;
 use half::f16;
-use patchcore::backend::cpu::{distance_eps, prune_factor, Subspace, PROJ};
+use patchcore::backend::cpu::{bound_tolerance, distance_eps, prune_factor, Subspace, PROJ};
 use patchcore::backend::cpu::{gaussian_taps, l2_distance, reweighted_score, squared_norms, top_patches};
 use patchcore::backend::cuda::launch::coreset_scan_config;
 use patchcore::backend::cuda::launch::{
@@ -337,7 +337,7 @@ fn emulated_coreset(driver: &Path, rows: &Tensor, n_select: usize, start: usize,
     let f64s = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut s = Script::new("coreset");
     s.load_f32("rows", &rows.data);
-    s.load("bound", f64s(&[1.0 + 3.0 * eps as f64, subspace.sigma, subspace.slack_per_radius(d)]));
+    s.load("bound", f64s(&[bound_tolerance(eps), subspace.sigma, subspace.slack_per_radius(d)]));
     s.load("mean", f64s(&subspace.mean));
     s.load("basis", f64s(&subspace.basis));
     for (name, bytes) in [("radius_sq", 8), ("far", (n_select + 1) * 8), ("best", 8), ("count", 4)] {

@@ -218,6 +218,11 @@ pub fn prune_factor(eps: f32) -> f32 {
     2.0 * (1.0 + 4.0 * eps)
 }
 
+/// The tolerance of the projected bound, 1 + 3 eps: see `Projection::proves_at_least`.
+pub fn bound_tolerance(eps: f32) -> f64 {
+    1.0 + 3.0 * eps as f64
+}
+
 /// Every row projected onto a `Subspace`, in f64, with what it takes to turn projected distances
 /// into safe lower bounds on `l2_distance`.
 struct Projection {
@@ -232,7 +237,7 @@ struct Projection {
 }
 
 impl Projection {
-    fn new(rows: &[f32], dim: usize, eps: f64) -> Self {
+    fn new(rows: &[f32], dim: usize, eps: f32) -> Self {
         let n = rows.len() / dim;
         let sample: Vec<f32> = Subspace::sample(n).flat_map(|i| &rows[i * dim..][..dim]).copied().collect();
         let subspace = Subspace::estimate(&sample, dim);
@@ -246,7 +251,7 @@ impl Projection {
             .collect();
         let radius = projected.iter().fold(0f64, |a, p| a.max(p.1)).sqrt();
         let slack = subspace.slack_per_radius(dim) * radius;
-        let tol = 1.0 + 3.0 * eps;
+        let tol = bound_tolerance(eps);
         Projection { rows: projected.into_iter().map(|p| p.0).collect(), sigma: subspace.sigma, slack, tol }
     }
 
@@ -383,7 +388,7 @@ pub fn greedy_coreset(rows: &[f32], dim: usize, n_select: usize, start: usize) -
     // d values, and the selection, equal the brute force's exactly.
     let eps = distance_eps(dim);
     let factor = prune_factor(eps);
-    let proj = Projection::new(rows, dim, eps as f64);
+    let proj = Projection::new(rows, dim, eps);
 
     let z_start = row(start as u32);
     let mut d: Vec<f32> = rows.par_chunks_exact(dim).map(|r| l2_distance(r, z_start)).collect();

@@ -11,7 +11,7 @@ mod pool;
 mod score;
 
 pub use blur::gaussian_taps;
-pub use coreset::{distance_eps, l2_distance, prune_factor, Subspace, PROJ};
+pub use coreset::{bound_tolerance, distance_eps, l2_distance, prune_factor, Subspace, PROJ};
 pub use knn::squared_norms;
 pub use matmul::sgemm;
 pub use score::{reweighted_score, top_patches};

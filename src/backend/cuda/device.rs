@@ -16,7 +16,7 @@ use crate::backend::checks::{
     conv_output, coreset_args, embed_args, knn_args, map_args, pool_output, preprocess_args, score_args,
 };
 use crate::backend::cpu::gaussian_taps;
-use crate::backend::cpu::{distance_eps, prune_factor, Subspace, PROJ};
+use crate::backend::cpu::{bound_tolerance, distance_eps, prune_factor, Subspace, PROJ};
 use crate::backend::{flops, traced, Activation, Backend, BatchScores, ConvSpec, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
@@ -435,7 +435,7 @@ impl CudaBackend {
         let subspace = Subspace::estimate(&sample, d);
         let eps = distance_eps(d);
         let factor = prune_factor(eps);
-        let bound = self.to_device(&[1.0 + 3.0 * eps as f64, subspace.sigma, subspace.slack_per_radius(d)])?;
+        let bound = self.to_device(&[bound_tolerance(eps), subspace.sigma, subspace.slack_per_radius(d)])?;
         let mean = self.to_device(&subspace.mean)?;
         let basis = self.to_device(&subspace.basis)?;
         let zeros = |len: usize| self.stream.alloc_zeros::<u64>(len).map_err(alloc_error);
