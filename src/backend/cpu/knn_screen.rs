@@ -1,12 +1,16 @@
 //! The exact kNN through a bf16 screening pass on AMX, then an f32 re-ranking of the survivors.
 //!
 //! `knn_topk`'s f32 products are nearly all of predict's scoring. AMX multiplies bf16 tiles about
-//! 16x faster than AVX-512 multiplies f32, but bf16 keeps 8 significant bits, so its distances are
-//! only estimates. Each estimate comes with a proven bound on how far it can be from the value
-//! `knn_topk` computes (see `QueryBound`); a bank row is kept as a candidate unless its lower bound
-//! exceeds the k-th smallest upper bound, so the candidates always contain `knn_topk`'s neighbours.
-//! The candidates (a handful per query on embedding-like data) are then ranked by the f32
-//! expanded distance, ties to the lower index, as `knn_topk` ranks them.
+//! 16x faster than AVX-512 multiplies f32, but bf16 keeps 8 significant bits. Each value is split
+//! into two bf16 (x = hi + lo + a residual of about 2^-17 |x|) and the product is taken as
+//! hi.hi + hi.lo + lo.hi, one AMX product three times as deep ([q_hi | q_hi | q_lo] against
+//! [m_hi | m_lo | m_hi]). Its distances carry a proven bound on how far they can be from the value
+//! `knn_topk` computes (see `QueryBound`), about 1e-4 |q||m|; a bank row is kept as a candidate
+//! unless its lower bound exceeds the k-th smallest upper bound, so the candidates always contain
+//! `knn_topk`'s neighbours. They are then ranked by the f32 expanded distance, ties to the lower
+//! index, as `knn_topk` ranks them. (A single bf16 pass, bound about 6e-3 |q||m|, left 1,800 of
+//! 10,240 rows in play per query on ResNet-18 embeddings, whose neighbours lie at about 2% of
+//! |q|^2: the re-ranking then cost more than the f32 search.)
 
 use super::amx::{self, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
@@ -14,9 +18,11 @@ use rayon::prelude::*;
 
 /// Queries per parallel task, as `knn_topk`'s `TILE_Q`: the bf16 bank is streamed once per task.
 const TILE_Q: usize = 256;
-/// Bank rows per pass of the tile products: the chunk's bf16 rows (384 KiB at d = 384), the
-/// task's bf16 queries (192 KiB) and the TILE_Q x CHUNK estimates (512 KiB) stay in L2.
-const CHUNK: usize = 512;
+/// Bank rows per pass of the tile products: the chunk's split rows (576 KiB at d = 384), the
+/// task's split queries (576 KiB) and the TILE_Q x CHUNK estimates (256 KiB) stay in L2.
+const CHUNK: usize = 256;
+/// The split rows' segments along the product's depth: [hi | lo | hi] for the bank.
+const SEGMENTS: usize = 3;
 /// Rows and columns of one `Tiles::block_32x32`.
 const BLOCK: usize = 2 * TILE_ROWS;
 /// Estimates the fold tests at once (vectorised) before looking at single rows.
@@ -24,21 +30,21 @@ const FOLD_BLOCK: usize = 64;
 /// Inputs beyond this magnitude take the f32 path: their products could overflow where the
 /// bound's arithmetic assumes they do not.
 const LIMIT: f32 = 1e15;
-/// f32's and bf16's unit roundoff.
+/// f32's unit roundoff.
 const U32: f32 = f32::EPSILON / 2.0;
-const U16: f32 = 1.0 / 256.0;
 
 /// The bank in the form the screening pass reads, built once per model by `ScreenBank::new`.
 pub struct ScreenBank {
-    /// bf16 rows in AMX's B layout: per group of 16 rows, `kcs` tiles of `B_TILE_LEN`; zero rows
-    /// pad the bank to a whole number of `BLOCK`s and zero columns each row to `kcs * TILE_K`.
+    /// Split rows [hi | lo | hi] in AMX's B layout: per group of 16 rows, `SEGMENTS * kcs` tiles
+    /// of `B_TILE_LEN`; zero rows pad the bank to a whole number of `BLOCK`s and zero columns each
+    /// segment to `kcs * TILE_K`.
     packed: Vec<u16>,
     kcs: usize,
-    /// |m_j|, and ||m_j - bf16(m_j)||: the bound's per-row terms.
-    norms: Vec<f32>,
-    residuals: Vec<f32>,
-    /// Per `CHUNK` of rows: the largest norm, residual and squared norm, for the fold's quick test.
-    chunk_max: Vec<[f32; 3]>,
+    /// |m_j|, |lo_j| and ||m_j - hi_j - lo_j||: the bound's per-row terms.
+    norms: Vec<Split>,
+    /// Per `CHUNK` of rows: the largest of each term and of the squared norms, for the fold's
+    /// quick test.
+    chunk_max: Vec<(Split, f32)>,
 }
 
 /// x rounded to bf16 (nearest, ties to even) with subnormals flushed to zero, as AMX reads them.
@@ -55,15 +61,47 @@ fn from_bf16(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
-/// |row| and ||row - bf16(row)||, in f64, rounded to f32.
-fn norm_and_residual(row: &[f32]) -> (f32, f32) {
-    let (mut n, mut r) = (0f64, 0f64);
-    for &x in row {
-        let e = x as f64 - from_bf16(to_bf16(x)) as f64;
-        n += x as f64 * x as f64;
-        r += e * e;
+/// x as hi + lo (+ a residual), both bf16.
+fn split(x: f32) -> (u16, u16) {
+    let hi = to_bf16(x);
+    // x - hi is exact in f32: hi is x rounded to fewer bits of the same or a larger exponent.
+    (hi, to_bf16(x - from_bf16(hi)))
+}
+
+/// The norms of a row and its split that the bound needs, in f64, rounded to f32.
+#[derive(Clone, Copy, Default)]
+struct Split {
+    norm: f32,
+    lo: f32,
+    residual: f32,
+}
+
+impl Split {
+    fn of(row: &[f32]) -> Split {
+        let (mut n, mut l, mut r) = (0f64, 0f64, 0f64);
+        for &x in row {
+            let (hi, lo) = split(x);
+            let lo = from_bf16(lo) as f64;
+            let e = x as f64 - from_bf16(hi) as f64 - lo;
+            (n, l, r) = (n + x as f64 * x as f64, l + lo * lo, r + e * e);
+        }
+        Split { norm: n.sqrt() as f32, lo: l.sqrt() as f32, residual: r.sqrt() as f32 }
     }
-    (n.sqrt() as f32, r.sqrt() as f32)
+
+    fn max(self, o: Split) -> Split {
+        Split { norm: self.norm.max(o.norm), lo: self.lo.max(o.lo), residual: self.residual.max(o.residual) }
+    }
+}
+
+/// Writes a row's split into `segments` (`SEGMENTS` segments of `width` values, zero-padded),
+/// as `order` says: true for the hi part, false for the lo part.
+fn write_split(row: &[f32], order: [bool; SEGMENTS], width: usize, mut put: impl FnMut(usize, u16)) {
+    for (i, &x) in row.iter().enumerate() {
+        let (hi, lo) = split(x);
+        for (s, &use_hi) in order.iter().enumerate() {
+            put(s * width + i, if use_hi { hi } else { lo });
+        }
+    }
 }
 
 fn suitable(values: &[f32]) -> bool {
@@ -82,64 +120,68 @@ impl ScreenBank {
         }
         let m = sq_norms.len();
         let kcs = d.div_ceil(TILE_K);
+        let group_len = SEGMENTS * kcs * B_TILE_LEN;
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
-        let mut packed = vec![0u16; groups * kcs * B_TILE_LEN];
+        let mut packed = vec![0u16; groups * group_len];
         for (j, row) in rows.chunks_exact(d).enumerate() {
-            let group = &mut packed[j / TILE_ROWS * kcs * B_TILE_LEN..][..kcs * B_TILE_LEN];
-            for (i, &x) in row.iter().enumerate() {
+            let group = &mut packed[j / TILE_ROWS * group_len..][..group_len];
+            write_split(row, [true, false, true], kcs * TILE_K, |i, v| {
                 // Tile i / 32, pair (i % 32) / 2, row j % 16, element i % 2.
-                group[i / TILE_K * B_TILE_LEN + (i % TILE_K) / 2 * 2 * TILE_ROWS + j % TILE_ROWS * 2 + i % 2] =
-                    to_bf16(x);
-            }
+                group[i / TILE_K * B_TILE_LEN + (i % TILE_K) / 2 * 2 * TILE_ROWS + j % TILE_ROWS * 2 + i % 2] = v;
+            });
         }
-        let (norms, residuals): (Vec<f32>, Vec<f32>) = rows.chunks_exact(d).map(norm_and_residual).unzip();
+        let norms: Vec<Split> = rows.chunks_exact(d).map(Split::of).collect();
         let chunk_max = (0..m)
             .step_by(CHUNK)
             .map(|b0| {
                 let end = (b0 + CHUNK).min(m);
-                let max = |v: &[f32]| v[b0..end].iter().copied().fold(0f32, f32::max);
-                [max(&norms), max(&residuals), max(sq_norms)]
+                let split = norms[b0..end].iter().fold(Split::default(), |a, &b| a.max(b));
+                (split, sq_norms[b0..end].iter().copied().fold(0f32, f32::max))
             })
             .collect();
-        Ok(ScreenBank { packed, kcs, norms, residuals, chunk_max })
+        Ok(ScreenBank { packed, kcs, norms, chunk_max })
     }
 }
 
-/// The margin between a query's screened estimate s~_j = (|q|^2 + |m_j|^2) - 2 a_j (a_j the AMX
-/// product of the bf16 rows) and the value s^_j = (|q|^2 - 2 q.m_j) + |m_j|^2 that `knn_topk`
-/// computes: |s~_j - s^_j| <= T_j = a |m_j| + b r_j + c |m_j|^2 + e.
+/// The margin between a query's screened estimate s~_j = (|q|^2 + |m_j|^2) - 2 a_j and the value
+/// s^_j = (|q|^2 - 2 q.m_j) + |m_j|^2 that `knn_topk` computes:
+/// |s~_j - s^_j| <= T_j = a |m_j| + b |lo_j| + c e_j + f |m_j|^2 + g.
 ///
-/// Why: with r_q, r_j the rounding residuals and gamma = d u / (1 - d u) (u = 2^-24, d the padded
-/// width), |q.m - q~.m~| <= |q| r_j + r_q |m~| and AMX's f32 sum adds at most gamma |q~||m~| + d
-/// 2^-126 (flushed denormals); |m~| <= (1 + 2^-8) |m|. knn_topk's product is within gamma |q||m|
-/// of q.m; both sides round twice more, at most 8.1 u (|q|^2 + |m|^2) together. The terms are
-/// taken 1% larger and 16 u (|q|^2 + |m|^2) is added for the f32 rounding of the bound and the
-/// tests themselves.
+/// Why: with q = h + l + e_q and m = H + L + e_m (hi, lo, residual), a_j sums
+/// h.H + h.L + l.H, so q.m - (h.H + h.L + l.H) = l.L + (h + l).e_m + e_q.m, at most
+/// |l||L| + w_q |e_m| + |e_q||m| where w = |h| + |l|. AMX's f32 sum of 3d products (d the padded
+/// width, gamma_n = n u / (1 - n u), u = 2^-24) adds at most gamma_3d w_q w_m + 3d 2^-126 (flushed
+/// denormals), and w_m <= (1 + 2^-8)(1 + 2^-8 (1 + 2^-8)) |m| < 1.008 |m| as bf16 rounds each
+/// value by at most 2^-8 of it. knn_topk's product is within gamma_d |q||m| of q.m; both sides
+/// round twice more, at most 8.1 u (|q|^2 + |m|^2) together. The terms are taken 1% larger and
+/// 16 u (|q|^2 + |m|^2) is added for the f32 rounding of the bound and the tests themselves.
 struct QueryBound {
     sq_norm: f32,
     a: f32,
     b: f32,
     c: f32,
-    e: f32,
+    f: f32,
+    g: f32,
 }
 
 impl QueryBound {
-    fn new(sq_norm: f32, norm: f32, residual: f32, padded_d: usize) -> QueryBound {
-        let gamma = padded_d as f32 * U32 / (1.0 - padded_d as f32 * U32);
-        let grow = 1.0 + U16;
-        let c = 25.0 * U32;
+    /// `split`: the query's `Split`; `w`: |h| + |l|.
+    fn new(sq_norm: f32, split: Split, w: f32, padded_d: usize) -> QueryBound {
+        let gamma = |n: usize| n as f32 * U32 / (1.0 - n as f32 * U32);
+        let f = 25.0 * U32;
         QueryBound {
             sq_norm,
-            a: 1.01 * ((2.0 * gamma * grow * grow + 2.0 * gamma) * norm + 2.0 * grow * residual),
-            b: 1.01 * 2.0 * norm,
-            c,
-            e: c * sq_norm + 1.01 * 2.0 * padded_d as f32 * f32::MIN_POSITIVE,
+            a: 1.01 * 2.0 * (gamma(SEGMENTS * padded_d) * w * 1.008 + split.residual + gamma(padded_d) * split.norm),
+            b: 1.01 * 2.0 * split.lo,
+            c: 1.01 * 2.0 * w,
+            f,
+            g: f * sq_norm + 1.01 * 2.0 * (SEGMENTS * padded_d) as f32 * f32::MIN_POSITIVE,
         }
     }
 
     #[inline(always)]
-    fn margin(&self, norm: f32, residual: f32, sq_norm: f32) -> f32 {
-        self.a * norm + self.b * residual + self.c * sq_norm + self.e
+    fn margin(&self, row: Split, sq_norm: f32) -> f32 {
+        self.a * row.norm + self.b * row.lo + self.c * row.residual + self.f * sq_norm + self.g
     }
 }
 
@@ -213,54 +255,22 @@ fn search_tile(
     d: usize,
     k: usize,
 ) -> Vec<Vec<(f32, u32)>> {
-    let (tq, m, kcs) = (qs.len() / d, bank_sq_norms.len(), screen.kcs);
-    let width = kcs * TILE_K;
-    let tq_pad = tq.div_ceil(BLOCK) * BLOCK;
-    let mut q16 = vec![0u16; tq_pad * width];
-    for (dst, src) in q16.chunks_exact_mut(width).zip(qs.chunks_exact(d)) {
-        for (o, &x) in dst.iter_mut().zip(src) {
-            *o = to_bf16(x);
-        }
-    }
+    let (tq, m) = (qs.len() / d, bank_sq_norms.len());
+    let q16 = split_queries(qs, d, screen.kcs);
     let q_sq = squared_norms(qs, d);
-    let bounds: Vec<QueryBound> = qs
-        .chunks_exact(d)
-        .zip(&q_sq)
-        .map(|(q, &sq)| {
-            let (norm, residual) = norm_and_residual(q);
-            QueryBound::new(sq, norm, residual, width)
-        })
-        .collect();
+    let bounds = query_bounds(qs, &q16, &q_sq, d, screen.kcs);
+    let tq_pad = q16.len() / (SEGMENTS * screen.kcs * TILE_K);
     let mut running: Vec<Running> =
         (0..tq).map(|_| Running { upper: vec![f32::INFINITY; k], candidates: Vec::new() }).collect();
     let mut dots = vec![0f32; tq_pad * CHUNK];
     for (chunk, b0) in (0..m).step_by(CHUNK).enumerate() {
         let tb = CHUNK.min(m - b0);
-        for qb in (0..tq_pad).step_by(BLOCK) {
-            for bb in (0..tb).step_by(BLOCK) {
-                // SAFETY: rows qb..qb+32 of q16 (width bf16 each) exist as tq_pad is a multiple of 32;
-                // the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and the next one
-                // exist with kcs tiles each; dots rows qb..qb+32, columns bb..bb+32 lie within the
-                // tq_pad x CHUNK buffer as bb + 32 <= CHUNK.
-                unsafe {
-                    tiles.block_32x32(
-                        q16.as_ptr().add(qb * width),
-                        width * 2,
-                        screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * kcs * B_TILE_LEN),
-                        kcs * B_TILE_LEN,
-                        kcs,
-                        dots.as_mut_ptr().add(qb * CHUNK + bb),
-                        CHUNK * 4,
-                    );
-                }
-            }
-        }
+        chunk_products(tiles, &q16, screen, b0, tb, &mut dots);
         let rows = b0..b0 + tb;
         let bank_chunk = BankChunk {
             base: b0 as u32,
             sq_norms: &bank_sq_norms[rows.clone()],
-            norms: &screen.norms[rows.clone()],
-            residuals: &screen.residuals[rows],
+            norms: &screen.norms[rows],
             max: screen.chunk_max[chunk],
         };
         for ((row, bound), state) in dots.chunks_exact(CHUNK).zip(&bounds).zip(&mut running) {
@@ -268,16 +278,75 @@ fn search_tile(
             unsafe { fold_chunk(&row[..tb], bound, &bank_chunk, state) };
         }
     }
-    running.iter().zip(qs.chunks_exact(d)).zip(&q_sq).map(|((state, q), &q_sq)| rerank(state, q, q_sq, bank, bank_sq_norms, d, k)).collect()
+    running
+        .iter()
+        .zip(qs.chunks_exact(d))
+        .zip(&q_sq)
+        .map(|((state, q), &q_sq)| rerank(state, q, q_sq, bank, bank_sq_norms, d, k))
+        .collect()
+}
+
+/// The queries as AMX's A operand: rows of `SEGMENTS * kcs * TILE_K` bf16 [hi | hi | lo], zero
+/// rows up to a whole number of `BLOCK`s.
+fn split_queries(qs: &[f32], d: usize, kcs: usize) -> Vec<u16> {
+    let width = kcs * TILE_K;
+    let mut q16 = vec![0u16; (qs.len() / d).div_ceil(BLOCK) * BLOCK * SEGMENTS * width];
+    for (dst, src) in q16.chunks_exact_mut(SEGMENTS * width).zip(qs.chunks_exact(d)) {
+        write_split(src, [true, true, false], width, |i, v| dst[i] = v);
+    }
+    q16
+}
+
+/// Each query's `QueryBound`, from the rows, their split `q16` and their squared norms.
+fn query_bounds(qs: &[f32], q16: &[u16], q_sq: &[f32], d: usize, kcs: usize) -> Vec<QueryBound> {
+    let width = kcs * TILE_K;
+    let norm16 = |v: &[u16]| v.iter().map(|&b| (from_bf16(b) as f64).powi(2)).sum::<f64>().sqrt();
+    qs.chunks_exact(d)
+        .zip(q16.chunks_exact(SEGMENTS * width))
+        .zip(q_sq)
+        .map(|((q, split16), &sq)| {
+            // |h| + |l| from the [h | h | l] segments.
+            let w = norm16(&split16[..width]) + norm16(&split16[2 * width..]);
+            QueryBound::new(sq, Split::of(q), w as f32, width)
+        })
+        .collect()
+}
+
+/// `dots[r * CHUNK + c]` = the split product of query r of `q16` (from `split_queries`) and bank
+/// row b0 + c, for c < tb.
+fn chunk_products(tiles: &Tiles, q16: &[u16], screen: &ScreenBank, b0: usize, tb: usize, dots: &mut [f32]) {
+    let kcs = screen.kcs;
+    let width = kcs * TILE_K;
+    let tq_pad = q16.len() / (SEGMENTS * width);
+    assert!(tq_pad % BLOCK == 0 && b0 % BLOCK == 0 && tb <= CHUNK && b0 + tb <= screen.norms.len());
+    assert!(dots.len() >= tq_pad * CHUNK);
+    for qb in (0..tq_pad).step_by(BLOCK) {
+        for bb in (0..tb).step_by(BLOCK) {
+            // SAFETY: rows qb..qb+32 of q16 (SEGMENTS * width bf16 each) exist as tq_pad is a
+            // multiple of 32; the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and
+            // the next one exist with SEGMENTS * kcs tiles each; dots rows qb..qb+32, columns
+            // bb..bb+32 lie within the tq_pad x CHUNK buffer as bb + 32 <= CHUNK.
+            unsafe {
+                tiles.block_32x32(
+                    q16.as_ptr().add(qb * SEGMENTS * width),
+                    SEGMENTS * width * 2,
+                    screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * SEGMENTS * kcs * B_TILE_LEN),
+                    SEGMENTS * kcs * B_TILE_LEN,
+                    SEGMENTS * kcs,
+                    dots.as_mut_ptr().add(qb * CHUNK + bb),
+                    CHUNK * 4,
+                );
+            }
+        }
+    }
 }
 
 /// The bank rows of one `CHUNK`, as the fold reads them.
 struct BankChunk<'a> {
     base: u32,
     sq_norms: &'a [f32],
-    norms: &'a [f32],
-    residuals: &'a [f32],
-    max: [f32; 3],
+    norms: &'a [Split],
+    max: (Split, f32),
 }
 
 /// Folds one query's AMX products with a chunk of bank rows into its running state.
@@ -286,8 +355,8 @@ struct BankChunk<'a> {
 /// The CPU must support AVX-512F.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mut Running) {
-    let [max_norm, max_residual, max_sq] = chunk.max;
-    let chunk_margin = q.margin(max_norm, max_residual, max_sq);
+    let (max_split, max_sq) = chunk.max;
+    let chunk_margin = q.margin(max_split, max_sq);
     for (blk, (dots, sq_norms)) in dots.chunks(FOLD_BLOCK).zip(chunk.sq_norms.chunks(FOLD_BLOCK)).enumerate() {
         // Quick test with the chunk's largest margin: lower_j <= U needs |m_j|^2 - 2 a_j <=
         // U - |q|^2 + T_j; the last term pads it for this test's own rounding.
@@ -300,7 +369,7 @@ unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mu
         let start = blk * FOLD_BLOCK;
         for (j, (&a, &n)) in dots.iter().zip(sq_norms).enumerate() {
             let estimate = (q.sq_norm + n) - 2.0 * a;
-            let margin = q.margin(chunk.norms[start + j], chunk.residuals[start + j], n);
+            let margin = q.margin(chunk.norms[start + j], n);
             let u = state.threshold();
             if estimate - margin <= u {
                 state.candidates.push((chunk.base + (start + j) as u32, estimate - margin));
@@ -313,7 +382,15 @@ unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mu
 }
 
 /// The k nearest of a query's candidates by the f32 expanded distance, as (squared, row).
-fn rerank(state: &Running, q: &[f32], q_sq: f32, bank: &[f32], bank_sq_norms: &[f32], d: usize, k: usize) -> Vec<(f32, u32)> {
+fn rerank(
+    state: &Running,
+    q: &[f32],
+    q_sq: f32,
+    bank: &[f32],
+    bank_sq_norms: &[f32],
+    d: usize,
+    k: usize,
+) -> Vec<(f32, u32)> {
     let threshold = state.threshold();
     let mut ranked: Vec<(f32, u32)> = state
         .candidates
@@ -404,7 +481,12 @@ mod tests {
                 assert!((got_sq - want_sq).abs() <= noise, "query {q} slot {s}: {} vs {}", got_d[s], want_d[s]);
                 if got_i[s] != want_i[s] {
                     let (got, want) = (sq_distance64(qr, row(got_i[s])), sq_distance64(qr, row(want_i[s])));
-                    assert!((got - want).abs() <= noise, "query {q} slot {s}: row {} ({got}) vs {} ({want})", got_i[s], want_i[s]);
+                    assert!(
+                        (got - want).abs() <= noise,
+                        "query {q} slot {s}: row {} ({got}) vs {} ({want})",
+                        got_i[s],
+                        want_i[s]
+                    );
                 }
             }
             let mut seen = got_i[q * k..(q + 1) * k].to_vec();
@@ -451,6 +533,45 @@ mod tests {
         assert_eq!(idx, [1, 3, 4, 6]);
         assert!(dist.iter().all(|&x| x < 1e-2), "{dist:?}");
         check(&base, &bank, d, 7);
+    }
+
+    /// The margin holds: |s~ - s| <= T_j against the f64 squared distance s (T_j covers that as it
+    /// covers knn_topk's value), and it is tight enough to prune: T_j < 1e-3 |q||m|.
+    #[test]
+    fn the_margin_bounds_the_split_products_error() {
+        let d = 200;
+        let mut queries = embedding_like(BLOCK, d, 11);
+        let bank = embedding_like(CHUNK, d, 12);
+        // Half the queries are near-duplicates of bank rows: the largest cancellation.
+        let noise = gaussian(BLOCK / 2 * d, 13);
+        for (q, (&x, &e)) in queries[..BLOCK / 2 * d].iter_mut().zip(bank.iter().zip(&noise)) {
+            *q = x + 1e-3 * e;
+        }
+        let sq_norms = squared_norms(&bank, d);
+        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
+        // SAFETY: the screening bank exists, so AMX is usable.
+        let tiles = unsafe { Tiles::configure() };
+        let q16 = split_queries(&queries, d, screen.kcs);
+        let q_sq = squared_norms(&queries, d);
+        let bounds = query_bounds(&queries, &q16, &q_sq, d, screen.kcs);
+        let mut dots = vec![0f32; BLOCK * CHUNK];
+        chunk_products(&tiles, &q16, &screen, 0, CHUNK, &mut dots);
+        let mut worst = 0f64;
+        for (r, (q, bound)) in queries.chunks_exact(d).zip(&bounds).enumerate() {
+            for (j, m) in bank.chunks_exact(d).enumerate() {
+                let estimate = ((q_sq[r] + sq_norms[j]) - 2.0 * dots[r * CHUNK + j]) as f64;
+                let margin = bound.margin(screen.norms[j], sq_norms[j]) as f64;
+                let exact = sq_distance64(q, m);
+                assert!(
+                    (estimate - exact).abs() <= margin,
+                    "query {r} row {j}: {estimate} vs {exact}, margin {margin}"
+                );
+                let scale = (q_sq[r] as f64 * sq_norms[j] as f64).sqrt();
+                assert!(margin < 1e-3 * scale, "query {r} row {j}: margin {margin} against |q||m| {scale}");
+                worst = worst.max((estimate - exact).abs() / margin);
+            }
+        }
+        eprintln!("largest error / margin: {worst:.3}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod matmul;
 mod pool;
 mod score;
 
+pub use amx::unavailable_reason as screening_unavailable;
 pub use blur::gaussian_taps;
 pub use coreset::l2_distance;
 pub use knn::{knn_topk, squared_norms};
