@@ -8,6 +8,7 @@
 //!   queries of 1 or 8 other images, k = 1 as predict's patch scores. `f32` is `knn_topk`, the
 //!   reference; `dispatched` is `CpuBackend::knn`, which screens with AMX bf16 where the CPU has
 //!   it (the line printed first says which path it takes here).
+//!
 //! Run: `cargo bench --bench knn` (`-- predict` for the second group only).
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
