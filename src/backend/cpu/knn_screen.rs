@@ -227,7 +227,8 @@ pub fn knn_screened(
     if k == 0 || nq == 0 {
         return Some((Vec::new(), Vec::new()));
     }
-    let mut dist = vec![0f32; nq * k];
+    // Slots no row fills (k > m, which callers refuse) stay (NaN, 0), as in `knn_topk`.
+    let mut dist = vec![f32::NAN; nq * k];
     let mut idx = vec![0u32; nq * k];
     dist.par_chunks_mut(TILE_Q * k).zip(idx.par_chunks_mut(TILE_Q * k)).enumerate().for_each(
         |(t, (tile_d, tile_i))| {
