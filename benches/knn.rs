@@ -1,11 +1,21 @@
-//! knn_topk against plain sgemm on the seed's shape: 4096 query patches (16 images of 16x16
-//! patches) x 13107 bank rows (10% coreset) x 384 dims. Both count 2*nq*m*d flops, so criterion's
-//! throughput column (elements/s) reads directly as FLOP/s, and knn's figure over sgemm's is its
-//! efficiency. knn goes through `CpuBackend::knn` (argument checks, then the kernel).
-//! Run: `cargo bench --bench knn`.
+//! The kNN on two inputs. Every row counts 2*nq*m*d flops, so criterion's throughput column
+//! (elements/s) reads directly as FLOP/s.
+//! - The seed's shape: 4096 query patches (16 images of 16x16 patches) x 13107 bank rows (10%
+//!   coreset) x 384 dims of N(0, 1) values, knn against plain sgemm (knn's figure over sgemm's is
+//!   its efficiency).
+//! - Predict's shape (issue 13): ResNet-18 (hashed weights) layer2+3 embeddings of synthetic
+//!   256 px images, 1,024 patches and 384 dims each; a 10,240-row bank (10 images) and the
+//!   queries of 1 or 8 other images, k = 1 as predict's patch scores. `f32` is `knn_topk`, the
+//!   reference; `dispatched` is `CpuBackend::knn`, which screens with AMX bf16 where the CPU has
+//!   it (the line printed first says which path it takes here).
+//!
+//! Run: `cargo bench --bench knn` (`-- predict` for the second group only).
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use gemm::{gemm, Parallelism};
+use patchcore::backbone::weights::HashedWeights;
+use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
+use patchcore::backend::cpu::{knn_topk, screening_unavailable, squared_norms};
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
@@ -19,6 +29,62 @@ const D: usize = 384;
 fn random(rows: usize, seed: u64) -> Tensor {
     let mut rng = SplitMix64::new(seed);
     Tensor::new(vec![rows, D], (0..rows * D).map(|_| rng.normal() as f32).collect())
+}
+
+/// `n` smooth synthetic 256 px images (a product surface: sine patterns with a random phase per
+/// image, plus pixel noise), as a [n, 3, 256, 256] tensor.
+fn images(n: usize, seed: u64) -> Tensor {
+    const SIDE: usize = 256;
+    let mut rng = SplitMix64::new(seed);
+    let mut data = Vec::with_capacity(n * 3 * SIDE * SIDE);
+    for _ in 0..n {
+        let (px, py) = (rng.next_f64() as f32 * 6.3, rng.next_f64() as f32 * 6.3);
+        for c in 0..3 {
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    let wave = (x as f32 * 0.3 + px).sin() * (y as f32 * 0.2 + py).cos();
+                    data.push(0.8 * wave + 0.1 * c as f32 + 0.2 * rng.normal() as f32);
+                }
+            }
+        }
+    }
+    Tensor::new(vec![n, 3, SIDE, SIDE], data)
+}
+
+/// ResNet-18 layer2+3 patch embeddings of `images`, one row per patch.
+fn embeddings(net: &Backbone<CpuBackend>, images: &Tensor) -> Tensor {
+    let features = net.forward(&CpuBackend, images).expect("forward");
+    let rows = CpuBackend.embed(&[&features[0], &features[1]]).expect("embed");
+    let d = *rows.shape.last().expect("rank");
+    Tensor::new(vec![rows.data.len() / d, d], rows.data)
+}
+
+fn predict_shape(c: &mut Criterion) {
+    let backend = CpuBackend;
+    match screening_unavailable() {
+        None => println!("dispatched: AMX bf16 screening, f32 re-ranking"),
+        Some(reason) => println!("dispatched: the f32 search ({reason})"),
+    }
+    let net =
+        Backbone::load(&backend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).expect("weights");
+    let bank_rows = embeddings(&net, &images(10, 20));
+    let bank = backend.prepare_bank(&bank_rows).expect("bank");
+    let [m, d] = [bank_rows.shape[0], bank_rows.shape[1]];
+    let bank_norms = squared_norms(&bank_rows.data, d);
+    for n_images in [1, 8] {
+        let queries = embeddings(&net, &images(n_images, 30));
+        let nq = queries.shape[0];
+        let mut g = c.benchmark_group(format!("knn_predict_{nq}x{m}x{d}"));
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .measurement_time(Duration::from_secs(5))
+            .throughput(Throughput::Elements((2 * nq * m * d) as u64));
+        g.bench_function("f32_k1", |b| {
+            b.iter(|| knn_topk(black_box(&queries.data), &bank_rows.data, &bank_norms, d, 1))
+        });
+        g.bench_function("dispatched_k1", |b| b.iter(|| backend.knn(black_box(&queries), &bank, 1).expect("knn")));
+        g.finish();
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -63,13 +129,17 @@ fn bench(c: &mut Criterion) {
             black_box(&full);
         })
     });
+    let bank_norms = squared_norms(&bank_rows.data, D);
     for k in [1, 9] {
-        g.bench_function(format!("knn_topk_k{k}"), |b| {
+        g.bench_function(format!("f32_k{k}"), |b| {
+            b.iter(|| knn_topk(black_box(&queries.data), &bank_rows.data, &bank_norms, D, k))
+        });
+        g.bench_function(format!("dispatched_k{k}"), |b| {
             b.iter(|| backend.knn(black_box(&queries), &bank, k).expect("knn"))
         });
     }
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, predict_shape);
 criterion_main!(benches);

@@ -5,6 +5,8 @@
 //! `TILE_M` bank rows at a time with a single-threaded sgemm into a small scratch tile (kept hot in
 //! cache) and folds that tile into per-query running top-k lists before the next one overwrites it.
 
+use super::knn_screen::knn_screened;
+use super::CpuBank;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -29,6 +31,15 @@ pub fn squared_norms(rows: &[f32], d: usize) -> Vec<f32> {
         rows.len()
     );
     rows.chunks_exact(d).map(|r| r.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32).collect()
+}
+
+/// The search `CpuBackend::knn` and predict's scoring run: `knn_topk`'s neighbours, through the
+/// AMX screening pass (`knn_screen`) where the bank has its screening form and the queries suit it.
+pub fn nearest(queries: &[f32], bank: &CpuBank, d: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
+    bank.screen
+        .as_ref()
+        .and_then(|screen| knn_screened(queries, &bank.rows.data, &bank.sq_norms, screen, d, k))
+        .unwrap_or_else(|| knn_topk(queries, &bank.rows.data, &bank.sq_norms, d, k))
 }
 
 /// For each query row, the `k` nearest bank rows by true L2 distance, ascending; ties go to the lower index.

@@ -1,18 +1,21 @@
 //! The CPU backend: pure Rust, `gemm` for matrix products, rayon for threads. Every other
 //! backend is checked against it.
 
+mod amx;
 mod blur;
 mod conv;
 mod coreset;
 mod embed;
 mod knn;
+mod knn_screen;
 mod matmul;
 mod pool;
 mod score;
 
+pub use amx::unavailable_reason as screening_unavailable;
 pub use blur::gaussian_taps;
 pub use coreset::{bound_tolerance, distance_eps, l2_distance, prune_factor, Subspace, PROJ};
-pub use knn::squared_norms;
+pub use knn::{knn_topk, squared_norms};
 pub use matmul::sgemm;
 pub use score::{reweighted_score, top_patches};
 
@@ -22,14 +25,17 @@ use crate::data::image::Preprocess;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use image::RgbImage;
+use knn_screen::ScreenBank;
 
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend;
 
-/// A memory bank on the CPU: the rows and their squared norms, computed once.
+/// A memory bank on the CPU: the rows and their squared norms, computed once, and where the CPU
+/// has AMX, the bf16 form the kNN screens it with.
 pub struct CpuBank {
     rows: Tensor,
     sq_norms: Vec<f32>,
+    screen: Option<ScreenBank>,
 }
 
 impl Backend for CpuBackend {
@@ -81,13 +87,15 @@ impl Backend for CpuBackend {
 
     fn prepare_bank(&self, rows: &Tensor) -> Result<CpuBank> {
         let [_, d] = rows.dims2()?;
-        Ok(CpuBank { sq_norms: squared_norms(&rows.data, d), rows: rows.clone() })
+        let sq_norms = squared_norms(&rows.data, d);
+        let screen = ScreenBank::new(&rows.data, &sq_norms, d).ok();
+        Ok(CpuBank { sq_norms, screen, rows: rows.clone() })
     }
 
     fn knn(&self, queries: &Tensor, bank: &CpuBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
         let [m, bank_d] = bank.rows.dims2()?;
         let [_, d] = knn_args(&queries.shape, m, bank_d, k)?;
-        Ok(knn::knn_topk(&queries.data, &bank.rows.data, &bank.sq_norms, d, k))
+        Ok(knn::nearest(&queries.data, bank, d, k))
     }
 
     fn coreset(&self, rows: &Tensor, n_select: usize, start: usize) -> Result<Vec<u32>> {

@@ -3,7 +3,7 @@
 //! the anomaly map.
 
 use super::blur::anomaly_map;
-use super::knn::knn_topk;
+use super::knn;
 use super::CpuBank;
 use crate::backend::{flops, BatchScores};
 use crate::error::Result;
@@ -65,7 +65,7 @@ pub fn score(
 ) -> Result<BatchScores> {
     let m = bank.rows.shape[0];
     let knn = trace::span("knn").work(|| flops::knn(b * h * w, m, d, 1));
-    let (distances, nearest) = knn_topk(&embedding.data, &bank.rows.data, &bank.sq_norms, d, 1);
+    let (distances, nearest) = knn::nearest(&embedding.data, bank, d, 1);
     drop(knn);
     let eq7 = trace::span("eq7").work(|| flops::eq7(b, num_neighbors, d));
     let tops = top_patches(&distances, h * w);
@@ -74,7 +74,7 @@ pub fn score(
         max_patch_distances.clone()
     } else {
         let m_star = bank.rows.gather_rows(&tops.iter().map(|&r| nearest[r as usize]).collect::<Vec<_>>())?;
-        let (_, support) = knn_topk(&m_star.data, &bank.rows.data, &bank.sq_norms, d, num_neighbors);
+        let (_, support) = knn::nearest(&m_star.data, bank, d, num_neighbors);
         let bank_row = |j: &u32| &bank.rows.data[*j as usize * d..][..d];
         tops.iter()
             .zip(support.chunks_exact(num_neighbors))

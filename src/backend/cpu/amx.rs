@@ -1,0 +1,149 @@
+//! Intel AMX (Advanced Matrix Extensions) bf16 tile products, for the kNN's screening pass.
+//!
+//! Rust's AMX intrinsics are unstable, so the few instructions are inline assembly. Linux hands out
+//! the 8 KiB tile state only to a process that asks for it (`arch_prctl(ARCH_REQ_XCOMP_PERM)`);
+//! `available` asks once and says no on any CPU, OS or kernel that refuses.
+
+/// Why AMX bf16 cannot be used here, or `None` when it can. Checked once per process: AMX-TILE,
+/// AMX-BF16 and AVX-512F (the fold that reads the tiles is compiled for it) in CPUID, then the
+/// kernel's permission for the tile data.
+pub fn unavailable_reason() -> Option<&'static str> {
+    static REASON: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *REASON.get_or_init(probe)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn probe() -> Option<&'static str> {
+    use std::arch::x86_64::__cpuid_count;
+    // CPUID exists on every x86_64 CPU; leaf 7 reads as 0s where it is unknown.
+    let leaf7 = __cpuid_count(7, 0);
+    let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
+    if !(amx_bf16 && amx_tile) {
+        return Some("the CPU has no AMX-BF16 (Intel Sapphire Rapids or later has it)");
+    }
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return Some("the CPU reports AMX but not AVX-512F");
+    }
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) only changes this process's permission
+    // to use the tile registers; the syscall clobbers rcx and r11 and returns in rax.
+    unsafe {
+        std::arch::asm!("syscall", inlateout("rax") SYS_ARCH_PRCTL => ret, in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    (ret != 0).then_some("the kernel refused the AMX tile state (Linux >= 5.16 grants it)")
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn probe() -> Option<&'static str> {
+    Some("AMX is used only on x86_64 Linux")
+}
+
+/// Rows of an A, B or C tile, and bf16 values in an A tile's row (64 bytes).
+pub const TILE_ROWS: usize = 16;
+pub const TILE_K: usize = 32;
+/// One packed B tile: `TILE_K / 2` rows of `TILE_ROWS` bf16 pairs.
+pub const B_TILE_LEN: usize = TILE_K * TILE_ROWS;
+
+/// The tile registers configured for `block_32x32` on this thread, released on drop (so the
+/// thread's context switches stop saving 8 KiB). Only made where `unavailable_reason()` is `None`;
+/// not `Send`, as the configuration belongs to the thread that loaded it.
+pub struct Tiles(std::marker::PhantomData<*const ()>);
+
+impl Tiles {
+    /// # Safety
+    /// `unavailable_reason()` must have returned `None`.
+    pub unsafe fn configure() -> Tiles {
+        // Palette 1; tiles 0..8 all 16 rows of 64 bytes: C in tmm0-3, A in tmm4-5, B in tmm6-7.
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for t in 0..8 {
+            cfg[16 + 2 * t] = 64;
+            cfg[48 + t] = TILE_ROWS as u8;
+        }
+        // SAFETY: the caller checked that AMX is usable; cfg is a valid 64-byte palette-1 config.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack, readonly));
+        }
+        Tiles(std::marker::PhantomData)
+    }
+
+    /// C[32 x 32] = A[32 x 32 kcs] * B[32 kcs x 32] in bf16 with f32 accumulation (TDPBF16PS:
+    /// products exact, sums rounded to nearest, denormal inputs and results flushed to zero).
+    ///
+    /// `a`: 32 rows of `kcs * 32` bf16, `a_stride` bytes apart. `b`: two groups of 16 bank rows,
+    /// each `kcs` packed tiles of `B_TILE_LEN` bf16 (pair p of dims 2p, 2p+1 for row n at
+    /// `p * 32 + n * 2`), the second group `b_group` bf16 after the first. `c`: 32 rows of 32 f32,
+    /// `c_stride` bytes apart; row r column n = A row r . bank row n.
+    ///
+    /// # Safety
+    /// All three regions must be valid as described, `kcs >= 1`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_32x32(
+        &self,
+        a: *const u16,
+        a_stride: usize,
+        b: *const u16,
+        b_group: usize,
+        kcs: usize,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller guarantees the regions; `self` proves the tiles are configured.
+        unsafe {
+            std::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {ast}*1]",
+                "tileloadd tmm6, [{b0} + {bs}*1]",
+                "tileloadd tmm5, [{a1} + {ast}*1]",
+                "tileloadd tmm7, [{b1} + {bs}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a0}, 64",
+                "add {a1}, 64",
+                "add {b0}, 1024",
+                "add {b1}, 1024",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c0} + {cs}*1], tmm0",
+                "tilestored [{c0} + {cs}*1 + 64], tmm1",
+                "tilestored [{c1} + {cs}*1], tmm2",
+                "tilestored [{c1} + {cs}*1 + 64], tmm3",
+                a0 = inout(reg) a => _,
+                a1 = inout(reg) a.byte_add(TILE_ROWS * a_stride) => _,
+                b0 = inout(reg) b => _,
+                b1 = inout(reg) b.add(b_group) => _,
+                n = inout(reg) kcs => _,
+                c0 = in(reg) c,
+                c1 = in(reg) c.byte_add(TILE_ROWS * c_stride),
+                ast = in(reg) a_stride,
+                bs = in(reg) 64usize,
+                cs = in(reg) c_stride,
+                options(nostack),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (a, a_stride, b, b_group, kcs, c, c_stride);
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: the tiles were configured by `configure`; TILERELEASE returns them to init state.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The exact kNN through a bf16 screening pass on AMX, then an f32 re-ranking of the survivors.
+//!
+//! `knn_topk`'s f32 products are nearly all of predict's scoring. AMX multiplies bf16 tiles about
+//! 16x faster than AVX-512 multiplies f32, but bf16 keeps 8 significant bits. Each value is split
+//! into two bf16 (x = hi + lo + a residual of about 2^-17 |x|) and the product is taken as
+//! hi.hi + hi.lo + lo.hi, one AMX product three times as deep ([q_hi | q_hi | q_lo] against
+//! [m_hi | m_lo | m_hi]). Its distances carry a proven bound on how far they can be from the value
+//! `knn_topk` computes (see `QueryBound`), about 1e-4 |q||m|; a bank row is kept as a candidate
+//! unless its lower bound exceeds the k-th smallest upper bound, so the candidates always contain
+//! `knn_topk`'s neighbours. They are then ranked by the f32 expanded distance, ties to the lower
+//! index, as `knn_topk` ranks them. (A single bf16 pass, bound about 6e-3 |q||m|, left 1,800 of
+//! 10,240 rows in play per query on ResNet-18 embeddings, whose neighbours lie at about 2% of
+//! |q|^2: the re-ranking then cost more than the f32 search.)
+
+use super::amx::{self, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::knn::squared_norms;
+use rayon::prelude::*;
+
+/// Queries per parallel task, as `knn_topk`'s `TILE_Q`: the bf16 bank is streamed once per task.
+const TILE_Q: usize = 256;
+/// Bank rows per pass of the tile products: the chunk's split rows (576 KiB at d = 384), the
+/// task's split queries (576 KiB) and the TILE_Q x CHUNK estimates (256 KiB) stay in L2.
+const CHUNK: usize = 256;
+/// The split rows' segments along the product's depth: [hi | lo | hi] for the bank.
+const SEGMENTS: usize = 3;
+/// Rows and columns of one `Tiles::block_32x32`.
+const BLOCK: usize = 2 * TILE_ROWS;
+/// Estimates the fold tests at once (vectorised) before looking at single rows.
+const FOLD_BLOCK: usize = 64;
+/// Inputs beyond this magnitude take the f32 path: their products could overflow where the
+/// bound's arithmetic assumes they do not.
+const LIMIT: f32 = 1e15;
+/// f32's unit roundoff.
+const U32: f32 = f32::EPSILON / 2.0;
+
+/// The bank in the form the screening pass reads, built once per model by `ScreenBank::new`.
+pub struct ScreenBank {
+    /// Split rows [hi | lo | hi] in AMX's B layout: per group of 16 rows, `SEGMENTS * kcs` tiles
+    /// of `B_TILE_LEN`; zero rows pad the bank to a whole number of `BLOCK`s and zero columns each
+    /// segment to `kcs * TILE_K`.
+    packed: Vec<u16>,
+    kcs: usize,
+    /// |m_j|, |lo_j| and ||m_j - hi_j - lo_j||: the bound's per-row terms.
+    norms: Vec<Split>,
+    /// Per `CHUNK` of rows: the largest of each term and of the squared norms, for the fold's
+    /// quick test.
+    chunk_max: Vec<(Split, f32)>,
+}
+
+/// x rounded to bf16 (nearest, ties to even) with subnormals flushed to zero, as AMX reads them.
+fn to_bf16(x: f32) -> u16 {
+    let bits = half::bf16::from_f32(x).to_bits();
+    if bits & 0x7f80 == 0 {
+        bits & 0x8000
+    } else {
+        bits
+    }
+}
+
+fn from_bf16(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// x as hi + lo (+ a residual), both bf16.
+fn split(x: f32) -> (u16, u16) {
+    let hi = to_bf16(x);
+    // x - hi is exact in f32: hi is x rounded to fewer bits of the same or a larger exponent.
+    (hi, to_bf16(x - from_bf16(hi)))
+}
+
+/// The norms of a row and its split that the bound needs, in f64, rounded to f32.
+#[derive(Clone, Copy, Default)]
+struct Split {
+    norm: f32,
+    lo: f32,
+    residual: f32,
+}
+
+impl Split {
+    fn of(row: &[f32]) -> Split {
+        let (mut n, mut l, mut r) = (0f64, 0f64, 0f64);
+        for &x in row {
+            let (hi, lo) = split(x);
+            let lo = from_bf16(lo) as f64;
+            let e = x as f64 - from_bf16(hi) as f64 - lo;
+            (n, l, r) = (n + x as f64 * x as f64, l + lo * lo, r + e * e);
+        }
+        Split { norm: n.sqrt() as f32, lo: l.sqrt() as f32, residual: r.sqrt() as f32 }
+    }
+
+    fn max(self, o: Split) -> Split {
+        Split { norm: self.norm.max(o.norm), lo: self.lo.max(o.lo), residual: self.residual.max(o.residual) }
+    }
+}
+
+/// Writes a row's split into `segments` (`SEGMENTS` segments of `width` values, zero-padded),
+/// as `order` says: true for the hi part, false for the lo part.
+fn write_split(row: &[f32], order: [bool; SEGMENTS], width: usize, mut put: impl FnMut(usize, u16)) {
+    for (i, &x) in row.iter().enumerate() {
+        let (hi, lo) = split(x);
+        for (s, &use_hi) in order.iter().enumerate() {
+            put(s * width + i, if use_hi { hi } else { lo });
+        }
+    }
+}
+
+fn suitable(values: &[f32]) -> bool {
+    values.iter().all(|x| x.abs() <= LIMIT)
+}
+
+impl ScreenBank {
+    /// The screening form of `rows` (m x d) with their `sq_norms`, or why there is none: no AMX
+    /// here, or values that are not finite or too large for the bound (the f32 search takes those).
+    pub fn new(rows: &[f32], sq_norms: &[f32], d: usize) -> Result<ScreenBank, &'static str> {
+        if let Some(reason) = amx::unavailable_reason() {
+            return Err(reason);
+        }
+        if !suitable(rows) {
+            return Err("the bank holds values that are not finite or beyond 1e15");
+        }
+        let m = sq_norms.len();
+        let kcs = d.div_ceil(TILE_K);
+        let group_len = SEGMENTS * kcs * B_TILE_LEN;
+        let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
+        let mut packed = vec![0u16; groups * group_len];
+        for (j, row) in rows.chunks_exact(d).enumerate() {
+            let group = &mut packed[j / TILE_ROWS * group_len..][..group_len];
+            write_split(row, [true, false, true], kcs * TILE_K, |i, v| {
+                // Tile i / 32, pair (i % 32) / 2, row j % 16, element i % 2.
+                group[i / TILE_K * B_TILE_LEN + (i % TILE_K) / 2 * 2 * TILE_ROWS + j % TILE_ROWS * 2 + i % 2] = v;
+            });
+        }
+        let norms: Vec<Split> = rows.chunks_exact(d).map(Split::of).collect();
+        let chunk_max = (0..m)
+            .step_by(CHUNK)
+            .map(|b0| {
+                let end = (b0 + CHUNK).min(m);
+                let split = norms[b0..end].iter().fold(Split::default(), |a, &b| a.max(b));
+                (split, sq_norms[b0..end].iter().copied().fold(0f32, f32::max))
+            })
+            .collect();
+        Ok(ScreenBank { packed, kcs, norms, chunk_max })
+    }
+}
+
+/// The margin between a query's screened estimate s~_j = (|q|^2 + |m_j|^2) - 2 a_j and the value
+/// s^_j = (|q|^2 - 2 q.m_j) + |m_j|^2 that `knn_topk` computes:
+/// |s~_j - s^_j| <= T_j = a |m_j| + b |lo_j| + c e_j + f |m_j|^2 + g.
+///
+/// Why: with q = h + l + e_q and m = H + L + e_m (hi, lo, residual), a_j sums
+/// h.H + h.L + l.H, so q.m - (h.H + h.L + l.H) = l.L + (h + l).e_m + e_q.m, at most
+/// |l||L| + w_q |e_m| + |e_q||m| where w = |h| + |l|. AMX's f32 sum of 3d products (d the padded
+/// width, gamma_n = n u / (1 - n u), u = 2^-24) adds at most gamma_3d w_q w_m + 3d 2^-126 (flushed
+/// denormals), and w_m <= (1 + 2^-8)(1 + 2^-8 (1 + 2^-8)) |m| < 1.008 |m| as bf16 rounds each
+/// value by at most 2^-8 of it. knn_topk's product is within gamma_d |q||m| of q.m; both sides
+/// round twice more, at most 8.1 u (|q|^2 + |m|^2) together. The terms are taken 1% larger and
+/// 16 u (|q|^2 + |m|^2) is added for the f32 rounding of the bound and the tests themselves.
+struct QueryBound {
+    sq_norm: f32,
+    a: f32,
+    b: f32,
+    c: f32,
+    f: f32,
+    g: f32,
+}
+
+impl QueryBound {
+    /// `split`: the query's `Split`; `w`: |h| + |l|.
+    fn new(sq_norm: f32, split: Split, w: f32, padded_d: usize) -> QueryBound {
+        let gamma = |n: usize| n as f32 * U32 / (1.0 - n as f32 * U32);
+        let f = 25.0 * U32;
+        QueryBound {
+            sq_norm,
+            a: 1.01 * 2.0 * (gamma(SEGMENTS * padded_d) * w * 1.008 + split.residual + gamma(padded_d) * split.norm),
+            b: 1.01 * 2.0 * split.lo,
+            c: 1.01 * 2.0 * w,
+            f,
+            g: f * sq_norm + 1.01 * 2.0 * (SEGMENTS * padded_d) as f32 * f32::MIN_POSITIVE,
+        }
+    }
+
+    #[inline(always)]
+    fn margin(&self, row: Split, sq_norm: f32) -> f32 {
+        self.a * row.norm + self.b * row.lo + self.c * row.residual + self.f * sq_norm + self.g
+    }
+}
+
+/// One query's search state: the k smallest upper bounds so far (ascending, +inf unfilled) and
+/// every row whose lower bound was at most the k-th of them when it was seen.
+struct Running {
+    upper: Vec<f32>,
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Running {
+    fn threshold(&self) -> f32 {
+        self.upper[self.upper.len() - 1]
+    }
+
+    fn offer_upper(&mut self, upper: f32) {
+        let k = self.upper.len();
+        let pos = self.upper.iter().position(|&u| u > upper).unwrap_or(k - 1);
+        self.upper.copy_within(pos..k - 1, pos + 1);
+        self.upper[pos] = upper;
+    }
+}
+
+/// `knn_topk`'s result (same contract, same ranking of the f32 expanded distances) through AMX
+/// screening, or `None` when the queries hold values the bound does not cover (not finite, or
+/// beyond 1e15): the caller then runs `knn_topk`.
+pub fn knn_screened(
+    queries: &[f32],
+    bank: &[f32],
+    bank_sq_norms: &[f32],
+    screen: &ScreenBank,
+    d: usize,
+    k: usize,
+) -> Option<(Vec<f32>, Vec<u32>)> {
+    assert!(d > 0 && queries.len() % d == 0 && bank.len() % d == 0, "knn_screened: inputs are not whole {d}-wide rows");
+    let (nq, m) = (queries.len() / d, bank.len() / d);
+    assert_eq!(bank_sq_norms.len(), m, "knn_screened: one squared norm per bank row");
+    assert_eq!(screen.norms.len(), m, "knn_screened: the screening bank is of another bank");
+    debug_assert!(1 <= k && k <= m, "knn_screened: need 1 <= k ({k}) <= bank rows ({m})");
+    if !suitable(queries) {
+        return None;
+    }
+    if k == 0 || nq == 0 {
+        return Some((Vec::new(), Vec::new()));
+    }
+    // Slots no row fills (k > m, which callers refuse) stay (NaN, 0), as in `knn_topk`.
+    let mut dist = vec![f32::NAN; nq * k];
+    let mut idx = vec![0u32; nq * k];
+    dist.par_chunks_mut(TILE_Q * k).zip(idx.par_chunks_mut(TILE_Q * k)).enumerate().for_each(
+        |(t, (tile_d, tile_i))| {
+            let qs = &queries[t * TILE_Q * d..][..tile_d.len() / k * d];
+            // SAFETY: `screen` exists, so `amx::unavailable_reason()` returned `None`.
+            let tiles = unsafe { Tiles::configure() };
+            let found = search_tile(&tiles, qs, bank, bank_sq_norms, screen, d, k);
+            for (r, row) in found.iter().enumerate() {
+                for (s, &(sq, j)) in row.iter().enumerate() {
+                    (tile_d[r * k + s], tile_i[r * k + s]) = (sq.sqrt(), j);
+                }
+            }
+        },
+    );
+    Some((dist, idx))
+}
+
+/// One task's queries: per query its k neighbours as (squared distance, row), ascending.
+fn search_tile(
+    tiles: &Tiles,
+    qs: &[f32],
+    bank: &[f32],
+    bank_sq_norms: &[f32],
+    screen: &ScreenBank,
+    d: usize,
+    k: usize,
+) -> Vec<Vec<(f32, u32)>> {
+    let (tq, m) = (qs.len() / d, bank_sq_norms.len());
+    let q16 = split_queries(qs, d, screen.kcs);
+    let q_sq = squared_norms(qs, d);
+    let bounds = query_bounds(qs, &q16, &q_sq, d, screen.kcs);
+    let tq_pad = q16.len() / (SEGMENTS * screen.kcs * TILE_K);
+    let mut running: Vec<Running> =
+        (0..tq).map(|_| Running { upper: vec![f32::INFINITY; k], candidates: Vec::new() }).collect();
+    let mut dots = vec![0f32; tq_pad * CHUNK];
+    for (chunk, b0) in (0..m).step_by(CHUNK).enumerate() {
+        let tb = CHUNK.min(m - b0);
+        chunk_products(tiles, &q16, screen, b0, tb, &mut dots);
+        let rows = b0..b0 + tb;
+        let bank_chunk = BankChunk {
+            base: b0 as u32,
+            sq_norms: &bank_sq_norms[rows.clone()],
+            norms: &screen.norms[rows],
+            max: screen.chunk_max[chunk],
+        };
+        for ((row, bound), state) in dots.chunks_exact(CHUNK).zip(&bounds).zip(&mut running) {
+            // SAFETY: the screening bank exists, so the CPU has AVX-512F.
+            unsafe { fold_chunk(&row[..tb], bound, &bank_chunk, state) };
+        }
+    }
+    running
+        .iter()
+        .zip(qs.chunks_exact(d))
+        .zip(&q_sq)
+        .map(|((state, q), &q_sq)| rerank(state, q, q_sq, bank, bank_sq_norms, d, k))
+        .collect()
+}
+
+/// The queries as AMX's A operand: rows of `SEGMENTS * kcs * TILE_K` bf16 [hi | hi | lo], zero
+/// rows up to a whole number of `BLOCK`s.
+fn split_queries(qs: &[f32], d: usize, kcs: usize) -> Vec<u16> {
+    let width = kcs * TILE_K;
+    let mut q16 = vec![0u16; (qs.len() / d).div_ceil(BLOCK) * BLOCK * SEGMENTS * width];
+    for (dst, src) in q16.chunks_exact_mut(SEGMENTS * width).zip(qs.chunks_exact(d)) {
+        write_split(src, [true, true, false], width, |i, v| dst[i] = v);
+    }
+    q16
+}
+
+/// Each query's `QueryBound`, from the rows, their split `q16` and their squared norms.
+fn query_bounds(qs: &[f32], q16: &[u16], q_sq: &[f32], d: usize, kcs: usize) -> Vec<QueryBound> {
+    let width = kcs * TILE_K;
+    let norm16 = |v: &[u16]| v.iter().map(|&b| (from_bf16(b) as f64).powi(2)).sum::<f64>().sqrt();
+    qs.chunks_exact(d)
+        .zip(q16.chunks_exact(SEGMENTS * width))
+        .zip(q_sq)
+        .map(|((q, split16), &sq)| {
+            // |h| + |l| from the [h | h | l] segments.
+            let w = norm16(&split16[..width]) + norm16(&split16[2 * width..]);
+            QueryBound::new(sq, Split::of(q), w as f32, width)
+        })
+        .collect()
+}
+
+/// `dots[r * CHUNK + c]` = the split product of query r of `q16` (from `split_queries`) and bank
+/// row b0 + c, for c < tb.
+fn chunk_products(tiles: &Tiles, q16: &[u16], screen: &ScreenBank, b0: usize, tb: usize, dots: &mut [f32]) {
+    let kcs = screen.kcs;
+    let width = kcs * TILE_K;
+    let tq_pad = q16.len() / (SEGMENTS * width);
+    assert!(tq_pad % BLOCK == 0 && b0 % BLOCK == 0 && tb <= CHUNK && b0 + tb <= screen.norms.len());
+    assert!(dots.len() >= tq_pad * CHUNK);
+    for qb in (0..tq_pad).step_by(BLOCK) {
+        for bb in (0..tb).step_by(BLOCK) {
+            // SAFETY: rows qb..qb+32 of q16 (SEGMENTS * width bf16 each) exist as tq_pad is a
+            // multiple of 32; the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and
+            // the next one exist with SEGMENTS * kcs tiles each; dots rows qb..qb+32, columns
+            // bb..bb+32 lie within the tq_pad x CHUNK buffer as bb + 32 <= CHUNK.
+            unsafe {
+                tiles.block_32x32(
+                    q16.as_ptr().add(qb * SEGMENTS * width),
+                    SEGMENTS * width * 2,
+                    screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * SEGMENTS * kcs * B_TILE_LEN),
+                    SEGMENTS * kcs * B_TILE_LEN,
+                    SEGMENTS * kcs,
+                    dots.as_mut_ptr().add(qb * CHUNK + bb),
+                    CHUNK * 4,
+                );
+            }
+        }
+    }
+}
+
+/// The bank rows of one `CHUNK`, as the fold reads them.
+struct BankChunk<'a> {
+    base: u32,
+    sq_norms: &'a [f32],
+    norms: &'a [Split],
+    max: (Split, f32),
+}
+
+/// Folds one query's AMX products with a chunk of bank rows into its running state.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mut Running) {
+    let (max_split, max_sq) = chunk.max;
+    let chunk_margin = q.margin(max_split, max_sq);
+    for (blk, (dots, sq_norms)) in dots.chunks(FOLD_BLOCK).zip(chunk.sq_norms.chunks(FOLD_BLOCK)).enumerate() {
+        // Quick test with the chunk's largest margin: lower_j <= U needs |m_j|^2 - 2 a_j <=
+        // U - |q|^2 + T_j; the last term pads it for this test's own rounding.
+        let u = state.threshold();
+        let theta = (u - q.sq_norm + chunk_margin) + 8.0 * U32 * (u.abs() + q.sq_norm + chunk_margin + max_sq);
+        let hit = dots.iter().zip(sq_norms).fold(false, |h, (&a, &n)| h | (n - 2.0 * a <= theta));
+        if !hit {
+            continue;
+        }
+        let start = blk * FOLD_BLOCK;
+        for (j, (&a, &n)) in dots.iter().zip(sq_norms).enumerate() {
+            let estimate = (q.sq_norm + n) - 2.0 * a;
+            let margin = q.margin(chunk.norms[start + j], n);
+            let u = state.threshold();
+            if estimate - margin <= u {
+                state.candidates.push((chunk.base + (start + j) as u32, estimate - margin));
+                if estimate + margin < u {
+                    state.offer_upper(estimate + margin);
+                }
+            }
+        }
+    }
+}
+
+/// The k nearest of a query's candidates by the f32 expanded distance, as (squared, row).
+fn rerank(
+    state: &Running,
+    q: &[f32],
+    q_sq: f32,
+    bank: &[f32],
+    bank_sq_norms: &[f32],
+    d: usize,
+    k: usize,
+) -> Vec<(f32, u32)> {
+    let threshold = state.threshold();
+    let mut ranked: Vec<(f32, u32)> = state
+        .candidates
+        .iter()
+        .filter(|&&(_, lower)| lower <= threshold)
+        .map(|&(j, _)| {
+            let raw = (q_sq + -2.0 * dot(q, &bank[j as usize * d..][..d])) + bank_sq_norms[j as usize];
+            (if raw < 0.0 { 0.0 } else { raw }, j)
+        })
+        .collect();
+    ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    ranked.truncate(k);
+    ranked
+}
+
+/// x.y in f32, 16 lanes (vectorised).
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in xc.zip(yc) {
+        for ((s, &p), &q) in acc.iter_mut().zip(a).zip(b) {
+            *s += p * q;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::knn::knn_topk;
+    use crate::rng::SplitMix64;
+
+    fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..n).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// Rows like a CNN's patch embeddings: non-negative (after ReLU), large norms against their
+    /// distances, and low intrinsic dimension (8 latent factors), so the expanded distance cancels.
+    fn embedding_like(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mixing = gaussian(8 * d, seed);
+        let mut rng = SplitMix64::new(seed + 1);
+        (0..n)
+            .flat_map(|_| {
+                let latent: Vec<f64> = (0..8).map(|_| rng.normal()).collect();
+                (0..d)
+                    .map(|i| {
+                        let v: f64 = latent.iter().enumerate().map(|(l, &z)| z * mixing[l * d + i] as f64).sum();
+                        (v + 0.3 * rng.normal() + 1.0).max(0.0) as f32
+                    })
+                    .collect::<Vec<f32>>()
+            })
+            .collect()
+    }
+
+    fn screen_or_skip(bank: &[f32], sq_norms: &[f32], d: usize) -> Option<ScreenBank> {
+        match ScreenBank::new(bank, sq_norms, d) {
+            Ok(screen) => Some(screen),
+            Err(reason) => {
+                eprintln!("skipped: the AMX screening path cannot run here: {reason}");
+                None
+            }
+        }
+    }
+
+    fn sq_distance64(x: &[f32], y: &[f32]) -> f64 {
+        x.iter().zip(y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum()
+    }
+
+    /// The screened search returns knn_topk's neighbours: the same rows, except where two rows'
+    /// f64 squared distances are so close (1e-5 of |q|^2 + |m|^2, the expanded form's rounding
+    /// noise) that knn_topk's own f32 ranking of them is arbitrary; squared distances within as much.
+    fn check(queries: &[f32], bank: &[f32], d: usize, k: usize) {
+        let sq_norms = squared_norms(bank, d);
+        let Some(screen) = screen_or_skip(bank, &sq_norms, d) else { return };
+        let (want_d, want_i) = knn_topk(queries, bank, &sq_norms, d, k);
+        let (got_d, got_i) = knn_screened(queries, bank, &sq_norms, &screen, d, k).expect("finite inputs");
+        assert_eq!((got_d.len(), got_i.len()), (want_d.len(), want_i.len()));
+        let row = |j: u32| &bank[j as usize * d..][..d];
+        for (q, qr) in queries.chunks_exact(d).enumerate() {
+            let q_sq = squared_norms(qr, d)[0] as f64;
+            for s in q * k..(q + 1) * k {
+                let noise = 1e-5 * (q_sq + sq_norms[want_i[s] as usize] as f64);
+                let (got_sq, want_sq) = ((got_d[s] as f64).powi(2), (want_d[s] as f64).powi(2));
+                assert!((got_sq - want_sq).abs() <= noise, "query {q} slot {s}: {} vs {}", got_d[s], want_d[s]);
+                if got_i[s] != want_i[s] {
+                    let (got, want) = (sq_distance64(qr, row(got_i[s])), sq_distance64(qr, row(want_i[s])));
+                    assert!(
+                        (got - want).abs() <= noise,
+                        "query {q} slot {s}: row {} ({got}) vs {} ({want})",
+                        got_i[s],
+                        want_i[s]
+                    );
+                }
+            }
+            let mut seen = got_i[q * k..(q + 1) * k].to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), k, "query {q} repeats a row");
+        }
+    }
+
+    #[test]
+    fn gaussian_rows_match_the_f32_search() {
+        // d = 19 and 70 pad to whole 32-wide tiles; 1,100 rows end in a ragged chunk and block;
+        // 300 queries are two tasks, the second ragged.
+        for &k in &[1, 3, 9, 16] {
+            check(&gaussian(300 * 19, k as u64), &gaussian(1100 * 19, 100 + k as u64), 19, k);
+        }
+        check(&gaussian(40 * 70, 5), &gaussian(600 * 70, 6), 70, 4);
+    }
+
+    #[test]
+    fn embedding_like_rows_match_the_f32_search() {
+        let d = 96;
+        let bank = embedding_like(1500, d, 1);
+        // Queries: fresh rows, and bank rows moved by a little noise (the near-duplicates whose
+        // distances cancel most).
+        let mut queries = embedding_like(200, d, 2);
+        let noise = gaussian(100 * d, 3);
+        queries.extend(bank[..100 * d].iter().zip(&noise).map(|(&x, &e)| x + 1e-3 * e));
+        for &k in &[1, 9, 16] {
+            check(&queries, &bank, d, k);
+        }
+    }
+
+    #[test]
+    fn duplicate_rows_tie_to_the_lower_index() {
+        let d = 40;
+        let base = embedding_like(4, d, 9);
+        // Rows 1, 3, 4 and 6 are the same vector; the query is that vector.
+        let order = [0usize, 1, 2, 1, 1, 3, 1];
+        let bank: Vec<f32> = order.iter().flat_map(|&r| base[r * d..(r + 1) * d].to_vec()).collect();
+        let sq_norms = squared_norms(&bank, d);
+        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
+        let (dist, idx) = knn_screened(&base[d..2 * d], &bank, &sq_norms, &screen, d, 4).expect("finite");
+        assert_eq!(idx, [1, 3, 4, 6]);
+        assert!(dist.iter().all(|&x| x < 1e-2), "{dist:?}");
+        check(&base, &bank, d, 7);
+    }
+
+    /// The margin holds: |s~ - s| <= T_j against the f64 squared distance s (T_j covers that as it
+    /// covers knn_topk's value), and it is tight enough to prune: T_j < 1e-3 |q||m|.
+    #[test]
+    fn the_margin_bounds_the_split_products_error() {
+        let d = 200;
+        let mut queries = embedding_like(BLOCK, d, 11);
+        let bank = embedding_like(CHUNK, d, 12);
+        // Half the queries are near-duplicates of bank rows: the largest cancellation.
+        let noise = gaussian(BLOCK / 2 * d, 13);
+        for (q, (&x, &e)) in queries[..BLOCK / 2 * d].iter_mut().zip(bank.iter().zip(&noise)) {
+            *q = x + 1e-3 * e;
+        }
+        let sq_norms = squared_norms(&bank, d);
+        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
+        // SAFETY: the screening bank exists, so AMX is usable.
+        let tiles = unsafe { Tiles::configure() };
+        let q16 = split_queries(&queries, d, screen.kcs);
+        let q_sq = squared_norms(&queries, d);
+        let bounds = query_bounds(&queries, &q16, &q_sq, d, screen.kcs);
+        let mut dots = vec![0f32; BLOCK * CHUNK];
+        chunk_products(&tiles, &q16, &screen, 0, CHUNK, &mut dots);
+        let mut worst = 0f64;
+        for (r, (q, bound)) in queries.chunks_exact(d).zip(&bounds).enumerate() {
+            for (j, m) in bank.chunks_exact(d).enumerate() {
+                let estimate = ((q_sq[r] + sq_norms[j]) - 2.0 * dots[r * CHUNK + j]) as f64;
+                let margin = bound.margin(screen.norms[j], sq_norms[j]) as f64;
+                let exact = sq_distance64(q, m);
+                assert!(
+                    (estimate - exact).abs() <= margin,
+                    "query {r} row {j}: {estimate} vs {exact}, margin {margin}"
+                );
+                let scale = (q_sq[r] as f64 * sq_norms[j] as f64).sqrt();
+                assert!(margin < 1e-3 * scale, "query {r} row {j}: margin {margin} against |q||m| {scale}");
+                worst = worst.max((estimate - exact).abs() / margin);
+            }
+        }
+        eprintln!("largest error / margin: {worst:.3}");
+    }
+
+    #[test]
+    fn tiny_banks() {
+        check(&gaussian(5 * 3, 1), &gaussian(3, 2), 3, 1);
+        check(&gaussian(5 * 33, 3), &gaussian(9 * 33, 4), 33, 9);
+        check(&gaussian(33 * 8, 5), &gaussian(31 * 8, 6), 8, 16);
+    }
+
+    #[test]
+    fn queries_the_bound_does_not_cover_are_left_to_the_f32_search() {
+        let d = 8;
+        let bank = gaussian(50 * d, 1);
+        let sq_norms = squared_norms(&bank, d);
+        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
+        for bad in [f32::NAN, f32::INFINITY, 1e20] {
+            let mut queries = gaussian(3 * d, 2);
+            queries[5] = bad;
+            assert!(knn_screened(&queries, &bank, &sq_norms, &screen, d, 2).is_none(), "{bad}");
+        }
+        let mut huge = bank.clone();
+        huge[0] = 1e20;
+        assert!(ScreenBank::new(&huge, &squared_norms(&huge, d), d).is_err());
+    }
+}
