@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The CUDA backend's check on a GPU machine, in one run: the per-backend tests (every operation
 # and the whole pipeline against the CPU backend and float64, PATCHCORE_REQUIRE_GPU=1 so a GPU
-# that fails to open fails the run) and the CUDA benches, then one table of both.
+# that fails to open fails the run) and the CUDA benches, then one table of both; then
+# `patchcore profile --device cuda` on a small category (the device's peak, the stage table, and
+# a trace whose "CUDA stream" track must hold device-timed spans).
 #
 # The GPU machine has no registry access and no Rust toolchain, so the binaries are built here:
-#   scripts/gpu-check.sh prepare     # builds into target/gpu-check (stripped, ~30 MB)
+#   scripts/gpu-check.sh prepare     # builds into target/gpu-check (stripped, ~50 MB)
 # then, on the GPU machine, from the repository root with target/gpu-check carried along:
 #   scripts/gpu-check.sh             # < 8 minutes on an H200
 # cuDNN 9 and cuBLAS 13 are found in any Python environment's nvidia/*/lib or the system's
@@ -31,7 +33,9 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
         print(m["executable"])' | xargs -I{} cp {} "$OUT/bench"
-    strip "$OUT/backends" "$OUT/bench"
+    cargo build --release --features cuda --bin patchcore
+    cp target/release/patchcore "$OUT/patchcore"
+    strip "$OUT/backends" "$OUT/bench" "$OUT/patchcore"
     git rev-parse HEAD > "$OUT/commit"
     ls -la "$OUT"
 }
@@ -110,7 +114,7 @@ find_libraries() {
 }
 
 run() {
-    [ -x "$OUT/backends" ] && [ -x "$OUT/bench" ] || {
+    [ -x "$OUT/backends" ] && [ -x "$OUT/bench" ] && [ -x "$OUT/patchcore" ] || {
         echo "gpu-check: $OUT has no binaries: run 'scripts/gpu-check.sh prepare' on a build machine first" >&2
         exit 2
     }
@@ -137,8 +141,32 @@ run() {
     echo "== CUDA benches =="
     timeout 280 "$OUT/bench" 2>&1 | tee "$OUT/bench.log" || status=1
     echo
+    echo "== patchcore profile on the GPU (issue 12: device peak, stage table, CUDA stream track) =="
+    profile_on_gpu || status=1
+    echo
     [ "$status" = 0 ] && echo "gpu-check: PASSED" || echo "gpu-check: FAILED"
     exit "$status"
+}
+
+# A small synthetic category fitted and profiled on the GPU: the roofline table against the
+# device's peak, and a trace whose "CUDA stream" track holds the device-timed operations.
+profile_on_gpu() {
+    local data="$OUT/profile-data" model="$OUT/profile-model.safetensors"
+    rm -rf "$data"
+    "$OUT/patchcore" synth --out "$data" --category chip --size 128 >/dev/null || return 1
+    timeout 60 "$OUT/patchcore" fit --device cuda --train "$data/chip/train/good" --size 128 --out "$model" >/dev/null || return 1
+    timeout 60 "$OUT/patchcore" profile --device cuda --model "$model" "$data/chip/test/good" --batch 8 --repeat 3 \
+        --trace "$OUT/profile-trace.json" || return 1
+    python3 - "$OUT/profile-trace.json" <<'PY'
+import json, sys
+events = json.load(open(sys.argv[1]))
+events = events["traceEvents"] if isinstance(events, dict) else events
+tracks = {e["tid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+stream = [tid for tid, name in tracks.items() if name == "CUDA stream"]
+device = [e for e in events if e.get("ph") == "X" and e["tid"] in stream]
+print(f"CUDA stream track: {len(device)} device-timed spans: {sorted({e['name'] for e in device})}")
+sys.exit(0 if device else 1)
+PY
 }
 
 case "${1:-run}" in
