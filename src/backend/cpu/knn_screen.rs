@@ -1,14 +1,16 @@
-//! The exact kNN through a bf16 screening pass on AMX, then an f32 re-ranking of the survivors.
+//! The exact kNN through a bf16 screening pass on AMX, then a float64 re-ranking of the survivors.
 //!
 //! `knn_topk`'s f32 products are nearly all of predict's scoring. AMX multiplies bf16 tiles about
 //! 16x faster than AVX-512 multiplies f32, but bf16 keeps 8 significant bits. Each value is split
 //! into two bf16 (x = hi + lo + a residual of about 2^-17 |x|) and the product is taken as
 //! hi.hi + hi.lo + lo.hi, one AMX product three times as deep ([q_hi | q_hi | q_lo] against
-//! [m_hi | m_lo | m_hi]). Its distances carry a proven bound on how far they can be from the value
-//! `knn_topk` computes (see `QueryBound`), about 1e-4 |q||m|; a bank row is kept as a candidate
-//! unless its lower bound exceeds the k-th smallest upper bound, so the candidates always contain
-//! `knn_topk`'s neighbours. They are then ranked by the f32 expanded distance, ties to the lower
-//! index, as `knn_topk` ranks them. (A single bf16 pass, bound about 6e-3 |q||m|, left 1,800 of
+//! [m_hi | m_lo | m_hi]). Its distances carry a proven bound on how far they can be from the exact
+//! squared distance (see `QueryBound`), about 1e-4 |q||m|; a bank row is kept as a candidate unless
+//! its lower bound exceeds the k-th smallest upper bound, so the candidates always contain the
+//! exact neighbours. They are then ranked by the squared distance summed in float64 (ties to the
+//! lower index), and each distance is rounded to f32 once: the float64 truth rounded, which
+//! `knn_topk`'s f32 expanded form approximates within its own rounding (about 4 u (|q|^2 + |m|^2)
+//! in the squared distance). (A single bf16 pass, bound about 6e-3 |q||m|, left 1,800 of
 //! 10,240 rows in play per query on ResNet-18 embeddings, whose neighbours lie at about 2% of
 //! |q|^2: the re-ranking then cost more than the f32 search.)
 
@@ -143,18 +145,22 @@ impl ScreenBank {
     }
 }
 
-/// The margin between a query's screened estimate s~_j = (|q|^2 + |m_j|^2) - 2 a_j and the value
-/// s^_j = (|q|^2 - 2 q.m_j) + |m_j|^2 that `knn_topk` computes:
-/// |s~_j - s^_j| <= T_j = a |m_j| + b |lo_j| + c e_j + f |m_j|^2 + g.
+/// The margin between a query's screened estimate s~_j = (|q|^2 + |m_j|^2) - 2 a_j and the exact
+/// squared distance s_j = |q - m_j|^2 (what the float64 re-ranking computes, to 1e-13 of itself):
+/// |s~_j - s_j| <= T_j = a |m_j| + b |lo_j| + c e_j + f |m_j|^2 + g.
 ///
 /// Why: with q = h + l + e_q and m = H + L + e_m (hi, lo, residual), a_j sums
 /// h.H + h.L + l.H, so q.m - (h.H + h.L + l.H) = l.L + (h + l).e_m + e_q.m, at most
 /// |l||L| + w_q |e_m| + |e_q||m| where w = |h| + |l|. AMX's f32 sum of 3d products (d the padded
 /// width, gamma_n = n u / (1 - n u), u = 2^-24) adds at most gamma_3d w_q w_m + 3d 2^-126 (flushed
-/// denormals), and w_m <= (1 + 2^-8)(1 + 2^-8 (1 + 2^-8)) |m| < 1.008 |m| as bf16 rounds each
-/// value by at most 2^-8 of it. knn_topk's product is within gamma_d |q||m| of q.m; both sides
-/// round twice more, at most 8.1 u (|q|^2 + |m|^2) together. The terms are taken 1% larger and
-/// 16 u (|q|^2 + |m|^2) is added for the f32 rounding of the bound and the tests themselves.
+/// denormals) in any order of summation (so also when the depth is split into blocks whose partial
+/// sums are stored and reloaded, which is exact), and w_m <= (1 + 2^-8)(1 + 2^-8 (1 + 2^-8)) |m|
+/// < 1.008 |m| as bf16 rounds each value by at most 2^-8 of it. The estimate's own f32 arithmetic
+/// (the two norms rounded from f64, their sum, the subtraction) adds at most 4.1 u (|q|^2 + |m|^2).
+/// The terms are taken 1% larger and 16 u (|q|^2 + |m|^2) is added for the f32 rounding of the
+/// bound and the tests themselves. (Until the re-ranking was float64 the reference was
+/// `knn_topk`'s f32 value, and T_j also held its gamma_d |q||m| and 4 u (|q|^2 + |m|^2); the exact
+/// value needs neither, so the margin is about a quarter smaller.)
 struct QueryBound {
     sq_norm: f32,
     a: f32,
@@ -168,10 +174,11 @@ impl QueryBound {
     /// `split`: the query's `Split`; `w`: |h| + |l|.
     fn new(sq_norm: f32, split: Split, w: f32, padded_d: usize) -> QueryBound {
         let gamma = |n: usize| n as f32 * U32 / (1.0 - n as f32 * U32);
-        let f = 25.0 * U32;
+        // 1.01 * 4.1 u + 16 u, rounded up.
+        let f = 21.0 * U32;
         QueryBound {
             sq_norm,
-            a: 1.01 * 2.0 * (gamma(SEGMENTS * padded_d) * w * 1.008 + split.residual + gamma(padded_d) * split.norm),
+            a: 1.01 * 2.0 * (gamma(SEGMENTS * padded_d) * w * 1.008 + split.residual),
             b: 1.01 * 2.0 * split.lo,
             c: 1.01 * 2.0 * w,
             f,
@@ -205,8 +212,9 @@ impl Running {
     }
 }
 
-/// `knn_topk`'s result (same contract, same ranking of the f32 expanded distances) through AMX
-/// screening, or `None` when the queries hold values the bound does not cover (not finite, or
+/// `knn_topk`'s result (same contract) through AMX screening, with the distances and ranking of
+/// float64 (so within `knn_topk`'s f32 rounding of its result, and the same rows up to ties
+/// within it), or `None` when the queries hold values the bound does not cover (not finite, or
 /// beyond 1e15): the caller then runs `knn_topk`.
 pub fn knn_screened(
     queries: &[f32],
@@ -238,7 +246,8 @@ pub fn knn_screened(
             let found = search_tile(&tiles, qs, bank, bank_sq_norms, screen, d, k);
             for (r, row) in found.iter().enumerate() {
                 for (s, &(sq, j)) in row.iter().enumerate() {
-                    (tile_d[r * k + s], tile_i[r * k + s]) = (sq.sqrt(), j);
+                    // The float64 distance rounded to f32 once.
+                    (tile_d[r * k + s], tile_i[r * k + s]) = (sq.sqrt() as f32, j);
                 }
             }
         },
@@ -246,7 +255,7 @@ pub fn knn_screened(
     Some((dist, idx))
 }
 
-/// One task's queries: per query its k neighbours as (squared distance, row), ascending.
+/// One task's queries: per query its k neighbours as (squared distance in float64, row), ascending.
 fn search_tile(
     tiles: &Tiles,
     qs: &[f32],
@@ -255,7 +264,7 @@ fn search_tile(
     screen: &ScreenBank,
     d: usize,
     k: usize,
-) -> Vec<Vec<(f32, u32)>> {
+) -> Vec<Vec<(f64, u32)>> {
     let (tq, m) = (qs.len() / d, bank_sq_norms.len());
     let q16 = split_queries(qs, d, screen.kcs);
     let q_sq = squared_norms(qs, d);
@@ -279,12 +288,7 @@ fn search_tile(
             unsafe { fold_chunk(&row[..tb], bound, &bank_chunk, state) };
         }
     }
-    running
-        .iter()
-        .zip(qs.chunks_exact(d))
-        .zip(&q_sq)
-        .map(|((state, q), &q_sq)| rerank(state, q, q_sq, bank, bank_sq_norms, d, k))
-        .collect()
+    running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(state, q, bank, d, k)).collect()
 }
 
 /// The queries as AMX's A operand: rows of `SEGMENTS * kcs * TILE_K` bf16 [hi | hi | lo], zero
@@ -382,49 +386,43 @@ unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mu
     }
 }
 
-/// The k nearest of a query's candidates by the f32 expanded distance, as (squared, row).
-fn rerank(
-    state: &Running,
-    q: &[f32],
-    q_sq: f32,
-    bank: &[f32],
-    bank_sq_norms: &[f32],
-    d: usize,
-    k: usize,
-) -> Vec<(f32, u32)> {
+/// The k nearest of a query's candidates by the squared distance in float64, as (squared, row),
+/// ties to the lower index.
+fn rerank(state: &Running, q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(f64, u32)> {
     let threshold = state.threshold();
-    let mut ranked: Vec<(f32, u32)> = state
+    let mut ranked: Vec<(f64, u32)> = state
         .candidates
         .iter()
         .filter(|&&(_, lower)| lower <= threshold)
-        .map(|&(j, _)| {
-            let raw = (q_sq + -2.0 * dot(q, &bank[j as usize * d..][..d])) + bank_sq_norms[j as usize];
-            (if raw < 0.0 { 0.0 } else { raw }, j)
-        })
+        .map(|&(j, _)| (sq_distance(q, &bank[j as usize * d..][..d]), j))
         .collect();
     ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     ranked.truncate(k);
     ranked
 }
 
-/// x.y in f32, 16 lanes (vectorised).
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
+/// |x - y|^2 in float64, 8 lanes (vectorised). The direct form rather than the expanded one: each
+/// difference of two f32 is exact in f64 (for exponents less than 29 apart) and the terms are
+/// non-negative, so the sum is within d 2^-53 of the distance itself, where the expanded form
+/// |x|^2 - 2 x.y + |y|^2 would only be within that of |x|^2 + |y|^2 (50x the distance for
+/// ResNet-18 neighbours) and needs no norms. About 6 rows a query: its cost is negligible.
+fn sq_distance(x: &[f32], y: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    let tail: f64 = xc.remainder().iter().zip(yc.remainder()).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
     for (a, b) in xc.zip(yc) {
         for ((s, &p), &q) in acc.iter_mut().zip(a).zip(b) {
-            *s += p * q;
+            let e = p as f64 - q as f64;
+            *s += e * e;
         }
     }
-    acc.iter().sum::<f32>() + tail
+    acc.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::knn::knn_topk;
     use crate::rng::SplitMix64;
 
     fn gaussian(n: usize, seed: u64) -> Vec<f32> {
@@ -464,31 +462,33 @@ mod tests {
         x.iter().zip(y).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum()
     }
 
-    /// The screened search returns knn_topk's neighbours: the same rows, except where two rows'
-    /// f64 squared distances are so close (1e-5 of |q|^2 + |m|^2, the expanded form's rounding
-    /// noise) that knn_topk's own f32 ranking of them is arbitrary; squared distances within as much.
+    /// The screened search returns the float64 neighbours: each distance is the float64 distance
+    /// rounded to f32 (within f32's unit roundoff of it, plus 1e-12 for the order of the float64
+    /// sums), and the rows are the float64 ranking's (ties to the lower index), except where two
+    /// rows' float64 distances agree to 1e-12 (a genuine tie, up to the order of the sums).
     fn check(queries: &[f32], bank: &[f32], d: usize, k: usize) {
+        const SUM_ORDER: f64 = 1e-12;
         let sq_norms = squared_norms(bank, d);
         let Some(screen) = screen_or_skip(bank, &sq_norms, d) else { return };
-        let (want_d, want_i) = knn_topk(queries, bank, &sq_norms, d, k);
         let (got_d, got_i) = knn_screened(queries, bank, &sq_norms, &screen, d, k).expect("finite inputs");
-        assert_eq!((got_d.len(), got_i.len()), (want_d.len(), want_i.len()));
-        let row = |j: u32| &bank[j as usize * d..][..d];
+        assert_eq!((got_d.len(), got_i.len()), (queries.len() / d * k, queries.len() / d * k));
         for (q, qr) in queries.chunks_exact(d).enumerate() {
-            let q_sq = squared_norms(qr, d)[0] as f64;
-            for s in q * k..(q + 1) * k {
-                let noise = 1e-5 * (q_sq + sq_norms[want_i[s] as usize] as f64);
-                let (got_sq, want_sq) = ((got_d[s] as f64).powi(2), (want_d[s] as f64).powi(2));
-                assert!((got_sq - want_sq).abs() <= noise, "query {q} slot {s}: {} vs {}", got_d[s], want_d[s]);
-                if got_i[s] != want_i[s] {
-                    let (got, want) = (sq_distance64(qr, row(got_i[s])), sq_distance64(qr, row(want_i[s])));
-                    assert!(
-                        (got - want).abs() <= noise,
-                        "query {q} slot {s}: row {} ({got}) vs {} ({want})",
-                        got_i[s],
-                        want_i[s]
-                    );
-                }
+            let exact: Vec<f64> = bank.chunks_exact(d).map(|m| sq_distance64(qr, m).sqrt()).collect();
+            let mut want: Vec<u32> = (0..exact.len() as u32).collect();
+            want.sort_by(|&a, &b| exact[a as usize].total_cmp(&exact[b as usize]).then(a.cmp(&b)));
+            for s in 0..k {
+                let (got, got_row, want_row) = (got_d[q * k + s] as f64, got_i[q * k + s], want[s]);
+                let want_d = exact[want_row as usize];
+                assert!(
+                    (got - want_d).abs() <= (U32 as f64 + SUM_ORDER) * want_d,
+                    "query {q} slot {s}: {got} vs float64 {want_d}"
+                );
+                let tie = (exact[got_row as usize] - want_d).abs() <= SUM_ORDER * want_d;
+                assert!(
+                    got_row == want_row || tie,
+                    "query {q} slot {s}: row {got_row} ({}) vs {want_row} ({want_d})",
+                    exact[got_row as usize]
+                );
             }
             let mut seen = got_i[q * k..(q + 1) * k].to_vec();
             seen.sort_unstable();
@@ -498,7 +498,7 @@ mod tests {
     }
 
     #[test]
-    fn gaussian_rows_match_the_f32_search() {
+    fn gaussian_rows_match_float64() {
         // d = 19 and 70 pad to whole 32-wide tiles; 1,100 rows end in a ragged chunk and block;
         // 300 queries are two tasks, the second ragged.
         for &k in &[1, 3, 9, 16] {
@@ -508,7 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn embedding_like_rows_match_the_f32_search() {
+    fn embedding_like_rows_match_float64() {
         let d = 96;
         let bank = embedding_like(1500, d, 1);
         // Queries: fresh rows, and bank rows moved by a little noise (the near-duplicates whose
@@ -536,8 +536,8 @@ mod tests {
         check(&base, &bank, d, 7);
     }
 
-    /// The margin holds: |s~ - s| <= T_j against the f64 squared distance s (T_j covers that as it
-    /// covers knn_topk's value), and it is tight enough to prune: T_j < 1e-3 |q||m|.
+    /// The margin holds: |s~ - s| <= T_j against the f64 squared distance s, and it is tight enough
+    /// to prune: T_j < 1e-3 |q||m|.
     #[test]
     fn the_margin_bounds_the_split_products_error() {
         let d = 200;
