@@ -62,7 +62,7 @@ fn embeddings(net: &Backbone<CpuBackend>, images: &Tensor) -> Tensor {
 fn predict_shape(c: &mut Criterion) {
     let backend = CpuBackend;
     match screening_unavailable() {
-        None => println!("dispatched: AMX bf16 screening, f32 re-ranking"),
+        None => println!("dispatched: AMX bf16 screening, float64 re-ranking"),
         Some(reason) => println!("dispatched: the f32 search ({reason})"),
     }
     let net =

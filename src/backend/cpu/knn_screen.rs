@@ -14,7 +14,7 @@
 //! 10,240 rows in play per query on ResNet-18 embeddings, whose neighbours lie at about 2% of
 //! |q|^2: the re-ranking then cost more than the f32 search.)
 
-use super::amx::{self, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
 use rayon::prelude::*;
 
@@ -44,7 +44,7 @@ pub struct ScreenBank {
     /// Split rows [hi | lo | hi] in AMX's B layout: per group of 16 rows, `SEGMENTS * kcs` tiles
     /// of `B_TILE_LEN`; zero rows pad the bank to a whole number of `BLOCK`s and zero columns each
     /// segment to `kcs * TILE_K`.
-    packed: Vec<u16>,
+    packed: TileBuf<u16>,
     kcs: usize,
     /// |m_j|, |lo_j| and ||m_j - hi_j - lo_j||: the bound's per-row terms.
     norms: Vec<Split>,
@@ -128,7 +128,7 @@ impl ScreenBank {
         let kcs = d.div_ceil(TILE_K);
         let group_len = SEGMENTS * kcs * B_TILE_LEN;
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
-        let mut packed = vec![0u16; groups * group_len];
+        let mut packed = TileBuf::zeroed(groups * group_len);
         for (j, row) in rows.chunks_exact(d).enumerate() {
             let group = &mut packed[j / TILE_ROWS * group_len..][..group_len];
             write_split(row, [true, false, true], kcs * TILE_K, |i, v| {
@@ -276,7 +276,7 @@ fn search_tile(
     let tq_pad = q16.len() / (SEGMENTS * screen.kcs * TILE_K);
     let mut running: Vec<Running> =
         (0..tq).map(|_| Running { upper: vec![f32::INFINITY; k], candidates: Vec::new() }).collect();
-    let mut dots = vec![0f32; tq_pad * CHUNK];
+    let mut dots = TileBuf::zeroed(tq_pad * CHUNK);
     for (chunk, b0) in (0..m).step_by(CHUNK).enumerate() {
         let tb = CHUNK.min(m - b0);
         chunk_products(tiles, &q16, screen, b0, tb, &mut dots);
@@ -297,9 +297,9 @@ fn search_tile(
 
 /// The queries as AMX's A operand: rows of `SEGMENTS * kcs * TILE_K` bf16 [hi | hi | lo], zero
 /// rows up to a whole number of `BLOCK`s.
-fn split_queries(qs: &[f32], d: usize, kcs: usize) -> Vec<u16> {
+fn split_queries(qs: &[f32], d: usize, kcs: usize) -> TileBuf<u16> {
     let width = kcs * TILE_K;
-    let mut q16 = vec![0u16; (qs.len() / d).div_ceil(BLOCK) * BLOCK * SEGMENTS * width];
+    let mut q16 = TileBuf::zeroed((qs.len() / d).div_ceil(BLOCK) * BLOCK * SEGMENTS * width);
     for (dst, src) in q16.chunks_exact_mut(SEGMENTS * width).zip(qs.chunks_exact(d)) {
         write_split(src, [true, true, false], width, |i, v| dst[i] = v);
     }
@@ -327,7 +327,8 @@ fn query_bounds(qs: &[f32], q16: &[u16], q_sq: &[f32], d: usize, kcs: usize) -> 
 /// Per 32 queries, the depth in blocks of `DEPTH_BLOCK` tiles, each block's A panel kept in L1
 /// across the chunk's bank blocks; the 32 x 32 partial products accumulate in `dots` (in L2).
 /// Tile loads from L2 per tile product: 0.67 (half a B tile, plus C's load and store every
-/// `DEPTH_BLOCK` steps) instead of 1 (an A and a B tile every two products).
+/// `DEPTH_BLOCK` steps) instead of 1 (an A and a B tile every two products). `q16`, the packed
+/// bank and `dots` are `TileBuf`s: every tile row then starts a cache line.
 fn chunk_products(tiles: &Tiles, q16: &[u16], screen: &ScreenBank, b0: usize, tb: usize, dots: &mut [f32]) {
     let kcs = screen.kcs;
     let width = kcs * TILE_K;
@@ -540,9 +541,9 @@ mod tests {
         let q16 = split_queries(&queries, d, screen.kcs);
         let (depth, width) = (SEGMENTS * screen.kcs, SEGMENTS * screen.kcs * TILE_K);
         // The second chunk: 32 rows.
-        let mut blocked = vec![0f32; 2 * BLOCK * CHUNK];
+        let mut blocked = TileBuf::zeroed(2 * BLOCK * CHUNK);
         chunk_products(&tiles, &q16, &screen, CHUNK, BLOCK, &mut blocked);
-        let mut whole = vec![0f32; 2 * BLOCK * BLOCK];
+        let mut whole = TileBuf::<f32>::zeroed(2 * BLOCK * BLOCK);
         for qb in [0, BLOCK] {
             // SAFETY: rows qb..qb+32 of q16 exist; bank groups CHUNK/16 and the next hold `depth`
             // tiles each; `whole` has rows qb..qb+32 of 32 f32.
@@ -614,7 +615,7 @@ mod tests {
         let q16 = split_queries(&queries, d, screen.kcs);
         let q_sq = squared_norms(&queries, d);
         let bounds = query_bounds(&queries, &q16, &q_sq, d, screen.kcs);
-        let mut dots = vec![0f32; BLOCK * CHUNK];
+        let mut dots = TileBuf::zeroed(BLOCK * CHUNK);
         chunk_products(&tiles, &q16, &screen, 0, CHUNK, &mut dots);
         let mut worst = 0f64;
         for (r, (q, bound)) in queries.chunks_exact(d).zip(&bounds).enumerate() {
