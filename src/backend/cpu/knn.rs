@@ -33,8 +33,9 @@ pub fn squared_norms(rows: &[f32], d: usize) -> Vec<f32> {
     rows.chunks_exact(d).map(|r| r.iter().map(|&x| x as f64 * x as f64).sum::<f64>() as f32).collect()
 }
 
-/// The search `CpuBackend::knn` and predict's scoring run: `knn_topk`'s neighbours, through the
-/// AMX screening pass (`knn_screen`) where the bank has its screening form and the queries suit it.
+/// The search `CpuBackend::knn` and predict's scoring run: through the AMX screening pass
+/// (`knn_screen`, the float64 neighbours and distances rounded to f32, so `knn_topk`'s up to its
+/// f32 rounding) where the bank has its screening form and the queries suit it, else `knn_topk`.
 pub fn nearest(queries: &[f32], bank: &CpuBank, d: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
     bank.screen
         .as_ref()
