@@ -106,10 +106,7 @@ impl Tiles {
     }
 
     /// C[32 x 32] = A[32 x 32 kcs] * B[32 kcs x 32] in bf16 with f32 accumulation (TDPBF16PS:
-    /// products exact, sums rounded to nearest, denormal inputs and results flushed to zero), or
-    /// with `accumulate`, C += A * B: C is loaded from `c` first, so a product can be split along
-    /// its depth into blocks whose operands stay in cache (the f32 partial sums round-trip
-    /// through memory exactly, so the result is the same as in one call).
+    /// products exact, sums rounded to nearest, denormal inputs and results flushed to zero).
     ///
     /// `a`: 32 rows of `kcs * 32` bf16, `a_stride` bytes apart. `b`: two groups of 16 bank rows,
     /// each `kcs` packed tiles of `B_TILE_LEN` bf16 (pair p of dims 2p, 2p+1 for row n at
@@ -128,33 +125,15 @@ impl Tiles {
         kcs: usize,
         c: *mut f32,
         c_stride: usize,
-        accumulate: bool,
     ) {
-        // The tile registers keep their contents between asm blocks: the compiler never uses them.
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller guarantees the regions; `self` proves the tiles are configured.
         unsafe {
-            if accumulate {
-                std::arch::asm!(
-                    "tileloadd tmm0, [{c0} + {cs}*1]",
-                    "tileloadd tmm1, [{c0} + {cs}*1 + 64]",
-                    "tileloadd tmm2, [{c1} + {cs}*1]",
-                    "tileloadd tmm3, [{c1} + {cs}*1 + 64]",
-                    c0 = in(reg) c,
-                    c1 = in(reg) c.byte_add(TILE_ROWS * c_stride),
-                    cs = in(reg) c_stride,
-                    options(nostack, readonly),
-                );
-            } else {
-                std::arch::asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
-            }
             std::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
                 "2:",
                 "tileloadd tmm4, [{a0} + {ast}*1]",
                 "tileloadd tmm6, [{b0} + {bs}*1]",
@@ -188,7 +167,7 @@ impl Tiles {
             );
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (a, a_stride, b, b_group, kcs, c, c_stride, accumulate);
+        let _ = (a, a_stride, b, b_group, kcs, c, c_stride);
     }
 }
 

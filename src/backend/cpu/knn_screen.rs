@@ -27,10 +27,6 @@ const CHUNK: usize = 256;
 const SEGMENTS: usize = 3;
 /// Rows and columns of one `Tiles::block_32x32`.
 const BLOCK: usize = 2 * TILE_ROWS;
-/// Tiles along the depth per `block_32x32` call: 32 queries' A panel of this depth (24 KiB) stays
-/// in L1 (48 KiB) while the chunk's bank blocks stream past it, where the whole depth (72 KiB at
-/// d = 384) had both operands come from L2 for every block. 12 tiles is one segment at d = 384.
-const DEPTH_BLOCK: usize = 12;
 /// Estimates the fold tests at once (vectorised) before looking at single rows.
 const FOLD_BLOCK: usize = 64;
 /// Inputs beyond this magnitude take the f32 path: their products could overflow where the
@@ -324,40 +320,29 @@ fn query_bounds(qs: &[f32], q16: &[u16], q_sq: &[f32], d: usize, kcs: usize) -> 
 /// `dots[r * CHUNK + c]` = the split product of query r of `q16` (from `split_queries`) and bank
 /// row b0 + c, for c < tb.
 ///
-/// Per 32 queries, the depth in blocks of `DEPTH_BLOCK` tiles, each block's A panel kept in L1
-/// across the chunk's bank blocks; the 32 x 32 partial products accumulate in `dots` (in L2).
-/// Tile loads from L2 per tile product: 0.67 (half a B tile, plus C's load and store every
-/// `DEPTH_BLOCK` steps) instead of 1 (an A and a B tile every two products). `q16`, the packed
-/// bank and `dots` are `TileBuf`s: every tile row then starts a cache line.
+/// `q16`, the packed bank and `dots` are `TileBuf`s: every tile row then starts a cache line.
 fn chunk_products(tiles: &Tiles, q16: &[u16], screen: &ScreenBank, b0: usize, tb: usize, dots: &mut [f32]) {
     let kcs = screen.kcs;
     let width = kcs * TILE_K;
     let tq_pad = q16.len() / (SEGMENTS * width);
     assert!(tq_pad % BLOCK == 0 && b0 % BLOCK == 0 && tb <= CHUNK && b0 + tb <= screen.norms.len());
     assert!(dots.len() >= tq_pad * CHUNK);
-    let depth = SEGMENTS * kcs;
     for qb in (0..tq_pad).step_by(BLOCK) {
-        for k0 in (0..depth).step_by(DEPTH_BLOCK) {
-            let k_tiles = DEPTH_BLOCK.min(depth - k0);
-            for bb in (0..tb).step_by(BLOCK) {
-                // SAFETY: rows qb..qb+32 of q16 (SEGMENTS * width bf16 each) exist as tq_pad is a
-                // multiple of 32, and tiles k0..k0+k_tiles lie within a row's depth tiles; the
-                // packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and the next one
-                // exist with `depth` tiles each; dots rows qb..qb+32, columns bb..bb+32 lie within
-                // the tq_pad x CHUNK buffer as bb + 32 <= CHUNK, and were written by the call
-                // for k0 - DEPTH_BLOCK when k0 > 0.
-                unsafe {
-                    tiles.block_32x32(
-                        q16.as_ptr().add(qb * SEGMENTS * width + k0 * TILE_K),
-                        SEGMENTS * width * 2,
-                        screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * depth * B_TILE_LEN + k0 * B_TILE_LEN),
-                        depth * B_TILE_LEN,
-                        k_tiles,
-                        dots.as_mut_ptr().add(qb * CHUNK + bb),
-                        CHUNK * 4,
-                        k0 > 0,
-                    );
-                }
+        for bb in (0..tb).step_by(BLOCK) {
+            // SAFETY: rows qb..qb+32 of q16 (SEGMENTS * width bf16 each) exist as tq_pad is a
+            // multiple of 32; the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and
+            // the next one exist with SEGMENTS * kcs tiles each; dots rows qb..qb+32, columns
+            // bb..bb+32 lie within the tq_pad x CHUNK buffer as bb + 32 <= CHUNK.
+            unsafe {
+                tiles.block_32x32(
+                    q16.as_ptr().add(qb * SEGMENTS * width),
+                    SEGMENTS * width * 2,
+                    screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * SEGMENTS * kcs * B_TILE_LEN),
+                    SEGMENTS * kcs * B_TILE_LEN,
+                    SEGMENTS * kcs,
+                    dots.as_mut_ptr().add(qb * CHUNK + bb),
+                    CHUNK * 4,
+                );
             }
         }
     }
@@ -522,49 +507,8 @@ mod tests {
             check(&gaussian(300 * 19, k as u64), &gaussian(1100 * 19, 100 + k as u64), 19, k);
         }
         check(&gaussian(40 * 70, 5), &gaussian(600 * 70, 6), 70, 4);
-        // d = 300: 30 depth tiles, products in depth blocks of 12, 12 and 6.
+        // d = 300: 30 depth tiles.
         check(&gaussian(40 * 300, 7), &gaussian(600 * 300, 8), 300, 4);
-    }
-
-    /// The products in depth blocks (`chunk_products`, partial sums stored and reloaded) have the
-    /// same bits as one `block_32x32` over the whole depth.
-    #[test]
-    fn depth_blocks_give_the_bits_of_one_pass() {
-        // d = 300: 30 depth tiles, blocks of 12, 12 and 6.
-        let d = 300;
-        let (queries, bank) = (embedding_like(2 * BLOCK, d, 21), embedding_like(CHUNK + BLOCK, d, 22));
-        let sq_norms = squared_norms(&bank, d);
-        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
-        assert!(SEGMENTS * screen.kcs > 2 * DEPTH_BLOCK && SEGMENTS * screen.kcs % DEPTH_BLOCK != 0);
-        // SAFETY: the screening bank exists, so AMX is usable.
-        let tiles = unsafe { Tiles::configure() };
-        let q16 = split_queries(&queries, d, screen.kcs);
-        let (depth, width) = (SEGMENTS * screen.kcs, SEGMENTS * screen.kcs * TILE_K);
-        // The second chunk: 32 rows.
-        let mut blocked = TileBuf::zeroed(2 * BLOCK * CHUNK);
-        chunk_products(&tiles, &q16, &screen, CHUNK, BLOCK, &mut blocked);
-        let mut whole = TileBuf::<f32>::zeroed(2 * BLOCK * BLOCK);
-        for qb in [0, BLOCK] {
-            // SAFETY: rows qb..qb+32 of q16 exist; bank groups CHUNK/16 and the next hold `depth`
-            // tiles each; `whole` has rows qb..qb+32 of 32 f32.
-            unsafe {
-                tiles.block_32x32(
-                    q16.as_ptr().add(qb * width),
-                    width * 2,
-                    screen.packed.as_ptr().add(CHUNK / TILE_ROWS * depth * B_TILE_LEN),
-                    depth * B_TILE_LEN,
-                    depth,
-                    whole.as_mut_ptr().add(qb * BLOCK),
-                    BLOCK * 4,
-                    false,
-                );
-            }
-        }
-        for r in 0..2 * BLOCK {
-            let got: Vec<u32> = blocked[r * CHUNK..][..BLOCK].iter().map(|x| x.to_bits()).collect();
-            let want: Vec<u32> = whole[r * BLOCK..][..BLOCK].iter().map(|x| x.to_bits()).collect();
-            assert_eq!(got, want, "query {r}");
-        }
     }
 
     #[test]
