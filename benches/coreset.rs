@@ -60,7 +60,7 @@ fn brute_force(rows: &[f32], dim: usize, n_select: usize, start: usize) -> Vec<u
 }
 
 fn bench(c: &mut Criterion) {
-    let backend = CpuBackend;
+    let backend = CpuBackend::default();
     let select = |rows: &Tensor, n_select: usize| backend.coreset(black_box(rows), n_select, 0).expect("coreset");
     let mut g = c.benchmark_group("coreset");
     // Flat sampling: 10 samples of equally many iterations (criterion's default linear ramp

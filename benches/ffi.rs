@@ -51,8 +51,8 @@ fn fit(arch: Architecture, weights: &dyn WeightSource, dir: &Path) -> PathBuf {
         .collect();
     let options =
         FitOptions { preprocess: arch.preprocess(SIDE as usize, None).unwrap(), ratio: 1.0, ..FitOptions::default() };
-    let backbone = Backbone::load(&CpuBackend, arch, ConvOrigin::Torchvision(weights)).unwrap();
-    let model = PatchCore::fit(CpuBackend, backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();
+    let backbone = Backbone::load(&CpuBackend::default(), arch, ConvOrigin::Torchvision(weights)).unwrap();
+    let model = PatchCore::fit(CpuBackend::default(), backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();
     let path = dir.join(format!("{arch}-{SIDE}.patchcore"));
     model.save(&path).unwrap();
     path
@@ -72,7 +72,7 @@ fn time(f: impl FnOnce()) -> f64 {
 }
 
 fn compare(arch: Architecture, path: &Path) {
-    let rust = PatchCore::load(CpuBackend, path).unwrap();
+    let rust = PatchCore::load(CpuBackend::default(), path).unwrap();
     let c_path = CString::new(path.to_str().unwrap()).unwrap();
     let mut handle = std::ptr::null_mut();
     // SAFETY: NUL-terminated strings and a valid out pointer.

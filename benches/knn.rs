@@ -53,14 +53,14 @@ fn images(n: usize, seed: u64) -> Tensor {
 
 /// ResNet-18 layer2+3 patch embeddings of `images`, one row per patch.
 fn embeddings(net: &Backbone<CpuBackend>, images: &Tensor) -> Tensor {
-    let features = net.forward(&CpuBackend, images).expect("forward");
-    let rows = CpuBackend.embed(&[&features[0], &features[1]]).expect("embed");
+    let features = net.forward(&CpuBackend::default(), images).expect("forward");
+    let rows = CpuBackend::default().embed(&[&features[0], &features[1]]).expect("embed");
     let d = *rows.shape.last().expect("rank");
     Tensor::new(vec![rows.data.len() / d, d], rows.data)
 }
 
 fn predict_shape(c: &mut Criterion) {
-    let backend = CpuBackend;
+    let backend = CpuBackend::default();
     match screening_unavailable() {
         None => println!("dispatched: AMX bf16 screening, float64 re-ranking"),
         Some(reason) => println!("dispatched: the f32 search ({reason})"),
@@ -88,7 +88,7 @@ fn predict_shape(c: &mut Criterion) {
 }
 
 fn bench(c: &mut Criterion) {
-    let backend = CpuBackend;
+    let backend = CpuBackend::default();
     let queries = random(NQ, 1);
     let bank_rows = random(M, 2);
     let bank = backend.prepare_bank(&bank_rows).expect("bank");

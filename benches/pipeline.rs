@@ -9,7 +9,7 @@ use common::{median_seconds, sgemm_gflops, wanted};
 use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::flops::FlopCounter;
-use patchcore::backend::{Backend, CpuBackend};
+use patchcore::backend::{Backend, CpuBackend, Precision};
 
 use patchcore::patchcore::{FitOptions, PatchCore};
 use patchcore::rng::SplitMix64;
@@ -31,28 +31,30 @@ fn main() {
     println!("threads: {}", rayon::current_num_threads());
     let reference = sgemm_gflops(256, 4096, 1152, 5);
     println!("plain sgemm 256x4096x1152 (layer3-sized conv at 512 px): {reference:.1} GFLOP/s");
-    let backend = CpuBackend;
+    let backend = CpuBackend::default();
     for (arch, side, batch) in [
         (Architecture::Resnet18, 256, 1),
         (Architecture::Resnet18, 512, 1),
         (Architecture::Resnet18, 256, 8),
         (Architecture::WideResnet50_2, 256, 1),
     ] {
-        let name = format!("forward {arch} {side}px batch {batch}");
-        if !wanted(&name) {
-            continue;
+        for (convs, backend) in arithmetics() {
+            let name = format!("forward {arch} {side}px batch {batch} ({convs})");
+            if !wanted(&name) {
+                continue;
+            }
+            let x = input(batch, side);
+            let net = Backbone::load(&backend, arch, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+            let t = median_seconds(5, || {
+                net.forward(&backend, &x).unwrap();
+            });
+            let gflops = conv_flops(arch, &x) / t / 1e9;
+            println!(
+                "{name}: {:.1} ms/image, {gflops:.1} GFLOP/s over its convolutions ({:.0}% of plain sgemm)",
+                t * 1e3 / batch as f64,
+                100.0 * gflops / reference
+            );
         }
-        let x = input(batch, side);
-        let net = Backbone::load(&backend, arch, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
-        let t = median_seconds(5, || {
-            net.forward(&backend, &x).unwrap();
-        });
-        let gflops = conv_flops(arch, &x) / t / 1e9;
-        println!(
-            "{name}: {:.1} ms/image, {gflops:.1} GFLOP/s over its convolutions ({:.0}% of plain sgemm)",
-            t * 1e3 / batch as f64,
-            100.0 * gflops / reference
-        );
     }
     if wanted("convs") {
         conv_shapes();
@@ -72,9 +74,20 @@ fn main() {
     }
 }
 
-/// ResNet-18's convolution shapes at 512 px, batch 1: our conv2d (im2col + product + epilogue)
-/// against plain sgemm on the product it performs, to separate the shape's own efficiency
-/// from what the convolution adds.
+/// The CPU's convolution arithmetics this machine has: f32 im2col + sgemm always; where it has
+/// AMX, split bf16 tiles (the default there) and bf16 tiles (`--precision bf16`).
+fn arithmetics() -> Vec<(&'static str, CpuBackend)> {
+    let mut all = vec![("f32", CpuBackend::portable())];
+    match CpuBackend::new(Precision::Bf16) {
+        Ok(bf16) => all.extend([("split bf16", CpuBackend::default()), ("bf16", bf16)]),
+        Err(e) => println!("tile convolutions skipped: {e}"),
+    }
+    all
+}
+
+/// ResNet-18's convolution shapes at 512 px, batch 1: our conv2d (im2col + product + epilogue,
+/// or tile products) in each arithmetic against plain sgemm on the product it performs, to
+/// separate the shape's own efficiency from what the convolution adds.
 fn conv_shapes() {
     use patchcore::backend::{Activation, ConvSpec, ConvWeights, Padding};
     for (name, cin, cout, k, stride, side) in [
@@ -95,9 +108,6 @@ fn conv_shapes() {
         let conv = ConvWeights { spec, weight: vec![0.01; cout * cin * k * k], bias: vec![0.0; cout] };
         let x = input(1, side).data.into_iter().cycle().take(cin * side * side).collect::<Vec<f32>>();
         let x = Tensor::new(vec![1, cin, side, side], x);
-        let t = median_seconds(5, || {
-            CpuBackend.conv2d(&x, &conv, None).unwrap();
-        });
         let out = side / stride;
         let flops = 2.0 * (cout * cin * k * k * out * out) as f64;
         let plain = sgemm_gflops(cout, out * out, cin * k * k, 5);
@@ -107,12 +117,14 @@ fn conv_shapes() {
             out * out,
             cin * k * k
         );
-        println!(
-            "conv {name} at {side}px: {:.1} GFLOP/s; plain sgemm {cout}x{}x{}: {plain:.1} GFLOP/s",
-            flops / t / 1e9,
-            out * out,
-            cin * k * k
-        );
+        println!("plain sgemm {cout}x{}x{}: {plain:.1} GFLOP/s", out * out, cin * k * k);
+        for (convs, backend) in arithmetics() {
+            let conv = backend.prepare_conv(&conv).unwrap();
+            let t = median_seconds(5, || {
+                backend.conv2d(&x, &conv, None).unwrap();
+            });
+            println!("conv {name} at {side}px ({convs}): {:.1} GFLOP/s", flops / t / 1e9);
+        }
     }
 }
 
@@ -140,8 +152,9 @@ fn predict_end_to_end() {
         ..FitOptions::default()
     };
     let backbone =
-        Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
-    let model = PatchCore::fit(CpuBackend, backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();
+        Backbone::load(&CpuBackend::default(), Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights))
+            .unwrap();
+    let model = PatchCore::fit(CpuBackend::default(), backbone, &paths, None, &options, &mut |_, _, _| {}).unwrap();
     println!("predict bank: {} rows x {}", model.meta().bank_rows, model.meta().embedding_dim);
     if wanted("predict") {
         for batch in [1, 8] {

@@ -48,7 +48,7 @@ impl Case {
     fn cpu() -> Case {
         Case {
             name: "cpu",
-            backend: AnyBackend::Cpu(CpuBackend),
+            backend: AnyBackend::Cpu(CpuBackend::default()),
             products: EXACT,
             exact_coreset: true,
             precision: None,
@@ -62,6 +62,7 @@ impl Case {
             Precision::F32 => ("cuda f32", EXACT),
             Precision::Tf32 => ("cuda tf32", TENSOR_CORES),
             Precision::F16 => ("cuda f16", TENSOR_CORES),
+            Precision::Bf16 => panic!("bf16 is a CPU precision, not a CUDA case"),
         };
         match CudaBackend::new(0, precision) {
             Ok(b) => Some(Case {
@@ -522,7 +523,14 @@ fn score_matches_the_cpu(case: Case) {
             embedding.data[patch * d + j] = 3.0 * bank_rows.data[bank_row * d + j];
         }
     }
-    let want = CpuBackend.score(&embedding, &CpuBackend.prepare_bank(&bank_rows).unwrap(), [h, w], 9, [32, 48], 4.0);
+    let want = CpuBackend::default().score(
+        &embedding,
+        &CpuBackend::default().prepare_bank(&bank_rows).unwrap(),
+        [h, w],
+        9,
+        [32, 48],
+        4.0,
+    );
     let want = want.unwrap();
     let b = &case.backend;
     let (q, bank) = (b.upload(&embedding).unwrap(), b.prepare_bank(&bank_rows).unwrap());
@@ -599,7 +607,7 @@ fn pipeline_matches_the_cpu(case: Case) {
         let backbone = Backbone::load(&backend, arch, ConvOrigin::Torchvision(&weights)).unwrap();
         PatchCore::fit(backend, backbone, &category.train, Some(&category.test), &options, &mut |_, _, _| {}).unwrap()
     };
-    let reference = fit(AnyBackend::Cpu(CpuBackend));
+    let reference = fit(AnyBackend::Cpu(CpuBackend::default()));
     let model_path = dir.path().join("cpu.patchcore");
     reference.save(&model_path).unwrap();
     let images: Vec<_> = category.test.iter().map(|s| load_rgb(&s.path).unwrap()).collect();

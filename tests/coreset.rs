@@ -17,9 +17,9 @@ fn gaussian_rows(n: usize, d: usize, seed: u64) -> Tensor {
 #[test]
 fn projected_coreset_covers_within_ten_percent_of_exact_greedy() {
     let rows = gaussian_rows(3000, 384, 5);
-    let ours = select(&CpuBackend, &rows, 0.1, 42).unwrap();
+    let ours = select(&CpuBackend::default(), &rows, 0.1, 42).unwrap();
     assert_eq!(ours.len(), 300);
-    let exact = CpuBackend.coreset(&rows, 300, 0).unwrap();
+    let exact = CpuBackend::default().coreset(&rows, 300, 0).unwrap();
     let (r_ours, r_exact) = (covering_radius(&rows, &ours), covering_radius(&rows, &exact));
     assert!(r_ours <= 1.10 * r_exact, "covering radius {r_ours} vs exact greedy {r_exact}");
 }
@@ -27,9 +27,9 @@ fn projected_coreset_covers_within_ten_percent_of_exact_greedy() {
 #[test]
 fn selection_is_reproducible_per_seed() {
     let rows = gaussian_rows(2000, 64, 9);
-    let a = select(&CpuBackend, &rows, 0.1, 7).unwrap();
-    let b = select(&CpuBackend, &rows, 0.1, 7).unwrap();
-    let c = select(&CpuBackend, &rows, 0.1, 8).unwrap();
+    let a = select(&CpuBackend::default(), &rows, 0.1, 7).unwrap();
+    let b = select(&CpuBackend::default(), &rows, 0.1, 7).unwrap();
+    let c = select(&CpuBackend::default(), &rows, 0.1, 8).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c, "another seed starts elsewhere");
 }
@@ -38,8 +38,8 @@ fn selection_is_reproducible_per_seed() {
 fn ratio_outside_the_unit_interval_is_refused() {
     let rows = gaussian_rows(10, 4, 1);
     for ratio in [0.0, -0.1, 1.01, f64::NAN] {
-        let err = select(&CpuBackend, &rows, ratio, 1).unwrap_err().to_string();
+        let err = select(&CpuBackend::default(), &rows, ratio, 1).unwrap_err().to_string();
         assert!(err.contains("--ratio") && err.contains("(0, 1]"), "{err}");
     }
-    assert_eq!(select(&CpuBackend, &rows, 1.0, 1).unwrap(), (0..10).collect::<Vec<u32>>());
+    assert_eq!(select(&CpuBackend::default(), &rows, 1.0, 1).unwrap(), (0..10).collect::<Vec<u32>>());
 }

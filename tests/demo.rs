@@ -22,11 +22,17 @@ fn demo_pipeline_separates_defective_from_good() {
     let category = Category::open(&root).unwrap();
     let arch = Architecture::EfficientnetLite0;
     let weights = SafetensorsFile::bundled_efficientnet_lite0();
-    let backbone = Backbone::load(&CpuBackend, arch, ConvOrigin::Torchvision(&weights)).unwrap();
+    let backbone = Backbone::load(&CpuBackend::default(), arch, ConvOrigin::Torchvision(&weights)).unwrap();
     let options = FitOptions { preprocess: arch.preprocess(128, None).unwrap(), ..FitOptions::default() };
-    let model =
-        PatchCore::fit(CpuBackend, backbone, &category.train, Some(&category.test), &options, &mut |_, _, _| {})
-            .unwrap();
+    let model = PatchCore::fit(
+        CpuBackend::default(),
+        backbone,
+        &category.train,
+        Some(&category.test),
+        &options,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     let metrics = evaluate(&model, &category.test, 8, &mut |_, _, _| {}, &mut |_, _| Ok(())).unwrap().metrics;
     let image = metrics.image_auroc.unwrap();
     let pixel = metrics.pixel_auroc.unwrap();

@@ -43,8 +43,8 @@ fn blocks_match_pytorch_on_hashed_weights() {
     let fx = fixture("efficientnet_lite0.safetensors");
     let shape = [2, 3, 64, 96];
     let input = Tensor::new(shape.to_vec(), tensor(&fx, "input", &shape));
-    let net = Backbone::load(&CpuBackend, ARCH, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
-    let out = net.forward(&CpuBackend, &input).unwrap();
+    let net = Backbone::load(&CpuBackend::default(), ARCH, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+    let out = net.forward(&CpuBackend::default(), &input).unwrap();
     assert_eq!(out[0].shape, vec![2, 40, 8, 12]);
     assert_eq!(out[1].shape, vec![2, 112, 4, 6]);
     assert_close("block4", &out[0].data, &tensor(&fx, "block4", &out[0].shape), TOL);
@@ -56,10 +56,10 @@ fn blocks_match_pytorch_on_hashed_weights() {
 #[test]
 fn bundled_weights_match_pytorch_on_chelsea() {
     let weights = SafetensorsFile::open(&bundled_path()).unwrap();
-    let net = Backbone::load(&CpuBackend, ARCH, ConvOrigin::Torchvision(&weights)).unwrap();
+    let net = Backbone::load(&CpuBackend::default(), ARCH, ConvOrigin::Torchvision(&weights)).unwrap();
     let pre = ARCH.preprocess(128, None).unwrap();
     let input = pre.batch(&[load_rgb(&fixture_path("chelsea.png")).unwrap()]);
-    let out = net.forward(&CpuBackend, &input).unwrap();
+    let out = net.forward(&CpuBackend::default(), &input).unwrap();
     assert_eq!(out[0].shape, vec![1, 40, 16, 16]);
     assert_eq!(out[1].shape, vec![1, 112, 8, 8]);
     assert!(out.iter().all(|t| t.data.iter().all(|v| v.is_finite())));
@@ -98,7 +98,7 @@ fn classifies_chelsea_and_coffee_like_pytorch() {
     let pre = ARCH.preprocess(224, None).unwrap();
     let pictures = [("chelsea.png", 285), ("coffee.png", 967)];
     let images: Vec<_> = pictures.iter().map(|(png, _)| load_rgb(&fixture_path(png)).unwrap()).collect();
-    let logits = efficientnet::classify(&CpuBackend, &full, &pre.batch(&images)).unwrap();
+    let logits = efficientnet::classify(&CpuBackend::default(), &full, &pre.batch(&images)).unwrap();
     assert_eq!(logits.shape, vec![2, 1000]);
     for (i, (png, label)) in pictures.into_iter().enumerate() {
         let ours = &logits.data[i * 1000..(i + 1) * 1000];

@@ -24,13 +24,14 @@ fn model() -> &'static PatchCore<CpuBackend> {
         synthetic_category(dir.path(), 64, 6, 1);
         let train = list_training_images(&dir.path().join("train/good")).unwrap();
         let backbone =
-            Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+            Backbone::load(&CpuBackend::default(), Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights))
+                .unwrap();
         let options = FitOptions {
             preprocess: Architecture::Resnet18.preprocess(64, None).unwrap(),
             ratio: 0.25,
             ..FitOptions::default()
         };
-        PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
+        PatchCore::fit(CpuBackend::default(), backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
     })
 }
 

@@ -251,7 +251,7 @@ fn embed_layer_matches_the_cpu_embedding_bit_for_bit() {
     layers[0].data[17] = f32::INFINITY;
     layers[1].data[40] = f32::NEG_INFINITY;
     layers[2].data[3] = -0.0;
-    let want = CpuBackend.embed(&layers.iter().collect::<Vec<_>>()).unwrap();
+    let want = CpuBackend::default().embed(&layers.iter().collect::<Vec<_>>()).unwrap();
 
     // device.rs `embed`: one launch per layer into its columns of the rows.
     let [b, _, gh, gw] = shapes[0];
@@ -305,7 +305,7 @@ fn blur_matches_the_cpu_anomaly_map_bit_for_bit() {
     for (shape, out_h, out_w) in [([3, 5, 7], 23, 31), ([1, 3, 2], 10, 7)] {
         let mut scores = tensor(&shape, gaussian(shape.iter().product(), 20).iter().map(|v| v.abs()).collect());
         scores.data[1] = -0.0;
-        let want = CpuBackend.anomaly_map(&scores, out_h, out_w, 4.0).unwrap();
+        let want = CpuBackend::default().anomaly_map(&scores, out_h, out_w, 4.0).unwrap();
         let got = emulated_anomaly_map(driver, &scores, out_h, out_w, 4.0);
         assert_same_bits(&format!("anomaly map {shape:?} -> {out_h}x{out_w}"), &got, &want.data);
     }
@@ -416,7 +416,7 @@ fn coreset_f32_selection_equals_the_cpu_selection() {
     ];
     for (what, rows, n_select, start, sms) in cases {
         let started = Instant::now();
-        let want = CpuBackend.coreset(&rows, n_select, start).unwrap();
+        let want = CpuBackend::default().coreset(&rows, n_select, start).unwrap();
         let run = emulated_coreset(driver, &rows, n_select, start, false, sms);
         assert_eq!(run.selected, want, "{what}: the pruned coreset kernels vs CpuBackend::coreset");
         // The distances behind the selection, bit for bit (a selection can survive a rounding difference).
@@ -437,7 +437,7 @@ fn coreset_prunes_most_rows_on_clustered_data() {
     let Some(driver) = driver() else { return };
     let rows = tensor(&[3000, 40], clustered(3000, 40, 12, 36));
     let run = emulated_coreset(driver, &rows, 150, 0, false, SMALL_GPU_SMS);
-    assert_eq!(run.selected, CpuBackend.coreset(&rows, 150, 0).unwrap());
+    assert_eq!(run.selected, CpuBackend::default().coreset(&rows, 150, 0).unwrap());
     println!("coreset clustered: {} of 3000 rows took the full distance in the last step", run.last_candidates);
     assert!(run.last_candidates > 0, "the new centre itself always takes a full distance");
     // Either bound alone leaves more: without the row-level projection test about 200 rows here.
@@ -449,7 +449,7 @@ fn coreset_f16_covers_within_ten_percent_of_the_f32_selection() {
     let Some(driver) = driver() else { return };
     // Offset by 16, where f16 steps are 1/64: the f16 rows round visibly and the selection departs from f32's.
     let rows = tensor(&[2000, 50], gaussian(2000 * 50, 33).iter().map(|v| 16.0 + v).collect());
-    let exact = CpuBackend.coreset(&rows, 100, 99).unwrap();
+    let exact = CpuBackend::default().coreset(&rows, 100, 99).unwrap();
     let half = emulated_coreset(driver, &rows, 100, 99, true, SMALL_GPU_SMS).selected;
     let mut sorted = half.clone();
     sorted.sort_unstable();
@@ -596,9 +596,9 @@ fn knn_matches_the_cpu_search_in_every_precision() {
         // A NaN distance never ranks: bank row 5 is never found, and query 7 finds nothing ((NaN, 0) slots).
         bank[5 * d + 3] = f32::NAN;
         q[7 * d] = f32::NAN;
-        let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+        let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
         for k in ks {
-            let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+            let want = CpuBackend::default().knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
             for (p, tol) in PRECISIONS {
                 let started = Instant::now();
                 let got = emulated_knn(driver, &q, &bank, d, k, p, SMALL_GPU_SMS);
@@ -624,9 +624,9 @@ fn knn_breaks_exact_ties_as_the_cpu_in_every_precision() {
         for j in (0..m - 200).step_by(7) {
             bank.copy_within(j * d..(j + 1) * d, (j + 131) * d); // the same row in another split and list
         }
-        let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+        let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
         for k in [1, 16] {
-            let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+            let want = CpuBackend::default().knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
             for (p, _) in PRECISIONS {
                 let got = emulated_knn(driver, &q, &bank, d, k, p, H200_SMS);
                 assert_same_bits(&format!("knn {p:?} ties d={d} k={k} distances"), &got.0, &want.0);
@@ -653,11 +653,11 @@ fn knn_merges_lists_and_splits_as_the_cpu_where_the_best_rows_crowd_one_list() {
         bank[row * d..(row + 1) * d].iter_mut().for_each(|v| *v = int_in(-1, 1));
     }
     bank.copy_within(5 * d..6 * d, 9 * d);
-    let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+    let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
     for (k, sms) in [(16, SMALL_GPU_SMS), (9, H200_SMS), (1, SMALL_GPU_SMS)] {
         let splits = knn_plan(nq, m, d, k, 4 * sms).unwrap().splits;
         assert!(splits > 1, "k={k}: the bank must split for this test, not {splits} way");
-        let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+        let want = CpuBackend::default().knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
         assert!(want.1.iter().all(|&r| r % 4 == 1 && (r as usize) < KNN_TILE), "the CPU's rows crowd list 1");
         for (p, _) in PRECISIONS {
             let got = emulated_knn(driver, &q, &bank, d, k, p, sms);
@@ -683,10 +683,10 @@ fn knn_leaves_the_slots_it_cannot_fill_as_the_cpu() {
     }
     bank.copy_within(64 * d..65 * d, 65 * d);
     bank.copy_within(3 * d..4 * d, 129 * d);
-    let cpu_bank = CpuBackend.prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+    let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
     for k in [9, 16] {
         assert_eq!(knn_plan(nq, m, d, k, 4 * SMALL_GPU_SMS).unwrap().splits, m.div_ceil(KNN_TILE));
-        let want = CpuBackend.knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
+        let want = CpuBackend::default().knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
         assert_eq!(want.0.iter().filter(|v| v.is_nan()).count(), (nq - 1) * (k - 5) + k, "the CPU's empty slots");
         for (p, _) in PRECISIONS {
             let got = emulated_knn(driver, &q, &bank, d, k, p, SMALL_GPU_SMS);
@@ -1041,16 +1041,16 @@ fn eq7_scores_match_the_cpu_where_the_weight_is_far_from_one() {
     let scaled = |n: usize, seed: u64| gaussian(n, seed).into_iter().map(|v| v / 16.0).collect::<Vec<f32>>();
     let embedding = tensor(&[images * per_image, d], scaled(images * per_image * d, 94));
     let bank_rows = tensor(&[m, d], scaled(m * d, 95));
-    let bank = CpuBackend.prepare_bank(&bank_rows).unwrap();
-    let search = CpuBackend.knn(&embedding, &bank, 1).unwrap();
+    let bank = CpuBackend::default().prepare_bank(&bank_rows).unwrap();
+    let search = CpuBackend::default().knn(&embedding, &bank, 1).unwrap();
     let tops = top_patches(&search.0, per_image);
     let m_star: Vec<u32> = tops.iter().map(|&r| search.1[r as usize]).collect();
     let m_star_rows = bank_rows.gather_rows(&m_star).unwrap();
-    let (_, support) = CpuBackend.knn(&m_star_rows, &bank, k).unwrap();
+    let (_, support) = CpuBackend::default().knn(&m_star_rows, &bank, k).unwrap();
     let got = emulated_score(driver, &search, per_image, &embedding, &bank_rows, &support);
     assert_eq!((got.top_rows, got.m_star), (tops.clone(), m_star));
     assert_same_bits("m* rows", &got.m_star_rows, &m_star_rows.data);
-    let want = CpuBackend.score(&embedding, &bank, [7, 10], k, [7, 10], 4.0).unwrap();
+    let want = CpuBackend::default().score(&embedding, &bank, [7, 10], k, [7, 10], 4.0).unwrap();
     let weights: Vec<f32> = want.scores.iter().zip(&want.max_patch_distances).map(|(s, m)| s / m).collect();
     assert!(weights.iter().all(|&w| w < 0.95), "weights {weights:?}: the scale does not test the softmax");
     let row = |j: &u32| &bank_rows.data[*j as usize * d..][..d];

@@ -16,13 +16,14 @@ fn fit_small(dir: &Path) -> PatchCore<CpuBackend> {
     synthetic_category(dir, 64, 4, 1);
     let train = list_training_images(&dir.join("train/good")).unwrap();
     let backbone =
-        Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+        Backbone::load(&CpuBackend::default(), Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights))
+            .unwrap();
     let options = FitOptions {
         preprocess: Architecture::Resnet18.preprocess(64, None).unwrap(),
         ratio: 0.25,
         ..FitOptions::default()
     };
-    PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
+    PatchCore::fit(CpuBackend::default(), backbone, &train, None, &options, &mut |_, _, _| {}).unwrap()
 }
 
 /// The memory bank holds every training image whether or not a validation set is given: the
@@ -41,8 +42,9 @@ fn fit_without_val_keeps_every_training_image_in_the_bank() {
     };
     let fit = |val: Option<&[patchcore::data::dataset::Sample]>| {
         let backbone =
-            Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
-        PatchCore::fit(CpuBackend, backbone, &train, val, &options, &mut |_, _, _| {}).unwrap()
+            Backbone::load(&CpuBackend::default(), Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights))
+                .unwrap();
+        PatchCore::fit(CpuBackend::default(), backbone, &train, val, &options, &mut |_, _, _| {}).unwrap()
     };
     let (held_out, labelled) = (fit(None), fit(Some(&val)));
     let [h, w] = held_out.meta().grid;
@@ -80,7 +82,7 @@ fn model_file_round_trip_and_refusals() {
     let model = fit_small(&dir.path().join("cat"));
     let path = dir.path().join("m.safetensors");
     model.save(&path).unwrap();
-    let loaded = PatchCore::load(CpuBackend, &path).unwrap();
+    let loaded = PatchCore::load(CpuBackend::default(), &path).unwrap();
     assert_eq!(loaded.meta(), model.meta());
     assert!(model.meta().thresholds_from.contains("held-out"), "{}", model.meta().thresholds_from);
     let img = load_rgb(&dir.path().join("cat/test/square/000.png")).unwrap();
@@ -88,7 +90,7 @@ fn model_file_round_trip_and_refusals() {
     assert_eq!((a.score, a.normalized, a.anomalous), (b.score, b.normalized, b.anomalous));
     assert_eq!(a.map, b.map);
 
-    let err = |p: &Path| PatchCore::load(CpuBackend, p).err().expect("refused").to_string();
+    let err = |p: &Path| PatchCore::load(CpuBackend::default(), p).err().expect("refused").to_string();
 
     let bytes = std::fs::read(&path).unwrap();
     let truncated = dir.path().join("truncated.safetensors");
@@ -143,7 +145,7 @@ fn hashed_resnet18(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 
 fn load_error(path: &Path) -> String {
     let file = SafetensorsFile::open(path).unwrap();
-    Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&file))
+    Backbone::load(&CpuBackend::default(), Architecture::Resnet18, ConvOrigin::Torchvision(&file))
         .err()
         .expect("refused")
         .to_string()

@@ -16,14 +16,14 @@ const TOL: f64 = 1e-4;
 const INPUT: [usize; 4] = [2, 3, 64, 96];
 
 fn backbone(arch: Architecture) -> Backbone<CpuBackend> {
-    Backbone::load(&CpuBackend, arch, ConvOrigin::Torchvision(&HashedWeights)).expect("hashed weights load")
+    Backbone::load(&CpuBackend::default(), arch, ConvOrigin::Torchvision(&HashedWeights)).expect("hashed weights load")
 }
 
 fn check_backbone(arch: Architecture, file: &str) {
     let fx = fixture(file);
     let &[c2, c3] = arch.spec().channels else { panic!("two feature layers") };
     let input = Tensor::new(INPUT.to_vec(), tensor(&fx, "input", &INPUT));
-    let out = backbone(arch).forward(&CpuBackend, &input).unwrap();
+    let out = backbone(arch).forward(&CpuBackend::default(), &input).unwrap();
     assert_eq!(out[0].shape, vec![2, c2, 8, 12]);
     assert_eq!(out[1].shape, vec![2, c3, 4, 6]);
     assert_close("layer2", &out[0].data, &tensor(&fx, "layer2", &out[0].shape), TOL);
@@ -41,8 +41,8 @@ fn wide_resnet50_2_layers_match_torchvision() {
 }
 
 fn embedding_of(input: &Tensor) -> Tensor {
-    let features = backbone(Architecture::Resnet18).forward(&CpuBackend, input).unwrap();
-    CpuBackend.embed(&[&features[0], &features[1]]).unwrap()
+    let features = backbone(Architecture::Resnet18).forward(&CpuBackend::default(), input).unwrap();
+    CpuBackend::default().embed(&[&features[0], &features[1]]).unwrap()
 }
 
 #[test]
@@ -66,11 +66,11 @@ fn scores_and_maps_match_anomalib() {
         };
         let queries = scaled("embedding", &[192, 384]);
         let bank_rows = scaled("bank", &[288, 384]);
-        let bank = CpuBackend.prepare_bank(&bank_rows).unwrap();
-        let (dist, _) = CpuBackend.knn(&queries, &bank, 1).unwrap();
+        let bank = CpuBackend::default().prepare_bank(&bank_rows).unwrap();
+        let (dist, _) = CpuBackend::default().knn(&queries, &bank, 1).unwrap();
         let want_scores: Vec<f32> = tensor(&fx, "patch_scores", &[2, 8, 12]).iter().map(|v| v * scale).collect();
         assert_close("patch scores", &dist, &want_scores, TOL);
-        let got = CpuBackend.score(&queries, &bank, [8, 12], 9, [64, 96], MAP_SIGMA).unwrap();
+        let got = CpuBackend::default().score(&queries, &bank, [8, 12], 9, [64, 96], MAP_SIGMA).unwrap();
         assert_close(key, &got.scores, &tensor(&fx, key, &[2]), TOL);
         let maxima: Vec<f32> = want_scores.chunks(96).map(|p| p.iter().copied().fold(f32::MIN, f32::max)).collect();
         assert_close("max patch distances", &got.max_patch_distances, &maxima, TOL);
@@ -132,7 +132,7 @@ fn cli_default_fit_and_predict_match_anomalib() {
     assert_close("image score", &field("score"), &tensor(&fx, "image_score", &[2]), TOL);
     assert_close("max patch distance", &field("max_patch_distance"), &tensor(&fx, "max_patch_distance", &[2]), TOL);
 
-    let fitted = PatchCore::load(CpuBackend, &model).unwrap();
+    let fitted = PatchCore::load(CpuBackend::default(), &model).unwrap();
     assert_eq!(fitted.meta().bank_rows, 4 * 8 * 8, "every row of the 4 training images");
     let images: Vec<_> = tests.iter().map(|p| load_rgb(p).unwrap()).collect();
     let maps: Vec<f32> = fitted.predict(&images).unwrap().into_iter().flat_map(|p| p.map).collect();

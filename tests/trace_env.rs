@@ -24,10 +24,14 @@ fn the_c_abi_writes_the_trace_patchcore_trace_names_when_a_model_is_freed() {
     synthetic_category(dir.path(), 64, 4, 1);
     let train = list_training_images(&dir.path().join("train/good")).unwrap();
     let backbone =
-        Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+        Backbone::load(&CpuBackend::default(), Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights))
+            .unwrap();
     let options = FitOptions { preprocess: Architecture::Resnet18.preprocess(64, None).unwrap(), ..Default::default() };
     let path = dir.path().join("model.patchcore");
-    PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {}).unwrap().save(&path).unwrap();
+    PatchCore::fit(CpuBackend::default(), backbone, &train, None, &options, &mut |_, _, _| {})
+        .unwrap()
+        .save(&path)
+        .unwrap();
     assert!(trace.exists(), "the fitted model's drop writes the trace");
 
     let mut handle = null_mut();

@@ -36,11 +36,11 @@ impl AnyBackend {
     /// (`cuda_or_fallback`). `Cuda(n)` fails with the reason.
     pub fn open(device: DeviceChoice, precision: Precision, notice: impl FnOnce(&Error)) -> Result<Self> {
         match device {
-            DeviceChoice::Cpu => Ok(AnyBackend::Cpu(CpuBackend)),
+            DeviceChoice::Cpu => CpuBackend::new(precision).map(AnyBackend::Cpu),
             DeviceChoice::Cuda(n) => CudaBackend::new(n, precision).map(AnyBackend::Cuda),
             DeviceChoice::Auto => cuda_or_fallback(
                 CudaBackend::new(0, precision).map(AnyBackend::Cuda),
-                || AnyBackend::Cpu(CpuBackend),
+                || CpuBackend::new(precision).map(AnyBackend::Cpu),
                 notice,
             ),
         }
@@ -50,11 +50,15 @@ impl AnyBackend {
 /// `--device auto`'s rule: CUDA when it opened; `fallback` (after `notice` with the reason)
 /// only when CUDA is unavailable. A GPU that is there but failed is returned as the error:
 /// falling back then would hide a broken driver or device behind a silently slower run.
-fn cuda_or_fallback<T>(cuda: Result<T>, fallback: impl FnOnce() -> T, notice: impl FnOnce(&Error)) -> Result<T> {
+fn cuda_or_fallback<T>(
+    cuda: Result<T>,
+    fallback: impl FnOnce() -> Result<T>,
+    notice: impl FnOnce(&Error),
+) -> Result<T> {
     match cuda {
         Err(e @ Error::CudaUnavailable { .. }) => {
             notice(&e);
-            Ok(fallback())
+            fallback()
         }
         opened_or_failed => opened_or_failed,
     }
@@ -263,7 +267,7 @@ mod tests {
     /// What `cuda_or_fallback` made of `cuda`, and the reason it noticed, if any.
     fn auto(cuda: Result<&'static str>) -> (Result<&'static str>, Option<String>) {
         let mut noticed = None;
-        let chosen = cuda_or_fallback(cuda, || "cpu", |e| noticed = Some(e.to_string()));
+        let chosen = cuda_or_fallback(cuda, || Ok("cpu"), |e| noticed = Some(e.to_string()));
         (chosen, noticed)
     }
 

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod cpu;
 pub mod cuda;
 pub mod flops;
+mod precision;
 
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
@@ -16,7 +17,8 @@ use image::RgbImage;
 
 pub use any::{AnyBackend, AnyBank, AnyConv, AnyTensor};
 pub use cpu::CpuBackend;
-pub use cuda::{CudaBackend, GpuPeak, Mark, Precision, TransferCounts};
+pub use cuda::{CudaBackend, GpuPeak, Mark, TransferCounts};
+pub use precision::Precision;
 
 /// The activation applied after a convolution's bias (and residual).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

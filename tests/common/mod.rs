@@ -90,7 +90,8 @@ pub fn write_hashed_weights(arch: patchcore::backbone::Architecture, path: &std:
         }
     }
     let rec = Recorder(RefCell::new(Vec::new()));
-    Backbone::load(&patchcore::backend::CpuBackend, arch, ConvOrigin::Torchvision(&rec)).expect("hashed backbone");
+    Backbone::load(&patchcore::backend::CpuBackend::default(), arch, ConvOrigin::Torchvision(&rec))
+        .expect("hashed backbone");
     let tensors = rec.0.into_inner();
     write_f32_safetensors(path, &tensors, None);
 }
@@ -160,8 +161,8 @@ pub fn synthetic_category(root: &std::path::Path, size: u32, n_train: usize, n_t
 /// coreset covers its input.
 pub fn covering_radius(rows: &patchcore::Tensor, selected: &[u32]) -> f32 {
     use patchcore::backend::{Backend, CpuBackend};
-    let bank = CpuBackend.prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
-    let (dist, _) = CpuBackend.knn(rows, &bank, 1).unwrap();
+    let bank = CpuBackend::default().prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
+    let (dist, _) = CpuBackend::default().knn(rows, &bank, 1).unwrap();
     dist.into_iter().fold(0.0, f32::max)
 }
 

@@ -123,13 +123,14 @@ mod tests {
             })
             .collect();
         let backbone =
-            Backbone::load(&CpuBackend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).unwrap();
+            Backbone::load(&CpuBackend::default(), Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights))
+                .unwrap();
         let options = FitOptions {
             preprocess: Architecture::Resnet18.preprocess(64, None).unwrap(),
             ratio: 0.25,
             ..FitOptions::default()
         };
-        let core = PatchCore::fit(CpuBackend, backbone, &train, None, &options, &mut |_, _, _| {});
+        let core = PatchCore::fit(CpuBackend::default(), backbone, &train, None, &options, &mut |_, _, _| {});
         std::fs::remove_dir_all(&dir).unwrap();
         core.unwrap()
     }

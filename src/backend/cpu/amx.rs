@@ -1,4 +1,5 @@
-//! Intel AMX (Advanced Matrix Extensions) bf16 tile products, for the kNN's screening pass.
+//! Intel AMX (Advanced Matrix Extensions) bf16 tile products, for the kNN's screening pass and the
+//! convolutions, and the bf16 splitting both use.
 //!
 //! Rust's AMX intrinsics are unstable, so the few instructions are inline assembly. Linux hands out
 //! the 8 KiB tile state only to a process that asks for it (`arch_prctl(ARCH_REQ_XCOMP_PERM)`);
@@ -40,6 +41,36 @@ fn probe() -> Option<&'static str> {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 fn probe() -> Option<&'static str> {
     Some("AMX is used only on x86_64 Linux")
+}
+
+/// x rounded to bf16 (nearest, ties to even) with subnormals flushed to zero, as AMX reads them.
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = half::bf16::from_f32(x).to_bits();
+    if bits & 0x7f80 == 0 {
+        bits & 0x8000
+    } else {
+        bits
+    }
+}
+
+pub fn from_bf16(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// x as hi + lo (+ a residual), both bf16.
+pub fn split(x: f32) -> (u16, u16) {
+    let hi = to_bf16(x);
+    // x - hi is exact in f32: hi is x rounded to fewer bits of the same or a larger exponent.
+    (hi, to_bf16(x - from_bf16(hi)))
+}
+
+/// Inputs beyond this magnitude take the f32 paths: the split's products could overflow where the
+/// kNN bound's arithmetic assumes they do not, and a convolution's sums could.
+const LIMIT: f32 = 1e15;
+
+/// Whether every value is finite and within `LIMIT`, as the bf16 paths require.
+pub fn suitable(values: &[f32]) -> bool {
+    values.iter().all(|x| x.abs() <= LIMIT)
 }
 
 /// A zeroed buffer whose first element is 64-byte aligned, for the tiles' operands and results.

@@ -1,7 +1,9 @@
 //! Convolution as im2col + one matrix product per image and group, with bias, residual and
-//! activation applied in the same pass over the output. Depthwise convolutions (one input
-//! channel per group) skip im2col: a direct loop is cheaper than a product with one row.
+//! activation applied in the same pass over the output, or where the CPU has AMX, as tile
+//! products (`conv_amx`). Depthwise convolutions (one input channel per group) skip im2col: a
+//! direct loop is cheaper than a product with one row.
 
+use super::conv_amx::{self, Arithmetic, PackedConv};
 use super::matmul::{sgemm_views, View};
 use crate::backend::checks::conv_output;
 use crate::backend::{Activation, ConvWeights};
@@ -9,7 +11,24 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
-pub fn conv2d(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Result<Tensor> {
+/// A convolution prepared for the CPU: its weights, and where tiles are to be used and apply,
+/// their packed form.
+pub struct CpuConv {
+    weights: ConvWeights,
+    pub(super) packed: Option<PackedConv>,
+}
+
+impl CpuConv {
+    pub fn new(weights: &ConvWeights, tiles: bool) -> CpuConv {
+        let packed = if tiles { PackedConv::new(weights) } else { None };
+        CpuConv { weights: weights.clone(), packed }
+    }
+}
+
+/// activation(conv(x) + bias + residual): as tile products in `tiles` where the convolution was
+/// packed for them and the input suits them, else through im2col + sgemm (or the depthwise loop).
+pub fn conv2d(x: &Tensor, prepared: &CpuConv, tiles: Option<Arithmetic>, residual: Option<&Tensor>) -> Result<Tensor> {
+    let conv = &prepared.weights;
     let s = &conv.spec;
     let out_shape = conv_output(s, &x.shape, residual.map(|r| &r.shape[..]))?;
     let [_, c, h, w] = x.dims4()?;
@@ -18,7 +37,10 @@ pub fn conv2d(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Resu
     let (_, pad_left) = s.padding.resolve(w, s.kernel, s.stride);
     let g = Geometry { c, h, w, ho, wo, pad_top, pad_left, k: s.kernel, stride: s.stride };
     let depthwise = s.groups == c && s.groups == s.out_channels && s.groups > 1;
-    let out = if depthwise {
+    let on_tiles = tiles.zip(prepared.packed.as_ref());
+    let out = if let Some(out) = on_tiles.and_then(|(a, packed)| conv_amx::conv2d(x, conv, packed, a, residual, &g)) {
+        out
+    } else if depthwise {
         let mut out = depthwise_direct(x, &conv.weight, &g);
         epilogue(&mut out, conv, residual, ho * wo);
         out
@@ -33,16 +55,16 @@ pub fn conv2d(x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Resu
 /// make wide products, and early layers with large grids never build a huge buffer.
 const BAND_FLOATS: usize = 2 << 20;
 
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
-    pad_top: usize,
-    pad_left: usize,
-    k: usize,
-    stride: usize,
+pub(super) struct Geometry {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub k: usize,
+    pub stride: usize,
 }
 
 impl Geometry {
@@ -177,7 +199,7 @@ fn depthwise_direct(x: &Tensor, weight: &[f32], g: &Geometry) -> Vec<f32> {
 
 /// activation(v + bias + residual): the epilogue every convolution output goes through.
 #[inline]
-fn finish(v: f32, bias: f32, residual: f32, activation: Activation) -> f32 {
+pub(super) fn finish(v: f32, bias: f32, residual: f32, activation: Activation) -> f32 {
     let y = v + bias + residual;
     match activation {
         Activation::None => y,

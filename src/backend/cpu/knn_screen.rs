@@ -14,7 +14,7 @@
 //! 10,240 rows in play per query on ResNet-18 embeddings, whose neighbours lie at about 2% of
 //! |q|^2: the re-ranking then cost more than the f32 search.)
 
-use super::amx::{self, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, from_bf16, split, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
 use rayon::prelude::*;
 
@@ -29,9 +29,6 @@ const SEGMENTS: usize = 3;
 const BLOCK: usize = 2 * TILE_ROWS;
 /// Estimates the fold tests at once (vectorised) before looking at single rows.
 const FOLD_BLOCK: usize = 64;
-/// Inputs beyond this magnitude take the f32 path: their products could overflow where the
-/// bound's arithmetic assumes they do not.
-const LIMIT: f32 = 1e15;
 /// f32's unit roundoff.
 const U32: f32 = f32::EPSILON / 2.0;
 
@@ -47,27 +44,6 @@ pub struct ScreenBank {
     /// Per `CHUNK` of rows: the largest of each term and of the squared norms, for the fold's
     /// quick test.
     chunk_max: Vec<(Split, f32)>,
-}
-
-/// x rounded to bf16 (nearest, ties to even) with subnormals flushed to zero, as AMX reads them.
-fn to_bf16(x: f32) -> u16 {
-    let bits = half::bf16::from_f32(x).to_bits();
-    if bits & 0x7f80 == 0 {
-        bits & 0x8000
-    } else {
-        bits
-    }
-}
-
-fn from_bf16(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
-
-/// x as hi + lo (+ a residual), both bf16.
-fn split(x: f32) -> (u16, u16) {
-    let hi = to_bf16(x);
-    // x - hi is exact in f32: hi is x rounded to fewer bits of the same or a larger exponent.
-    (hi, to_bf16(x - from_bf16(hi)))
 }
 
 /// The norms of a row and its split that the bound needs, in f64, rounded to f32.
@@ -106,10 +82,6 @@ fn write_split(row: &[f32], order: [bool; SEGMENTS], width: usize, mut put: impl
     }
 }
 
-fn suitable(values: &[f32]) -> bool {
-    values.iter().all(|x| x.abs() <= LIMIT)
-}
-
 impl ScreenBank {
     /// The screening form of `rows` (m x d) with their `sq_norms`, or why there is none: no AMX
     /// here, or values that are not finite or too large for the bound (the f32 search takes those).
@@ -117,7 +89,7 @@ impl ScreenBank {
         if let Some(reason) = amx::unavailable_reason() {
             return Err(reason);
         }
-        if !suitable(rows) {
+        if !amx::suitable(rows) {
             return Err("the bank holds values that are not finite or beyond 1e15");
         }
         let m = sq_norms.len();
@@ -229,7 +201,7 @@ pub fn knn_screened(
     assert_eq!(bank_sq_norms.len(), m, "knn_screened: one squared norm per bank row");
     assert_eq!(screen.norms.len(), m, "knn_screened: the screening bank is of another bank");
     debug_assert!(1 <= k && k <= m, "knn_screened: need 1 <= k ({k}) <= bank rows ({m})");
-    if !suitable(queries) {
+    if !amx::suitable(queries) {
         return None;
     }
     if k == 0 || nq == 0 {

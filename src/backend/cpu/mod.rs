@@ -4,6 +4,7 @@
 mod amx;
 mod blur;
 mod conv;
+mod conv_amx;
 mod coreset;
 mod embed;
 mod knn;
@@ -20,15 +21,49 @@ pub use matmul::sgemm;
 pub use score::{reweighted_score, top_patches};
 
 use super::checks::{coreset_args, knn_args, preprocess_args, score_args};
-use super::{Backend, BatchScores, ConvWeights};
+use super::{Backend, BatchScores, ConvWeights, Precision};
 use crate::data::image::Preprocess;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use conv::CpuConv;
+use conv_amx::Arithmetic;
 use image::RgbImage;
 use knn_screen::ScreenBank;
 
-#[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+/// The CPU backend. Where the CPU has AMX-BF16 its convolutions are tile products (`conv_amx`)
+/// in `Arithmetic::Split` by default (within a few f32 roundings of f32) or `Bf16` when asked;
+/// elsewhere, and for `CpuBackend::portable`, f32 im2col + sgemm. The kNN is exact either way.
+#[derive(Clone, Debug)]
+pub struct CpuBackend {
+    tiles: Option<Arithmetic>,
+}
+
+impl Default for CpuBackend {
+    /// The fastest exact arithmetic this CPU has: split bf16 tiles on AMX, else f32.
+    fn default() -> Self {
+        let tiles = amx::unavailable_reason().is_none().then_some(Arithmetic::Split);
+        CpuBackend { tiles }
+    }
+}
+
+impl CpuBackend {
+    /// The backend for `--precision`: `F32` is `default()`, `Bf16` needs AMX-BF16 (an error naming
+    /// why it is unusable otherwise); `Tf32` and `F16` are the GPU's and change nothing here.
+    pub fn new(precision: Precision) -> Result<CpuBackend> {
+        if precision != Precision::Bf16 {
+            return Ok(CpuBackend::default());
+        }
+        match amx::unavailable_reason() {
+            None => Ok(CpuBackend { tiles: Some(Arithmetic::Bf16) }),
+            Some(reason) => Err(Error::option("--precision", format!("bf16 needs AMX on the CPU: {reason}"))),
+        }
+    }
+
+    /// f32 im2col + sgemm on every CPU: the reference the tile paths are tested against.
+    pub fn portable() -> CpuBackend {
+        CpuBackend { tiles: None }
+    }
+}
 
 /// A memory bank on the CPU: the rows and their squared norms, computed once, and where the CPU
 /// has AMX, the bf16 form the kNN screens it with.
@@ -40,11 +75,16 @@ pub struct CpuBank {
 
 impl Backend for CpuBackend {
     type Tensor = Tensor;
-    type Conv = ConvWeights;
+    type Conv = CpuConv;
     type Bank = CpuBank;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        let convs = match self.tiles {
+            Some(Arithmetic::Split) => "convolutions: split bf16 on AMX",
+            Some(Arithmetic::Bf16) => "convolutions: bf16 on AMX",
+            None => "convolutions: f32",
+        };
+        format!("cpu ({} threads, {convs})", rayon::current_num_threads())
     }
 
     fn upload(&self, tensor: &Tensor) -> Result<Tensor> {
@@ -69,12 +109,12 @@ impl Backend for CpuBackend {
         tensor.gather_rows(rows)
     }
 
-    fn prepare_conv(&self, weights: &ConvWeights) -> Result<ConvWeights> {
-        Ok(weights.clone())
+    fn prepare_conv(&self, weights: &ConvWeights) -> Result<CpuConv> {
+        Ok(CpuConv::new(weights, self.tiles.is_some()))
     }
 
-    fn conv2d(&self, x: &Tensor, conv: &ConvWeights, residual: Option<&Tensor>) -> Result<Tensor> {
-        conv::conv2d(x, conv, residual)
+    fn conv2d(&self, x: &Tensor, conv: &CpuConv, residual: Option<&Tensor>) -> Result<Tensor> {
+        conv::conv2d(x, conv, self.tiles, residual)
     }
 
     fn max_pool(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {

@@ -11,13 +11,13 @@ use super::launch::{
 };
 use super::launch::{coreset_scan_config, CORESET_PROJ};
 use super::probe::unwind_to_unavailable;
-use super::{probe, Precision, TransferCounts};
+use super::{probe, TransferCounts};
 use crate::backend::checks::{
     conv_output, coreset_args, embed_args, knn_args, map_args, pool_output, preprocess_args, score_args,
 };
 use crate::backend::cpu::gaussian_taps;
 use crate::backend::cpu::{bound_tolerance, distance_eps, prune_factor, Subspace, PROJ};
-use crate::backend::{flops, traced, Activation, Backend, BatchScores, ConvSpec, ConvWeights};
+use crate::backend::{flops, traced, Activation, Backend, BatchScores, ConvSpec, ConvWeights, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::{dims, Tensor};
@@ -195,6 +195,9 @@ impl CudaBackend {
     }
 
     fn open(ordinal: usize, precision: Precision) -> Result<Self> {
+        if precision == Precision::Bf16 {
+            return Err(Error::option("--precision", "bf16 is the CPU's (AMX); the GPU takes f32, tf32 or f16"));
+        }
         probe(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
         // SAFETY: the backend uses one stream, so the stream alone orders every use of every
@@ -405,7 +408,8 @@ impl CudaBackend {
         let mut norms = self.alloc::<f32>(n)?;
         let (n32, d32) = (n as i32, d as i32);
         let kernel = match self.precision {
-            Precision::F32 => &self.kernels.squared_norms_f32,
+            // Bf16 never reaches a CudaBackend: `open` refuses it.
+            Precision::F32 | Precision::Bf16 => &self.kernels.squared_norms_f32,
             Precision::Tf32 => &self.kernels.squared_norms_tf32,
             Precision::F16 => &self.kernels.squared_norms_f16,
         };
@@ -632,8 +636,9 @@ impl CudaBackend {
     fn knn_kernel(&self, k: usize) -> &CudaFunction {
         let kernels = &self.kernels;
         match (self.precision, k == 1) {
-            (Precision::F32, true) => &kernels.knn_partial_f32_k1,
-            (Precision::F32, false) => &kernels.knn_partial_f32_k16,
+            // Bf16 never reaches a CudaBackend: `open` refuses it.
+            (Precision::F32 | Precision::Bf16, true) => &kernels.knn_partial_f32_k1,
+            (Precision::F32 | Precision::Bf16, false) => &kernels.knn_partial_f32_k16,
             (Precision::Tf32, true) => &kernels.knn_partial_tf32_k1,
             (Precision::Tf32, false) => &kernels.knn_partial_tf32_k16,
             (Precision::F16, true) => &kernels.knn_partial_f16_k1,

@@ -32,8 +32,6 @@ pub use probe::probe;
 #[cfg(not(feature = "cuda"))]
 pub use stub::{probe, CudaBackend, Mark};
 
-use crate::error::{Error, Result};
-
 /// A GPU's peak for `patchcore profile` (`CudaBackend::peak`): FP32 from its properties (None
 /// for a compute capability the table predates, or a driver that reports no clock), the best of
 /// a few timed device-to-device copies (read + write), and the bandwidth its properties promise.
@@ -52,29 +50,4 @@ pub struct TransferCounts {
     pub synchronizations: u64,
     pub copies_to_device: u64,
     pub copies_to_host: u64,
-}
-
-/// The arithmetic the GPU may use. `F32` is exact f32 everywhere and matches the CPU backend to
-/// 1e-4; the others trade that for tensor-core speed, and are opt-in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 FMA: cuDNN without tensor-core math, the SIMT distance kernel.
-    #[default]
-    F32,
-    /// TF32 tensor cores (10-bit mantissa, f32 accumulation) for convolutions and distances.
-    Tf32,
-    /// TF32 convolutions; the memory bank, queries and coreset rows in f16, accumulated in f32.
-    F16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "tf32" => Ok(Precision::Tf32),
-            "f16" => Ok(Precision::F16),
-            _ => Err(Error::option("--precision", format!("`{s}`: expected f32, tf32 or f16"))),
-        }
-    }
 }

@@ -1,7 +1,8 @@
 //! The CUDA backend's place in a build without the `cuda` feature: a backend that cannot be
 //! constructed, and a probe that says how to get the real one instead of failing deeper.
 
-use super::{GpuPeak, Precision, TransferCounts};
+use super::{GpuPeak, TransferCounts};
+use crate::backend::Precision;
 use crate::backend::{Backend, BatchScores, ConvWeights};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};

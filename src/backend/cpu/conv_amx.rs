@@ -1,0 +1,370 @@
+//! Convolutions as AMX bf16 tile products, where the CPU has AMX-BF16 (see `amx`).
+//!
+//! The input is converted once per convolution to channels-last (NHWC) bf16, so that the patch
+//! of an output position is `kernel` runs of `kernel * channels` contiguous values, one run per
+//! kernel row: im2col becomes a few copies per position, done for 64 positions at a time in a
+//! task's own buffer (AMX's A operand), and the products run while those rows are in L1/L2. The
+//! weights are packed as B tiles once, when the model loads (`PackedConv`).
+//!
+//! Two precisions (`Arithmetic`):
+//! - `Split`, the default: each value is split as x = hi + lo + r with hi, lo bf16 and
+//!   |r| <= 2^-17 |x|, and a.w is taken as a_hi.w_hi + a_hi.w_lo + a_lo.w_hi, one product three
+//!   times as deep ([a_hi | a_hi | a_lo] against [w_hi | w_lo | w_hi]), as the kNN's screening
+//!   does. Dropping a_lo.w_lo and the residuals leaves each product within 3 2^-18 |a||w|, and
+//!   AMX sums in f32: the output is within (3 2^-18 + gamma_3kk) sum |a||w| of the exact value,
+//!   where the f32 im2col + sgemm is within gamma_kk of it (`tests::split_products_stay_within_the_bound`).
+//! - `Bf16` (opt-in, `--precision bf16`): a_hi.w_hi only, one third of the work, each product within
+//!   about 2^-7 |a||w|.
+
+use super::amx::{self, split, to_bf16, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::conv::{finish, Geometry};
+use crate::backend::ConvWeights;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Rows (output positions) and columns (output channels) of one `Tiles::block_32x32`.
+const BLOCK: usize = 2 * TILE_ROWS;
+/// Output positions per parallel task: 64 positions' split rows of ResNet's layer1 (221 KiB)
+/// stay in L2 while every output channel block is multiplied with them.
+const TASK: usize = 2 * BLOCK;
+
+/// How the tile products approximate the f32 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// hi.hi + hi.lo + lo.hi: within a few f32 roundings of f32's result.
+    Split,
+    /// hi.hi: bf16's 8 significant bits.
+    Bf16,
+}
+
+impl Arithmetic {
+    /// Segments of the A rows: [hi | hi | lo] or [hi].
+    fn segments(self) -> usize {
+        match self {
+            Arithmetic::Split => 3,
+            Arithmetic::Bf16 => 1,
+        }
+    }
+}
+
+/// A convolution's weights as AMX's B operand: per group of 16 output channels, three segments
+/// [hi | lo | hi] of `kcs` packed tiles each over the depth (ky * kernel + kx) * channels + c
+/// (channels-last, as the A rows are), zero-padded to whole tiles and to a multiple of 32 output
+/// channels. `Bf16` reads the first segment only.
+pub struct PackedConv {
+    packed: TileBuf<u16>,
+    kcs: usize,
+    out_pad: usize,
+}
+
+impl PackedConv {
+    /// The packed form of `conv`, or `None` where the tile path does not apply: no usable AMX,
+    /// a grouped convolution, or weights that are not finite or beyond `amx::suitable`'s limit.
+    pub fn new(conv: &ConvWeights) -> Option<PackedConv> {
+        let s = &conv.spec;
+        if amx::unavailable_reason().is_some() || s.groups != 1 || !amx::suitable(&conv.weight) {
+            return None;
+        }
+        let (c, taps) = (s.in_channels, s.kernel * s.kernel);
+        let kcs = (c * taps).div_ceil(TILE_K);
+        let out_pad = s.out_channels.div_ceil(BLOCK) * BLOCK;
+        let group_len = 3 * kcs * B_TILE_LEN;
+        let mut packed = TileBuf::zeroed(out_pad / TILE_ROWS * group_len);
+        for (o, filter) in conv.weight.chunks_exact(c * taps).enumerate() {
+            let group = &mut packed[o / TILE_ROWS * group_len..][..group_len];
+            for (i, &w) in filter.iter().enumerate() {
+                // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c).
+                let depth = i % taps * c + i / taps;
+                let (hi, lo) = split(w);
+                for (segment, v) in [hi, lo, hi].into_iter().enumerate() {
+                    let j = segment * kcs * TILE_K + depth;
+                    // Tile j / 32, pair (j % 32) / 2, channel o % 16, element j % 2.
+                    group[j / TILE_K * B_TILE_LEN + (j % TILE_K) / 2 * 2 * TILE_ROWS + o % TILE_ROWS * 2 + j % 2] = v;
+                }
+            }
+        }
+        Some(PackedConv { packed, kcs, out_pad })
+    }
+}
+
+/// activation(conv(x) + bias + residual) through the tile products, or `None` when `x` holds
+/// values `amx::suitable` refuses (the caller then takes the f32 path, which propagates them).
+pub fn conv2d(
+    x: &Tensor,
+    conv: &ConvWeights,
+    packed: &PackedConv,
+    arithmetic: Arithmetic,
+    residual: Option<&Tensor>,
+    g: &Geometry,
+) -> Option<Vec<f32>> {
+    if !amx::suitable(&x.data) {
+        return None;
+    }
+    let (b, out_c, plane) = (x.shape[0], conv.spec.out_channels, g.ho * g.wo);
+    let input = ChannelsLast::of(x, arithmetic);
+    let segments = arithmetic.segments();
+    let width = segments * packed.kcs * TILE_K;
+    let total = b * plane;
+    let mut out = vec![0.0f32; b * out_c * plane];
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..total.div_ceil(TASK)).into_par_iter().for_each_init(
+        || (TileBuf::<u16>::zeroed(TASK * width), TileBuf::<f32>::zeroed(TASK * packed.out_pad)),
+        |(rows, products), task| {
+            let start = task * TASK;
+            let n = TASK.min(total - start);
+            for (r, row) in rows.chunks_exact_mut(width).take(n).enumerate() {
+                input.patch(start + r, g, packed.kcs * TILE_K, row);
+            }
+            // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
+            let tiles = unsafe { Tiles::configure() };
+            multiply(&tiles, rows, packed, segments, n, products);
+            drop(tiles);
+            let plane_of = |pos: usize| (pos / plane, pos % plane);
+            for o in 0..out_c {
+                let res_o = |image: usize| residual.map(|r| &r.data[(image * out_c + o) * plane..][..plane]);
+                for (r, p) in products.chunks_exact(packed.out_pad).take(n).enumerate() {
+                    let (image, at) = plane_of(start + r);
+                    let res = res_o(image).map_or(0.0, |res| res[at]);
+                    let v = finish(p[o], conv.bias[o], res, conv.spec.activation);
+                    // SAFETY: position start + r of channel o is written by this task only (the
+                    // tasks' position ranges are disjoint), and it lies inside `out`.
+                    unsafe { dst.write((image * out_c + o) * plane + at, v) };
+                }
+            }
+        },
+    );
+    Some(out)
+}
+
+/// products[r][o] = row r of `rows` . output channel o, for the first `n` rows (rounded up to a
+/// `BLOCK`) and every padded output channel.
+fn multiply(tiles: &Tiles, rows: &[u16], packed: &PackedConv, segments: usize, n: usize, products: &mut [f32]) {
+    let width = segments * packed.kcs * TILE_K;
+    let group_len = 3 * packed.kcs * B_TILE_LEN;
+    assert!(rows.len() >= n.div_ceil(BLOCK) * BLOCK * width && products.len() >= rows.len() / width * packed.out_pad);
+    for cb in (0..packed.out_pad).step_by(BLOCK) {
+        for rb in (0..n).step_by(BLOCK) {
+            // SAFETY: rows rb..rb+32 of `rows` (width bf16 each, 64-byte aligned as width is a
+            // multiple of 32) exist by the assert; groups cb/16 and cb/16 + 1 of the packed weights
+            // hold 3 kcs tiles each, of which the first `segments * kcs` are read; products rows
+            // rb..rb+32, columns cb..cb+32 lie inside its rows of out_pad f32.
+            unsafe {
+                tiles.block_32x32(
+                    rows.as_ptr().add(rb * width),
+                    width * 2,
+                    packed.packed.as_ptr().add(cb / TILE_ROWS * group_len),
+                    group_len,
+                    segments * packed.kcs,
+                    products.as_mut_ptr().add(rb * packed.out_pad + cb),
+                    packed.out_pad * 4,
+                );
+            }
+        }
+    }
+}
+
+/// The input in channels-last bf16: `hi` and, for `Split`, `lo`, each [image][y][x][c].
+struct ChannelsLast {
+    hi: Vec<u16>,
+    lo: Vec<u16>,
+    c: usize,
+}
+
+impl ChannelsLast {
+    fn of(x: &Tensor, arithmetic: Arithmetic) -> ChannelsLast {
+        let lo = match arithmetic {
+            Arithmetic::Split => channels_last(x, |v| split(v).1),
+            Arithmetic::Bf16 => Vec::new(),
+        };
+        ChannelsLast { hi: channels_last(x, to_bf16), lo, c: x.shape[1] }
+    }
+
+    /// The A row of output position `pos` (image * ho * wo + oy * wo + ox): per kernel row its
+    /// `kernel * c` values, zero outside the image, in each segment of `width`: [hi | hi | lo]
+    /// for `Split`, [hi] for `Bf16`. Values past the patch (the padding to whole tiles) are
+    /// never written and stay zero.
+    fn patch(&self, pos: usize, g: &Geometry, width: usize, row: &mut [u16]) {
+        let c = self.c;
+        let (image, oy, ox) = (pos / (g.ho * g.wo), pos % (g.ho * g.wo) / g.wo, pos % g.wo);
+        let run = g.k * c;
+        // The taps kx with 0 <= ox * stride + kx - pad_left < w.
+        let left = (g.pad_left.saturating_sub(ox * g.stride)).min(g.k);
+        let right = (g.w + g.pad_left).saturating_sub(ox * g.stride).clamp(left, g.k);
+        let segments: &[(&[u16], usize)] =
+            if self.lo.is_empty() { &[(&self.hi, 0)] } else { &[(&self.hi, 0), (&self.hi, 1), (&self.lo, 2)] };
+        for ky in 0..g.k {
+            let iy = (oy * g.stride + ky).checked_sub(g.pad_top).filter(|&iy| iy < g.h);
+            for &(values, segment) in segments {
+                let dst = &mut row[segment * width + ky * run..][..run];
+                let Some(iy) = iy else {
+                    dst.fill(0);
+                    continue;
+                };
+                dst[..left * c].fill(0);
+                dst[right * c..].fill(0);
+                if right > left {
+                    let ix = ox * g.stride + left - g.pad_left;
+                    let src = &values[((image * g.h + iy) * g.w + ix) * c..][..(right - left) * c];
+                    dst[left * c..right * c].copy_from_slice(src);
+                }
+            }
+        }
+    }
+}
+
+/// `part` of each value of the NCHW `x`, laid out [image][y][x][c].
+fn channels_last(x: &Tensor, part: impl Fn(f32) -> u16 + Sync) -> Vec<u16> {
+    let [_, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let mut out = vec![0u16; x.data.len()];
+    // One task per image row, gathering its channels from the planes.
+    out.par_chunks_mut(w * c).enumerate().for_each(|(iy, row)| {
+        let (image, y) = (iy / h, iy % h);
+        for ci in 0..c {
+            let src = &x.data[((image * c + ci) * h + y) * w..][..w];
+            for (xi, &v) in src.iter().enumerate() {
+                row[xi * c + ci] = part(v);
+            }
+        }
+    });
+    out
+}
+
+/// The output, written by the tasks at disjoint positions.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: the tasks write disjoint elements (each its own output positions) and nothing reads
+// the buffer until they have all finished.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `at` must lie inside the buffer and no other thread may access it concurrently.
+    unsafe fn write(&self, at: usize, v: f32) {
+        // SAFETY: as the caller guarantees.
+        unsafe { *self.0.add(at) = v };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conv::{conv2d, CpuConv};
+    use super::{amx, Arithmetic};
+    use crate::backend::{Activation, ConvSpec, ConvWeights, Padding};
+    use crate::rng::SplitMix64;
+    use crate::tensor::Tensor;
+
+    /// The convolutions the backbones have (stem, 3x3, strided, 1x1 downsample, TF padding), with
+    /// output channels that are not a multiple of 32 and positions that end mid-task.
+    const SHAPES: [(usize, usize, usize, usize, Padding, usize); 6] = [
+        (3, 64, 7, 2, Padding::Symmetric(3), 29),
+        (16, 40, 3, 1, Padding::Symmetric(1), 13),
+        (64, 32, 3, 2, Padding::Symmetric(1), 17),
+        (64, 96, 1, 2, Padding::Symmetric(0), 11),
+        (24, 48, 5, 2, Padding::TfSame, 15),
+        (32, 16, 3, 1, Padding::Symmetric(1), 3),
+    ];
+
+    fn random(n: usize, scale: f64, rng: &mut SplitMix64) -> Vec<f32> {
+        (0..n).map(|_| (scale * rng.normal()) as f32).collect()
+    }
+
+    /// The exact result in float64 and, per output, sum |a||w| (the scale of its rounding).
+    fn float64(x: &Tensor, conv: &ConvWeights, residual: &Tensor) -> (Vec<f64>, Vec<f64>) {
+        let s = &conv.spec;
+        let [b, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+        let (ho, top) = s.padding.resolve(h, s.kernel, s.stride);
+        let (wo, left) = s.padding.resolve(w, s.kernel, s.stride);
+        let (mut exact, mut scale) = (Vec::new(), Vec::new());
+        for (image, o, oy, ox) in (0..b)
+            .flat_map(|i| (0..s.out_channels).map(move |o| (i, o)))
+            .flat_map(|(i, o)| (0..ho).flat_map(move |y| (0..wo).map(move |x| (i, o, y, x))))
+        {
+            let (mut sum, mut abs) = (conv.bias[o] as f64, 0.0);
+            for ci in 0..c {
+                for ky in 0..s.kernel {
+                    for kx in 0..s.kernel {
+                        let (iy, ix) = (
+                            (oy * s.stride + ky) as isize - top as isize,
+                            (ox * s.stride + kx) as isize - left as isize,
+                        );
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let a = x.data[((image * c + ci) * h + iy as usize) * w + ix as usize] as f64;
+                        let wt = conv.weight[((o * c + ci) * s.kernel + ky) * s.kernel + kx] as f64;
+                        (sum, abs) = (sum + a * wt, abs + (a * wt).abs());
+                    }
+                }
+            }
+            sum += residual.data[((image * s.out_channels + o) * ho + oy) * wo + ox] as f64;
+            exact.push(sum.max(0.0));
+            scale.push(abs);
+        }
+        (exact, scale)
+    }
+
+    /// Each arithmetic against float64, within its bound times `slack` (as documented in the
+    /// module: u = 2^-24, gamma_n = n u / (1 - n u); the epilogue adds 2 roundings of the result).
+    fn check(arithmetic: Option<Arithmetic>) {
+        let mut rng = SplitMix64::new(5);
+        for (c, out, k, stride, padding, side) in SHAPES {
+            let spec = ConvSpec {
+                in_channels: c,
+                out_channels: out,
+                kernel: k,
+                stride,
+                padding,
+                groups: 1,
+                activation: Activation::Relu,
+            };
+            let conv =
+                ConvWeights { spec, weight: random(out * c * k * k, 0.2, &mut rng), bias: random(out, 0.5, &mut rng) };
+            let x = Tensor::new(vec![3, c, side, side], random(3 * c * side * side, 1.0, &mut rng));
+            let (ho, _) = padding.resolve(side, k, stride);
+            let residual = Tensor::new(vec![3, out, ho, ho], random(3 * out * ho * ho, 1.0, &mut rng));
+            let prepared = CpuConv::new(&conv, arithmetic.is_some());
+            assert_eq!(prepared.packed.is_some(), arithmetic.is_some(), "the tile path must be the one tested");
+            let got = conv2d(&x, &prepared, arithmetic, Some(&residual)).unwrap();
+            let (exact, scale) = float64(&x, &conv, &residual);
+            let u = f64::from(f32::EPSILON) / 2.0;
+            let kk = (c * k * k) as f64;
+            let gamma = |n: f64| n * u / (1.0 - n * u);
+            let per_product = match arithmetic {
+                None => gamma(kk),
+                Some(Arithmetic::Split) => 3.0 * 2f64.powi(-18) + gamma(3.0 * kk),
+                // hi within 2^-9 |x| of x: each product within (2^-8 + 2^-18) |a||w|.
+                Some(Arithmetic::Bf16) => 2f64.powi(-8) + 2f64.powi(-18) + gamma(kk),
+            };
+            let mut worst = 0f64;
+            for ((&g, &e), &s) in got.data.iter().zip(&exact).zip(&scale) {
+                let bound = per_product * s + 3.0 * u * (e.abs() + s) + 1e-30;
+                worst = worst.max((g as f64 - e).abs() / bound);
+            }
+            println!("{arithmetic:?} {c}->{out} k{k}/{stride}: largest error / bound {worst:.3}");
+            assert!(worst <= 1.0, "{arithmetic:?} {c}->{out} k{k}/{stride}: error {worst} x its bound");
+        }
+    }
+
+    #[test]
+    fn f32_products_stay_within_the_bound() {
+        check(None);
+    }
+
+    #[test]
+    fn split_products_stay_within_the_bound() {
+        match amx::unavailable_reason() {
+            Some(reason) => println!("skipped: {reason}"),
+            None => check(Some(Arithmetic::Split)),
+        }
+    }
+
+    #[test]
+    fn bf16_products_stay_within_the_bound() {
+        match amx::unavailable_reason() {
+            Some(reason) => println!("skipped: {reason}"),
+            None => check(Some(Arithmetic::Bf16)),
+        }
+    }
+}
