@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use gemm::{gemm, Parallelism};
 use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
-use patchcore::backend::cpu::{knn_topk, screening_unavailable, squared_norms};
+use patchcore::backend::cpu::{amx_unavailable, knn_topk, squared_norms};
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
@@ -61,7 +61,7 @@ fn embeddings(net: &Backbone<CpuBackend>, images: &Tensor) -> Tensor {
 
 fn predict_shape(c: &mut Criterion) {
     let backend = CpuBackend::default();
-    match screening_unavailable() {
+    match amx_unavailable() {
         None => println!("dispatched: AMX bf16 screening, float64 re-ranking"),
         Some(reason) => println!("dispatched: the f32 search ({reason})"),
     }

@@ -28,6 +28,8 @@ fn conv_flops(arch: Architecture, x: &Tensor) -> f64 {
 }
 
 fn main() {
+    // The CLI's allocation policy, so that these rows are what `patchcore predict` gets.
+    patchcore::cli::keep_freed_memory();
     println!("threads: {}", rayon::current_num_threads());
     let reference = sgemm_gflops(256, 4096, 1152, 5);
     println!("plain sgemm 256x4096x1152 (layer3-sized conv at 512 px): {reference:.1} GFLOP/s");

@@ -230,5 +230,5 @@ fn an_unusable_gpu_is_explained_and_auto_falls_back_to_the_cpu() {
     assert_eq!(stderr(&o).matches(&note).count(), 1, "{}", stderr(&o));
     let o = fit(&["--precision", "f64"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("expected f32, tf32 or f16"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("expected f32, tf32, f16 or bf16"), "{}", stderr(&o));
 }

@@ -7,10 +7,13 @@ mod convert;
 mod demo;
 mod eval;
 mod fit;
+mod memory;
 mod options;
 mod predict;
 mod profile;
 mod synth;
+
+pub use memory::keep_freed_memory;
 
 use crate::backend::AnyBackend;
 use crate::error::Result;

@@ -44,20 +44,25 @@ fn probe() -> Option<&'static str> {
 }
 
 /// x rounded to bf16 (nearest, ties to even) with subnormals flushed to zero, as AMX reads them.
+/// Integer arithmetic without branches, so that loops over it vectorise (the conversions of a
+/// convolution's input run over every activation); exact for every x but NaNs whose payload
+/// lies in the low 16 bits only (callers pass `suitable` values).
+#[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
-    let bits = half::bf16::from_f32(x).to_bits();
-    if bits & 0x7f80 == 0 {
-        bits & 0x8000
-    } else {
-        bits
-    }
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + (bits >> 16 & 1)) >> 16) as u16;
+    // A zero exponent field (zero or subnormal) keeps only the sign.
+    let keep = if rounded & 0x7f80 == 0 { 0x8000 } else { 0xffff };
+    rounded & keep
 }
 
+#[inline(always)]
 pub fn from_bf16(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
 /// x as hi + lo (+ a residual), both bf16.
+#[inline(always)]
 pub fn split(x: f32) -> (u16, u16) {
     let hi = to_bf16(x);
     // x - hi is exact in f32: hi is x rounded to fewer bits of the same or a larger exponent.
@@ -68,9 +73,10 @@ pub fn split(x: f32) -> (u16, u16) {
 /// kNN bound's arithmetic assumes they do not, and a convolution's sums could.
 const LIMIT: f32 = 1e15;
 
-/// Whether every value is finite and within `LIMIT`, as the bf16 paths require.
+/// Whether every value is finite and within `LIMIT`, as the bf16 paths require. Without an early
+/// exit, so that it vectorises: it runs over every convolution's input.
 pub fn suitable(values: &[f32]) -> bool {
-    values.iter().all(|x| x.abs() <= LIMIT)
+    values.iter().fold(true, |ok, x| ok & (x.abs() <= LIMIT))
 }
 
 /// A zeroed buffer whose first element is 64-byte aligned, for the tiles' operands and results.
@@ -214,7 +220,30 @@ impl Drop for Tiles {
 
 #[cfg(test)]
 mod tests {
-    use super::TileBuf;
+    use super::{to_bf16, TileBuf};
+
+    #[test]
+    fn bf16_rounding_is_the_half_crates_with_subnormals_flushed() {
+        let mut rng = crate::rng::SplitMix64::new(9);
+        let edges = [
+            0u32,
+            0x8000_0000,
+            0x0000_8000,
+            0x007f_ffff,
+            0x0080_0000,
+            0x3f80_8000,
+            0x3f81_8000,
+            0x7f7f_ffff,
+            0x7f80_0000,
+        ];
+        let random = (0..1_000_000).map(|_| rng.next_u64() as u32);
+        for bits in edges.into_iter().chain(random).filter(|&b| !f32::from_bits(b).is_nan()) {
+            let x = f32::from_bits(bits);
+            let want = half::bf16::from_f32(x).to_bits();
+            let want = if want & 0x7f80 == 0 { want & 0x8000 } else { want };
+            assert_eq!(to_bf16(x), want, "{x:e} ({bits:#010x})");
+        }
+    }
 
     #[test]
     fn tile_buffers_start_a_cache_line() {

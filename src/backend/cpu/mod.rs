@@ -13,7 +13,7 @@ mod matmul;
 mod pool;
 mod score;
 
-pub use amx::unavailable_reason as screening_unavailable;
+pub use amx::unavailable_reason as amx_unavailable;
 pub use blur::gaussian_taps;
 pub use coreset::{bound_tolerance, distance_eps, l2_distance, prune_factor, Subspace, PROJ};
 pub use knn::{knn_topk, squared_norms};
