@@ -232,3 +232,21 @@ fn an_unusable_gpu_is_explained_and_auto_falls_back_to_the_cpu() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("expected f32, tf32, f16 or bf16"), "{}", stderr(&o));
 }
+
+/// `--precision bf16` runs on a CPU with AMX and is refused elsewhere, saying why.
+#[test]
+fn bf16_predicts_where_the_cpu_has_amx_and_is_refused_elsewhere() {
+    let dir = TempDir::new("cli-bf16");
+    let (model, data) = common::fitted_model(&dir, 64);
+    let o = patchcore(&["predict", "--model", s(&model), "--precision", "bf16", s(&data.join("test/square"))]);
+    match patchcore::backend::cpu::amx_unavailable() {
+        None => {
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+        }
+        Some(reason) => {
+            assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+            assert!(stderr(&o).contains(&format!("bf16 needs AMX on the CPU: {reason}")), "{}", stderr(&o));
+        }
+    }
+}
