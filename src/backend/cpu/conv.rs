@@ -55,6 +55,7 @@ pub fn conv2d(x: &Tensor, prepared: &CpuConv, tiles: Option<Arithmetic>, residua
 /// make wide products, and early layers with large grids never build a huge buffer.
 const BAND_FLOATS: usize = 2 << 20;
 
+#[derive(Clone, Copy)]
 pub(super) struct Geometry {
     pub c: usize,
     pub h: usize,
