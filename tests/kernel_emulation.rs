@@ -473,6 +473,7 @@ fn seen(v: f32, p: Precision) -> f32 {
         Precision::Tf32 if v.is_finite() => f32::from_bits((v.to_bits() + 0x1000) & 0xFFFF_E000),
         Precision::Tf32 => v,
         Precision::F16 => f16::from_f32(v).to_f32(),
+        Precision::Bf16 => panic!("bf16 is a CPU precision, not a CUDA kernel's"),
     }
 }
 
@@ -490,6 +491,7 @@ fn emulated_knn(driver: &Path, q: &[f32], bank: &[f32], d: usize, k: usize, p: P
         Precision::F32 => "f32",
         Precision::Tf32 => "tf32",
         Precision::F16 => "f16",
+        Precision::Bf16 => panic!("bf16 is a CPU precision, not a CUDA kernel's"),
     };
     let norms = format!("squared_norms_{precision}");
     let mut s = Script::new("knn");

@@ -367,7 +367,7 @@ pub fn greedy_coreset(rows: &[f32], dim: usize, n_select: usize, start: usize) -
         return Vec::new();
     }
     assert!(
-        dim > 0 && rows.len() % dim == 0,
+        dim > 0 && rows.len().is_multiple_of(dim),
         "greedy_coreset: {} values is not a whole number of {dim}-wide rows",
         rows.len()
     );

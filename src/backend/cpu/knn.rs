@@ -26,7 +26,7 @@ const FOLD_BLOCK: usize = 64;
 /// cancellation-prone |q|^2 - 2 q.m + |m|^2.
 pub fn squared_norms(rows: &[f32], d: usize) -> Vec<f32> {
     assert!(
-        d > 0 && rows.len() % d == 0,
+        d > 0 && rows.len().is_multiple_of(d),
         "squared_norms: {} values is not a whole number of {d}-wide rows",
         rows.len()
     );
@@ -58,7 +58,10 @@ pub fn nearest(queries: &[f32], bank: &CpuBank, d: usize, k: usize) -> (Vec<f32>
 /// tasks run at once. At nq = 4096, d = 384: about 3.4 MiB per task, 7 MiB on 2 threads and
 /// 55 MiB at most on any thread count (16 tasks).
 pub fn knn_topk(queries: &[f32], bank: &[f32], bank_sq_norms: &[f32], d: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
-    assert!(d > 0 && queries.len() % d == 0 && bank.len() % d == 0, "knn_topk: inputs are not whole {d}-wide rows");
+    assert!(
+        d > 0 && queries.len().is_multiple_of(d) && bank.len().is_multiple_of(d),
+        "knn_topk: inputs are not whole {d}-wide rows"
+    );
     let (nq, m) = (queries.len() / d, bank.len() / d);
     assert_eq!(bank_sq_norms.len(), m, "knn_topk: one squared norm per bank row");
     assert!(m <= u32::MAX as usize, "knn_topk: bank indices must fit in u32");

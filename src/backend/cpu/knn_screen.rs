@@ -196,7 +196,10 @@ pub fn knn_screened(
     d: usize,
     k: usize,
 ) -> Option<(Vec<f32>, Vec<u32>)> {
-    assert!(d > 0 && queries.len() % d == 0 && bank.len() % d == 0, "knn_screened: inputs are not whole {d}-wide rows");
+    assert!(
+        d > 0 && queries.len().is_multiple_of(d) && bank.len().is_multiple_of(d),
+        "knn_screened: inputs are not whole {d}-wide rows"
+    );
     let (nq, m) = (queries.len() / d, bank.len() / d);
     assert_eq!(bank_sq_norms.len(), m, "knn_screened: one squared norm per bank row");
     assert_eq!(screen.norms.len(), m, "knn_screened: the screening bank is of another bank");
@@ -297,7 +300,7 @@ fn chunk_products(tiles: &Tiles, q16: &[u16], screen: &ScreenBank, b0: usize, tb
     let kcs = screen.kcs;
     let width = kcs * TILE_K;
     let tq_pad = q16.len() / (SEGMENTS * width);
-    assert!(tq_pad % BLOCK == 0 && b0 % BLOCK == 0 && tb <= CHUNK && b0 + tb <= screen.norms.len());
+    assert!(tq_pad.is_multiple_of(BLOCK) && b0.is_multiple_of(BLOCK) && tb <= CHUNK && b0 + tb <= screen.norms.len());
     assert!(dots.len() >= tq_pad * CHUNK);
     for qb in (0..tq_pad).step_by(BLOCK) {
         for bb in (0..tb).step_by(BLOCK) {
