@@ -118,6 +118,29 @@ pub const TILE_K: usize = 32;
 /// One packed B tile: `TILE_K / 2` rows of `TILE_ROWS` bf16 pairs.
 pub const B_TILE_LEN: usize = TILE_K * TILE_ROWS;
 
+/// `rows` rows packed as B tiles (groups of 16 rows, each `tiles` tiles of `B_TILE_LEN`; zero rows
+/// pad the last group up to `groups` groups): `fill(r, depth)` writes row r's `tiles * TILE_K`
+/// values (zeroed before each row). In parallel over the groups.
+pub fn pack_b(rows: usize, groups: usize, tiles: usize, fill: impl Fn(usize, &mut [u16]) + Sync) -> TileBuf<u16> {
+    use rayon::prelude::*;
+    let group_len = tiles * B_TILE_LEN;
+    let mut packed = TileBuf::zeroed(groups * group_len);
+    packed.par_chunks_mut(group_len).enumerate().for_each(|(g, group)| {
+        let mut depth = vec![0u16; tiles * TILE_K];
+        for r in g * TILE_ROWS..((g + 1) * TILE_ROWS).min(rows) {
+            depth.fill(0);
+            fill(r, &mut depth);
+            // Tile t, pair p: row r's elements 2p, 2p + 1 of the tile, at p * 32 + (r % 16) * 2.
+            for (tile, values) in group.chunks_exact_mut(B_TILE_LEN).zip(depth.chunks_exact(TILE_K)) {
+                for (pair, v) in tile.chunks_exact_mut(2 * TILE_ROWS).zip(values.chunks_exact(2)) {
+                    pair[r % TILE_ROWS * 2..][..2].copy_from_slice(v);
+                }
+            }
+        }
+    });
+    packed
+}
+
 /// The tile registers configured for `block_32x32` on this thread, released on drop (so the
 /// thread's context switches stop saving 8 KiB). Only made where `unavailable_reason()` is `None`;
 /// not `Send`, as the configuration belongs to the thread that loaded it.

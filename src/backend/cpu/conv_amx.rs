@@ -70,21 +70,15 @@ impl PackedConv {
         let (c, taps) = (s.in_channels, s.kernel * s.kernel);
         let kcs = (c * taps).div_ceil(TILE_K);
         let out_pad = s.out_channels.div_ceil(BLOCK) * BLOCK;
-        let group_len = 3 * kcs * B_TILE_LEN;
-        let mut packed = TileBuf::zeroed(out_pad / TILE_ROWS * group_len);
-        for (o, filter) in conv.weight.chunks_exact(c * taps).enumerate() {
-            let group = &mut packed[o / TILE_ROWS * group_len..][..group_len];
-            for (i, &w) in filter.iter().enumerate() {
+        let width = kcs * TILE_K;
+        let packed = amx::pack_b(s.out_channels, out_pad / TILE_ROWS, 3 * kcs, |o, depth| {
+            for (i, &w) in conv.weight[o * c * taps..][..c * taps].iter().enumerate() {
                 // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c).
-                let depth = i % taps * c + i / taps;
+                let at = i % taps * c + i / taps;
                 let (hi, lo) = split(w);
-                for (segment, v) in [hi, lo, hi].into_iter().enumerate() {
-                    let j = segment * kcs * TILE_K + depth;
-                    // Tile j / 32, pair (j % 32) / 2, channel o % 16, element j % 2.
-                    group[j / TILE_K * B_TILE_LEN + (j % TILE_K) / 2 * 2 * TILE_ROWS + o % TILE_ROWS * 2 + j % 2] = v;
-                }
+                (depth[at], depth[width + at], depth[2 * width + at]) = (hi, lo, hi);
             }
-        }
+        });
         Some(PackedConv { packed, kcs, out_pad })
     }
 }

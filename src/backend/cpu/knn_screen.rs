@@ -94,17 +94,11 @@ impl ScreenBank {
         }
         let m = sq_norms.len();
         let kcs = d.div_ceil(TILE_K);
-        let group_len = SEGMENTS * kcs * B_TILE_LEN;
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
-        let mut packed = TileBuf::zeroed(groups * group_len);
-        for (j, row) in rows.chunks_exact(d).enumerate() {
-            let group = &mut packed[j / TILE_ROWS * group_len..][..group_len];
-            write_split(row, [true, false, true], kcs * TILE_K, |i, v| {
-                // Tile i / 32, pair (i % 32) / 2, row j % 16, element i % 2.
-                group[i / TILE_K * B_TILE_LEN + (i % TILE_K) / 2 * 2 * TILE_ROWS + j % TILE_ROWS * 2 + i % 2] = v;
-            });
-        }
-        let norms: Vec<Split> = rows.chunks_exact(d).map(Split::of).collect();
+        let packed = amx::pack_b(m, groups, SEGMENTS * kcs, |j, depth| {
+            write_split(&rows[j * d..][..d], [true, false, true], kcs * TILE_K, |i, v| depth[i] = v);
+        });
+        let norms: Vec<Split> = rows.par_chunks_exact(d).map(Split::of).collect();
         let chunk_max = (0..m)
             .step_by(CHUNK)
             .map(|b0| {
