@@ -39,7 +39,7 @@ pub fn squared_norms(rows: &[f32], d: usize) -> Vec<f32> {
 pub fn nearest(queries: &[f32], bank: &CpuBank, d: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
     bank.screen
         .as_ref()
-        .and_then(|screen| knn_screened(queries, &bank.rows.data, &bank.sq_norms, screen, d, k))
+        .and_then(|screen| knn_screened(queries, &bank.rows.data, screen, d, k))
         .unwrap_or_else(|| knn_topk(queries, &bank.rows.data, &bank.sq_norms, d, k))
 }
 

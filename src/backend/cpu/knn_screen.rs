@@ -16,6 +16,7 @@
 
 use super::amx::{self, from_bf16, split, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
+use super::knn_chunks::{cluster_order, Balls};
 use rayon::prelude::*;
 
 /// Queries per parallel task, as `knn_topk`'s `TILE_Q`: the bf16 bank is streamed once per task.
@@ -44,6 +45,12 @@ pub struct ScreenBank {
     /// Per `CHUNK` of rows: the largest of each term and of the squared norms, for the fold's
     /// quick test.
     chunk_max: Vec<(Split, f32)>,
+    /// The rows are held in `cluster_order`, so that each chunk is a tight ball (`balls`) that a
+    /// block of queries can skip whole: `order[i]` is the bank row at position i, `sq_norms[i]`
+    /// its squared norm.
+    order: Vec<u32>,
+    sq_norms: Vec<f32>,
+    balls: Balls,
 }
 
 /// The norms of a row and its split that the bound needs, in f64, rounded to f32.
@@ -94,11 +101,14 @@ impl ScreenBank {
         }
         let m = sq_norms.len();
         let kcs = d.div_ceil(TILE_K);
+        let order = cluster_order(rows, d, CHUNK);
+        let ordered: Vec<f32> = order.iter().flat_map(|&j| &rows[j as usize * d..][..d]).copied().collect();
+        let sq_norms: Vec<f32> = order.iter().map(|&j| sq_norms[j as usize]).collect();
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
         let packed = amx::pack_b(m, groups, SEGMENTS * kcs, |j, depth| {
-            write_split(&rows[j * d..][..d], [true, false, true], kcs * TILE_K, |i, v| depth[i] = v);
+            write_split(&ordered[j * d..][..d], [true, false, true], kcs * TILE_K, |i, v| depth[i] = v);
         });
-        let norms: Vec<Split> = rows.par_chunks_exact(d).map(Split::of).collect();
+        let norms: Vec<Split> = ordered.par_chunks_exact(d).map(Split::of).collect();
         let chunk_max = (0..m)
             .step_by(CHUNK)
             .map(|b0| {
@@ -107,7 +117,8 @@ impl ScreenBank {
                 (split, sq_norms[b0..end].iter().copied().fold(0f32, f32::max))
             })
             .collect();
-        Ok(ScreenBank { packed, kcs, norms, chunk_max })
+        let balls = Balls::new(&ordered, d, CHUNK);
+        Ok(ScreenBank { packed, kcs, norms, chunk_max, order, sq_norms, balls })
     }
 }
 
@@ -185,7 +196,6 @@ impl Running {
 pub fn knn_screened(
     queries: &[f32],
     bank: &[f32],
-    bank_sq_norms: &[f32],
     screen: &ScreenBank,
     d: usize,
     k: usize,
@@ -195,7 +205,6 @@ pub fn knn_screened(
         "knn_screened: inputs are not whole {d}-wide rows"
     );
     let (nq, m) = (queries.len() / d, bank.len() / d);
-    assert_eq!(bank_sq_norms.len(), m, "knn_screened: one squared norm per bank row");
     assert_eq!(screen.norms.len(), m, "knn_screened: the screening bank is of another bank");
     debug_assert!(1 <= k && k <= m, "knn_screened: need 1 <= k ({k}) <= bank rows ({m})");
     if !amx::suitable(queries) {
@@ -212,7 +221,7 @@ pub fn knn_screened(
             let qs = &queries[t * TILE_Q * d..][..tile_d.len() / k * d];
             // SAFETY: `screen` exists, so `amx::unavailable_reason()` returned `None`.
             let tiles = unsafe { Tiles::configure() };
-            let found = search_tile(&tiles, qs, bank, bank_sq_norms, screen, d, k);
+            let found = search_tile(&tiles, qs, bank, screen, d, k);
             for (r, row) in found.iter().enumerate() {
                 for (s, &(sq, j)) in row.iter().enumerate() {
                     // The float64 distance rounded to f32 once.
@@ -225,36 +234,46 @@ pub fn knn_screened(
 }
 
 /// One task's queries: per query its k neighbours as (squared distance in float64, row), ascending.
+/// The chunks are visited nearest first (by the task's mean lower bound), so that the running
+/// thresholds fall early, and a block of 32 queries skips a chunk whose ball all its queries'
+/// thresholds already exclude.
 fn search_tile(
     tiles: &Tiles,
     qs: &[f32],
     bank: &[f32],
-    bank_sq_norms: &[f32],
     screen: &ScreenBank,
     d: usize,
     k: usize,
 ) -> Vec<Vec<(f64, u32)>> {
-    let (tq, m) = (qs.len() / d, bank_sq_norms.len());
+    let (tq, m, chunks) = (qs.len() / d, screen.sq_norms.len(), screen.balls.len());
     let q16 = split_queries(qs, d, screen.kcs);
     let q_sq = squared_norms(qs, d);
     let bounds = query_bounds(qs, &q16, &q_sq, d, screen.kcs);
-    let tq_pad = q16.len() / (SEGMENTS * screen.kcs * TILE_K);
+    let lower = screen.balls.lower_bounds(qs, &q_sq, d);
+    let mut visit: Vec<(f32, usize)> =
+        (0..chunks).map(|c| ((0..tq).map(|q| lower[q * chunks + c]).sum::<f32>(), c)).collect();
+    visit.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let mut running: Vec<Running> =
         (0..tq).map(|_| Running { upper: vec![f32::INFINITY; k], candidates: Vec::new() }).collect();
-    let mut dots = TileBuf::zeroed(tq_pad * CHUNK);
-    for (chunk, b0) in (0..m).step_by(CHUNK).enumerate() {
-        let tb = CHUNK.min(m - b0);
-        chunk_products(tiles, &q16, screen, b0, tb, &mut dots);
-        let rows = b0..b0 + tb;
+    let mut dots = TileBuf::zeroed(q16.len() / (SEGMENTS * screen.kcs * TILE_K) * CHUNK);
+    for (_, chunk) in visit {
+        let b0 = chunk * CHUNK;
+        let rows = b0..(b0 + CHUNK).min(m);
+        // Queries that the ball does not rule out (lower bound at most their threshold).
+        let open = |q: usize| lower[q * chunks + chunk] <= running[q].threshold();
+        let blocks: Vec<usize> = (0..tq).step_by(BLOCK).filter(|&qb| (qb..(qb + BLOCK).min(tq)).any(open)).collect();
+        chunk_products(tiles, &q16, screen, b0, rows.len(), &blocks, &mut dots);
         let bank_chunk = BankChunk {
-            base: b0 as u32,
-            sq_norms: &bank_sq_norms[rows.clone()],
-            norms: &screen.norms[rows],
+            rows: &screen.order[rows.clone()],
+            sq_norms: &screen.sq_norms[rows.clone()],
+            norms: &screen.norms[rows.clone()],
             max: screen.chunk_max[chunk],
         };
-        for ((row, bound), state) in dots.chunks_exact(CHUNK).zip(&bounds).zip(&mut running) {
-            // SAFETY: the screening bank exists, so the CPU has AVX-512F.
-            unsafe { fold_chunk(&row[..tb], bound, &bank_chunk, state) };
+        for q in blocks.iter().flat_map(|&qb| qb..(qb + BLOCK).min(tq)) {
+            if lower[q * chunks + chunk] <= running[q].threshold() {
+                // SAFETY: the screening bank exists, so the CPU has AVX-512F.
+                unsafe { fold_chunk(&dots[q * CHUNK..][..rows.len()], &bounds[q], &bank_chunk, &mut running[q]) };
+            }
         }
     }
     running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(state, q, bank, d, k)).collect()
@@ -287,16 +306,26 @@ fn query_bounds(qs: &[f32], q16: &[u16], q_sq: &[f32], d: usize, kcs: usize) -> 
 }
 
 /// `dots[r * CHUNK + c]` = the split product of query r of `q16` (from `split_queries`) and bank
-/// row b0 + c, for c < tb.
+/// row b0 + c (in the screened order), for c < tb and the queries of the 32-query `blocks` (each
+/// given by its first query).
 ///
 /// `q16`, the packed bank and `dots` are `TileBuf`s: every tile row then starts a cache line.
-fn chunk_products(tiles: &Tiles, q16: &[u16], screen: &ScreenBank, b0: usize, tb: usize, dots: &mut [f32]) {
+fn chunk_products(
+    tiles: &Tiles,
+    q16: &[u16],
+    screen: &ScreenBank,
+    b0: usize,
+    tb: usize,
+    blocks: &[usize],
+    dots: &mut [f32],
+) {
     let kcs = screen.kcs;
     let width = kcs * TILE_K;
     let tq_pad = q16.len() / (SEGMENTS * width);
     assert!(tq_pad.is_multiple_of(BLOCK) && b0.is_multiple_of(BLOCK) && tb <= CHUNK && b0 + tb <= screen.norms.len());
     assert!(dots.len() >= tq_pad * CHUNK);
-    for qb in (0..tq_pad).step_by(BLOCK) {
+    for &qb in blocks {
+        assert!(qb.is_multiple_of(BLOCK) && qb < tq_pad);
         for bb in (0..tb).step_by(BLOCK) {
             // SAFETY: rows qb..qb+32 of q16 (SEGMENTS * width bf16 each) exist as tq_pad is a
             // multiple of 32; the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and
@@ -317,9 +346,9 @@ fn chunk_products(tiles: &Tiles, q16: &[u16], screen: &ScreenBank, b0: usize, tb
     }
 }
 
-/// The bank rows of one `CHUNK`, as the fold reads them.
+/// The bank rows of one `CHUNK`, as the fold reads them (`rows`: their indices in the bank).
 struct BankChunk<'a> {
-    base: u32,
+    rows: &'a [u32],
     sq_norms: &'a [f32],
     norms: &'a [Split],
     max: (Split, f32),
@@ -348,7 +377,7 @@ unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mu
             let margin = q.margin(chunk.norms[start + j], n);
             let u = state.threshold();
             if estimate - margin <= u {
-                state.candidates.push((chunk.base + (start + j) as u32, estimate - margin));
+                state.candidates.push((chunk.rows[start + j], estimate - margin));
                 if estimate + margin < u {
                     state.offer_upper(estimate + margin);
                 }
@@ -441,7 +470,7 @@ mod tests {
         const SUM_ORDER: f64 = 1e-12;
         let sq_norms = squared_norms(bank, d);
         let Some(screen) = screen_or_skip(bank, &sq_norms, d) else { return };
-        let (got_d, got_i) = knn_screened(queries, bank, &sq_norms, &screen, d, k).expect("finite inputs");
+        let (got_d, got_i) = knn_screened(queries, bank, &screen, d, k).expect("finite inputs");
         assert_eq!((got_d.len(), got_i.len()), (queries.len() / d * k, queries.len() / d * k));
         for (q, qr) in queries.chunks_exact(d).enumerate() {
             let exact: Vec<f64> = bank.chunks_exact(d).map(|m| sq_distance64(qr, m).sqrt()).collect();
@@ -494,6 +523,22 @@ mod tests {
         }
     }
 
+    /// Rows in tight, far-apart clusters, so that the chunks' balls rule most blocks out (as
+    /// `knn_chunks`' tests show of such rows): the answers stay float64's.
+    #[test]
+    fn clustered_banks_stay_exact_while_chunks_are_skipped() {
+        let d = 48;
+        let centres = gaussian(12 * d, 30);
+        let noise = gaussian(12 * 256 * d, 31);
+        let bank: Vec<f32> = (0..12 * 256 * d).map(|i| 40.0 * centres[(i / d) % 12 * d + i % d] + noise[i]).collect();
+        let near = gaussian(100 * d, 32);
+        let queries: Vec<f32> =
+            (0..100 * d).map(|i| bank[(i / d * 37) % (12 * 256) * d + i % d] + 0.5 * near[i]).collect();
+        for k in [1, 9] {
+            check(&queries, &bank, d, k);
+        }
+    }
+
     #[test]
     fn duplicate_rows_tie_to_the_lower_index() {
         let d = 40;
@@ -503,7 +548,7 @@ mod tests {
         let bank: Vec<f32> = order.iter().flat_map(|&r| base[r * d..(r + 1) * d].to_vec()).collect();
         let sq_norms = squared_norms(&bank, d);
         let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
-        let (dist, idx) = knn_screened(&base[d..2 * d], &bank, &sq_norms, &screen, d, 4).expect("finite");
+        let (dist, idx) = knn_screened(&base[d..2 * d], &bank, &screen, d, 4).expect("finite");
         assert_eq!(idx, [1, 3, 4, 6]);
         assert!(dist.iter().all(|&x| x < 1e-2), "{dist:?}");
         check(&base, &bank, d, 7);
@@ -529,18 +574,20 @@ mod tests {
         let q_sq = squared_norms(&queries, d);
         let bounds = query_bounds(&queries, &q16, &q_sq, d, screen.kcs);
         let mut dots = TileBuf::zeroed(BLOCK * CHUNK);
-        chunk_products(&tiles, &q16, &screen, 0, CHUNK, &mut dots);
+        chunk_products(&tiles, &q16, &screen, 0, CHUNK, &[0], &mut dots);
         let mut worst = 0f64;
         for (r, (q, bound)) in queries.chunks_exact(d).zip(&bounds).enumerate() {
-            for (j, m) in bank.chunks_exact(d).enumerate() {
-                let estimate = ((q_sq[r] + sq_norms[j]) - 2.0 * dots[r * CHUNK + j]) as f64;
-                let margin = bound.margin(screen.norms[j], sq_norms[j]) as f64;
+            // Column j is the bank's row order[j] (the screened order).
+            for (j, &row) in screen.order.iter().enumerate() {
+                let m = &bank[row as usize * d..][..d];
+                let estimate = ((q_sq[r] + screen.sq_norms[j]) - 2.0 * dots[r * CHUNK + j]) as f64;
+                let margin = bound.margin(screen.norms[j], screen.sq_norms[j]) as f64;
                 let exact = sq_distance64(q, m);
                 assert!(
                     (estimate - exact).abs() <= margin,
                     "query {r} row {j}: {estimate} vs {exact}, margin {margin}"
                 );
-                let scale = (q_sq[r] as f64 * sq_norms[j] as f64).sqrt();
+                let scale = (q_sq[r] as f64 * screen.sq_norms[j] as f64).sqrt();
                 assert!(margin < 1e-3 * scale, "query {r} row {j}: margin {margin} against |q||m| {scale}");
                 worst = worst.max((estimate - exact).abs() / margin);
             }
@@ -564,7 +611,7 @@ mod tests {
         for bad in [f32::NAN, f32::INFINITY, 1e20] {
             let mut queries = gaussian(3 * d, 2);
             queries[5] = bad;
-            assert!(knn_screened(&queries, &bank, &sq_norms, &screen, d, 2).is_none(), "{bad}");
+            assert!(knn_screened(&queries, &bank, &screen, d, 2).is_none(), "{bad}");
         }
         let mut huge = bank.clone();
         huge[0] = 1e20;

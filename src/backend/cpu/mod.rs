@@ -8,6 +8,7 @@ mod conv_amx;
 mod coreset;
 mod embed;
 mod knn;
+mod knn_chunks;
 mod knn_screen;
 mod matmul;
 mod pool;
