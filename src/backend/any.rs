@@ -25,6 +25,8 @@ pub enum AnyConv {
     Cuda(<CudaBackend as Backend>::Conv),
 }
 
+// One per model, like the backend.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyBank {
     Cpu(<CpuBackend as Backend>::Bank),
     Cuda(<CudaBackend as Backend>::Bank),
