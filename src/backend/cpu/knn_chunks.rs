@@ -6,9 +6,10 @@
 //! radius r >= max |m - c| over its rows (float64, rounded up). For a query q every row m of the
 //! chunk has |q - m| >= |q - c| - r, so once a query's k-th best squared distance so far is below
 //! (|q - c| - r)^2 no row of the chunk can enter its answer. On ResNet-18 embeddings of 256 px
-//! images (a 10,240-row coreset, 40 chunks of 256) the bound, with the true nearest distance,
-//! rules out 54% of the (32-query block, chunk) pairs; in the bank's own order (the coreset's,
-//! which spreads its rows on purpose) 0.1%.
+//! images (a 10,240-row coreset) the bound, given each query's true nearest distance, rules out
+//! 54% of the (32-query block, chunk) pairs with chunks of 256 rows and 68% with 64; in the
+//! bank's own order (the coreset's, which spreads its rows on purpose) 0.1% (a one-off
+//! experiment, docs/PERFORMANCE.md).
 
 use super::matmul::sgemm;
 use rayon::prelude::*;

@@ -21,9 +21,12 @@ use rayon::prelude::*;
 
 /// Queries per parallel task, as `knn_topk`'s `TILE_Q`: the bf16 bank is streamed once per task.
 const TILE_Q: usize = 256;
-/// Bank rows per pass of the tile products: the chunk's split rows (576 KiB at d = 384), the
-/// task's split queries (576 KiB) and the TILE_Q x CHUNK estimates (256 KiB) stay in L2.
-const CHUNK: usize = 256;
+/// Bank rows per pass of the tile products, and per ball a block of queries may skip
+/// (`knn_chunks`): the chunk's split rows (288 KiB at d = 384), the task's split queries (576 KiB)
+/// and the TILE_Q x CHUNK estimates (128 KiB) stay in L2. Predict's search at batch 8 took 412 ms
+/// with chunks of 256 rows, 373 ms with 128 and 380 ms with 64 (tighter balls against more
+/// bounds and passes).
+const CHUNK: usize = 128;
 /// The split rows' segments along the product's depth: [hi | lo | hi] for the bank.
 const SEGMENTS: usize = 3;
 /// Rows and columns of one `Tiles::block_32x32`.
