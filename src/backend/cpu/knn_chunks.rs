@@ -86,7 +86,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + a[tail..].iter().zip(&b[tail..]).map(|(&x, &y)| x * y).sum::<f32>()
 }
 
-/// Per chunk of `chunk` consecutive rows (already in `cluster_order`): centre, |centre|^2, radius.
+/// Per chunk of `chunk` rows of the `cluster_order`: centre, |centre|^2, radius.
 pub struct Balls {
     centres: Vec<f32>,
     sq_norms: Vec<f32>,
@@ -94,20 +94,23 @@ pub struct Balls {
 }
 
 impl Balls {
-    pub fn new(rows: &[f32], d: usize, chunk: usize) -> Balls {
-        let (centres, radii): (Vec<Vec<f32>>, Vec<f32>) = rows
-            .par_chunks(chunk * d)
+    /// The balls of `rows` taken in `order`, `chunk` at a time.
+    pub fn new(rows: &[f32], order: &[u32], d: usize, chunk: usize) -> Balls {
+        let row = |i: &u32| &rows[*i as usize * d..][..d];
+        let (centres, radii): (Vec<Vec<f32>>, Vec<f32>) = order
+            .par_chunks(chunk)
             .map(|group| {
-                let n = (group.len() / d) as f64;
+                let n = group.len() as f64;
                 let mut centre = vec![0f64; d];
-                for r in group.chunks_exact(d) {
+                for r in group.iter().map(row) {
                     for (c, &x) in centre.iter_mut().zip(r) {
                         *c += x as f64 / n;
                     }
                 }
                 let centre: Vec<f32> = centre.iter().map(|&c| c as f32).collect();
                 let radius = group
-                    .chunks_exact(d)
+                    .iter()
+                    .map(row)
                     .map(|r| r.iter().zip(&centre).map(|(&x, &c)| (x as f64 - c as f64).powi(2)).sum::<f64>())
                     .fold(0f64, f64::max)
                     .sqrt();
@@ -178,7 +181,7 @@ mod tests {
             assert!(chunk.iter().all(|&i| i % 4 == chunk[0] % 4), "one cluster per chunk: {chunk:?}");
         }
         let ordered: Vec<f32> = order.iter().flat_map(|&i| &rows[i as usize * d..][..d]).copied().collect();
-        let balls = Balls::new(&ordered, d, size);
+        let balls = Balls::new(&rows, &order, d, size);
         // A query on a row of the first chunk: the other three chunks' bounds exceed its distance
         // to that row, the first chunk's bound is 0.
         let q = &ordered[5 * d..6 * d];
@@ -193,7 +196,7 @@ mod tests {
         let rows = clustered(6, 50, d, 2);
         let order = cluster_order(&rows, d, 64);
         let ordered: Vec<f32> = order.iter().flat_map(|&i| &rows[i as usize * d..][..d]).copied().collect();
-        let balls = Balls::new(&ordered, d, 64);
+        let balls = Balls::new(&rows, &order, d, 64);
         // Queries: rows themselves, points between clusters, far points, large norms.
         let mut rng = SplitMix64::new(3);
         let mut queries: Vec<f32> = rows[..10 * d].to_vec();

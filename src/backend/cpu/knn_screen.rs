@@ -105,13 +105,14 @@ impl ScreenBank {
         let m = sq_norms.len();
         let kcs = d.div_ceil(TILE_K);
         let order = cluster_order(rows, d, CHUNK);
-        let ordered: Vec<f32> = order.iter().flat_map(|&j| &rows[j as usize * d..][..d]).copied().collect();
+        // Row i of the screened order.
+        let row = |i: usize| &rows[order[i] as usize * d..][..d];
         let sq_norms: Vec<f32> = order.iter().map(|&j| sq_norms[j as usize]).collect();
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
-        let packed = amx::pack_b(m, groups, SEGMENTS * kcs, |j, depth| {
-            write_split(&ordered[j * d..][..d], [true, false, true], kcs * TILE_K, |i, v| depth[i] = v);
+        let packed = amx::pack_b(m, groups, SEGMENTS * kcs, |i, depth| {
+            write_split(row(i), [true, false, true], kcs * TILE_K, |i, v| depth[i] = v);
         });
-        let norms: Vec<Split> = ordered.par_chunks_exact(d).map(Split::of).collect();
+        let norms: Vec<Split> = (0..m).into_par_iter().map(|i| Split::of(row(i))).collect();
         let chunk_max = (0..m)
             .step_by(CHUNK)
             .map(|b0| {
@@ -120,7 +121,7 @@ impl ScreenBank {
                 (split, sq_norms[b0..end].iter().copied().fold(0f32, f32::max))
             })
             .collect();
-        let balls = Balls::new(&ordered, d, CHUNK);
+        let balls = Balls::new(rows, &order, d, CHUNK);
         Ok(ScreenBank { packed, kcs, norms, chunk_max, order, sq_norms, balls })
     }
 }
