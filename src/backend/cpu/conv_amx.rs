@@ -18,7 +18,7 @@
 
 use super::amx::{self, split, to_bf16, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::conv::{finish, Geometry};
-use crate::backend::ConvWeights;
+use crate::backend::{Activation, ConvWeights};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -27,8 +27,6 @@ const BLOCK: usize = 2 * TILE_ROWS;
 /// Output positions per parallel task: 64 positions' split rows of ResNet's layer1 (221 KiB)
 /// stay in L2 while every output channel block is multiplied with them.
 const TASK: usize = 2 * BLOCK;
-/// Positions and channels the epilogue transposes at a time (a block in L1).
-const EPILOGUE: usize = 16;
 
 /// How the tile products approximate the f32 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,14 +112,8 @@ pub fn conv2d(
     // per run): fine enough to balance, few enough that the allocations cost nothing.
     let per_run = tasks.div_ceil(4 * rayon::current_num_threads()).max(1);
     (0..tasks).into_par_iter().with_min_len(per_run).for_each_init(
-        || {
-            (
-                TileBuf::<u16>::zeroed(TASK * width),
-                TileBuf::<f32>::zeroed(TASK * packed.out_pad),
-                vec![0f32; TASK * out_c],
-            )
-        },
-        |(rows, products, by_channel), task| {
+        || (TileBuf::<u16>::zeroed(TASK * width), TileBuf::<f32>::zeroed(TASK * packed.out_pad)),
+        |(rows, products), task| {
             let start = task * TASK;
             let n = TASK.min(total - start);
             for (r, row) in rows.chunks_exact_mut(width).take(n).enumerate() {
@@ -131,21 +123,19 @@ pub fn conv2d(
             let tiles = unsafe { Tiles::configure() };
             multiply(&tiles, rows, packed, segments, n, products);
             drop(tiles);
-            write_outputs(products, packed.out_pad, by_channel, start, n, plane, conv, residual, dst);
+            write_outputs(products, packed.out_pad, start, n, plane, conv, residual, dst);
         },
     );
     Some(out)
 }
 
 /// activation(products + bias + residual) of positions [start, start + n) (`products`: `n` rows
-/// of `stride` f32, position-major) into their places in the NCHW output, through `by_channel`
-/// (at least out_channels x TASK f32): the products transposed, so that each channel's positions
-/// are finished in runs as long as the task's.
+/// of `stride` f32, position-major) into their places in the NCHW output: per run of positions
+/// inside one image, channel by channel, so that every write is contiguous (`finish_run`).
 #[allow(clippy::too_many_arguments)]
 fn write_outputs(
     products: &[f32],
     stride: usize,
-    by_channel: &mut [f32],
     start: usize,
     n: usize,
     plane: usize,
@@ -154,16 +144,6 @@ fn write_outputs(
     dst: SharedOut,
 ) {
     let out_c = conv.spec.out_channels;
-    for i0 in (0..n).step_by(EPILOGUE) {
-        for o0 in (0..out_c).step_by(EPILOGUE) {
-            for i in i0..(i0 + EPILOGUE).min(n) {
-                for o in o0..(o0 + EPILOGUE).min(out_c) {
-                    by_channel[o * TASK + i] = products[i * stride + o];
-                }
-            }
-        }
-    }
-    // Per run of positions inside one image, channel by channel: contiguous in the output.
     let mut r0 = 0;
     while r0 < n {
         let (image, at) = ((start + r0) / plane, (start + r0) % plane);
@@ -173,22 +153,66 @@ fn write_outputs(
             // SAFETY: these `len` positions of channel o are written by this task only (the
             // tasks' position ranges are disjoint), and they lie inside `out`.
             let run = unsafe { dst.run(base, len) };
-            let values = &by_channel[o * TASK + r0..][..len];
-            let (bias, activation) = (conv.bias[o], conv.spec.activation);
-            match residual {
-                Some(res) => {
-                    for ((v, &p), &r) in run.iter_mut().zip(values).zip(&res.data[base..base + len]) {
-                        *v = finish(p, bias, r, activation);
-                    }
-                }
-                None => {
-                    for (v, &p) in run.iter_mut().zip(values) {
-                        *v = finish(p, bias, 0.0, activation);
-                    }
-                }
-            }
+            let residual = residual.map(|r| &r.data[base..base + len]);
+            let column = &products[r0 * stride + o..];
+            finish_run(column, stride, run, conv.bias[o], residual, conv.spec.activation);
         }
         r0 += len;
+    }
+}
+
+/// run[i] = finish(column[i * stride], bias, residual[i]): one channel's outputs from the
+/// position-major products. With AVX-512 (every CPU with AMX has it) 16 at a time by a gather
+/// from the products, in L1; the same bits as `finish` one by one (`tests::
+/// gathered_outputs_finish_as_the_scalar_epilogue`).
+fn finish_run(column: &[f32], stride: usize, run: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Activation) {
+    assert!(run.is_empty() || (run.len() - 1) * stride < column.len(), "finish_run: products too short");
+    assert!(residual.is_none_or(|r| r.len() == run.len()) && 16 * stride <= i32::MAX as usize);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected; the asserts bound every access.
+        unsafe { finish_run_avx512(column, stride, run, bias, residual, act) };
+        return;
+    }
+    for (i, v) in run.iter_mut().enumerate() {
+        *v = finish(column[i * stride], bias, residual.map_or(0.0, |r| r[i]), act);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F; `column` must hold (run.len() - 1) * stride + 1 values and
+/// `residual` (if any) run.len(), with 16 * stride within i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_run_avx512(column: &[f32], stride: usize, run: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Activation) {
+    use std::arch::x86_64::*;
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(stride as i32),
+    );
+    let (zero, six, bias) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0), _mm512_set1_ps(bias));
+    for i0 in (0..run.len()).step_by(16) {
+        let mask: __mmask16 = if run.len() - i0 >= 16 { 0xffff } else { (1u16 << (run.len() - i0)) - 1 };
+        // SAFETY (all three): the masked lanes i < run.len() - i0 read column[(i0 + i) * stride],
+        // residual[i0 + i] and write run[i0 + i], inside their slices by the caller's contract.
+        let v = unsafe { _mm512_mask_i32gather_ps::<4>(zero, mask, offsets, column.as_ptr().add(i0 * stride)) };
+        // (v + bias) + residual, residual 0 when there is none, as `finish` adds (+0 turns -0 to 0).
+        let r = match residual {
+            Some(r) => unsafe { _mm512_maskz_loadu_ps(mask, r.as_ptr().add(i0)) },
+            None => zero,
+        };
+        let mut y = _mm512_add_ps(_mm512_add_ps(v, bias), r);
+        y = match act {
+            Activation::None => y,
+            // max(y, 0) returns its second operand for a NaN y, as f32::max does.
+            Activation::Relu => _mm512_max_ps(y, zero),
+            // f32::clamp keeps a NaN: blend it back over min(max(y, 0), 6).
+            Activation::Relu6 => {
+                let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(y, y);
+                _mm512_mask_blend_ps(nan, _mm512_min_ps(_mm512_max_ps(y, zero), six), y)
+            }
+        };
+        unsafe { _mm512_mask_storeu_ps(run.as_mut_ptr().add(i0), mask, y) };
     }
 }
 
@@ -550,6 +574,35 @@ mod tests {
             gather_row(src, c, h * w, step, &mut want_hi, |v| split(v).0);
             gather_row(src, c, h * w, step, &mut want_lo, |v| split(v).1);
             assert_eq!((hi, lo), (want_hi, want_lo), "step {step}");
+        }
+    }
+
+    /// The AVX-512 epilogue writes the same bits as `finish` one output at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn gathered_outputs_finish_as_the_scalar_epilogue() {
+        use super::super::conv::finish;
+        use super::finish_run;
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            println!("skipped: the CPU has no AVX-512F");
+            return;
+        }
+        let mut rng = SplitMix64::new(12);
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 6.0, -6.5, 1e30];
+        let mut value = |i: usize| if i % 5 == 0 { specials[i / 5 % specials.len()] } else { (4.0 * rng.normal()) as f32 };
+        for (len, stride) in [(1, 3), (16, 64), (37, 5), (64, 96)] {
+            let column: Vec<f32> = (0..len * stride).map(&mut value).collect();
+            let residual: Vec<f32> = (0..len).map(|i| value(i + 2)).collect();
+            for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+                for (bias, res) in [(0.5, None), (-0.0, Some(&residual[..])), (f32::INFINITY, Some(&residual[..]))] {
+                    let mut got = vec![7.0f32; len];
+                    finish_run(&column, stride, &mut got, bias, res, act);
+                    let want: Vec<f32> =
+                        (0..len).map(|i| finish(column[i * stride], bias, res.map_or(0.0, |r| r[i]), act)).collect();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{len} x {stride}, {act:?}, bias {bias}");
+                }
+            }
         }
     }
 
