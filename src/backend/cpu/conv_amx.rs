@@ -24,9 +24,17 @@ use rayon::prelude::*;
 
 /// Rows (output positions) and columns (output channels) of one `Tiles::block_32x32`.
 const BLOCK: usize = 2 * TILE_ROWS;
-/// Output positions per parallel task: 64 positions' split rows of ResNet's layer1 (221 KiB)
-/// stay in L2 while every output channel block is multiplied with them.
-const TASK: usize = 2 * BLOCK;
+/// A task's split rows (AMX's A operand) are at most this many bytes, so that they stay in L2
+/// while every output channel block is multiplied with them; a task has 64 to 256 positions.
+/// Shallow convolutions get the long tasks: the stem's (7 x 7 x 3) 256 positions write each
+/// output channel in runs of 1 KiB, where 64 positions wrote runs of 256 bytes into 64 planes
+/// at once, and its epilogue ran at a third of the speed.
+const TASK_BYTES: usize = 256 << 10;
+
+/// Output positions per task for A rows of `width` bf16.
+fn task_rows(width: usize) -> usize {
+    (TASK_BYTES / (2 * width * BLOCK)).clamp(2, 8) * BLOCK
+}
 
 /// How the tile products approximate the f32 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,15 +115,16 @@ pub fn conv2d(
     let total = b * plane;
     let mut out = vec![0.0f32; b * out_c * plane];
     let dst = SharedOut(out.as_mut_ptr());
-    let tasks = total.div_ceil(TASK);
+    let task_rows = task_rows(width);
+    let tasks = total.div_ceil(task_rows);
     // At most 4 runs of tasks per thread, each allocating its buffers once (rayon calls `init`
     // per run): fine enough to balance, few enough that the allocations cost nothing.
     let per_run = tasks.div_ceil(4 * rayon::current_num_threads()).max(1);
     (0..tasks).into_par_iter().with_min_len(per_run).for_each_init(
-        || (TileBuf::<u16>::zeroed(TASK * width), TileBuf::<f32>::zeroed(TASK * packed.out_pad)),
+        || (TileBuf::<u16>::zeroed(task_rows * width), TileBuf::<f32>::zeroed(task_rows * packed.out_pad)),
         |(rows, products), task| {
-            let start = task * TASK;
-            let n = TASK.min(total - start);
+            let start = task * task_rows;
+            let n = task_rows.min(total - start);
             for (r, row) in rows.chunks_exact_mut(width).take(n).enumerate() {
                 input.patch(start + r, g, packed.kcs * TILE_K, row);
             }
@@ -184,7 +193,14 @@ fn finish_run(column: &[f32], stride: usize, run: &mut [f32], bias: f32, residua
 /// `residual` (if any) run.len(), with 16 * stride within i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn finish_run_avx512(column: &[f32], stride: usize, run: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Activation) {
+unsafe fn finish_run_avx512(
+    column: &[f32],
+    stride: usize,
+    run: &mut [f32],
+    bias: f32,
+    residual: Option<&[f32]>,
+    act: Activation,
+) {
     use std::arch::x86_64::*;
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -589,7 +605,8 @@ mod tests {
         }
         let mut rng = SplitMix64::new(12);
         let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 6.0, -6.5, 1e30];
-        let mut value = |i: usize| if i % 5 == 0 { specials[i / 5 % specials.len()] } else { (4.0 * rng.normal()) as f32 };
+        let mut value =
+            |i: usize| if i % 5 == 0 { specials[i / 5 % specials.len()] } else { (4.0 * rng.normal()) as f32 };
         for (len, stride) in [(1, 3), (16, 64), (37, 5), (64, 96)] {
             let column: Vec<f32> = (0..len * stride).map(&mut value).collect();
             let residual: Vec<f32> = (0..len).map(|i| value(i + 2)).collect();
