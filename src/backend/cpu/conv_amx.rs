@@ -578,8 +578,9 @@ mod tests {
         // Ties to even both ways, subnormals (flushed), signed zeros, large and tiny values.
         let edges = [f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), 1e-40, -1e-45, -0.0, 3e38, 1e-30];
         let (c, h, w) = (32, 3, 21);
-        let data: Vec<f32> =
-            (0..c * h * w).map(|i| if i % 7 == 0 { edges[i / 7 % edges.len()] } else { rng.normal() as f32 }).collect();
+        let data: Vec<f32> = (0..c * h * w)
+            .map(|i| if i.is_multiple_of(7) { edges[i / 7 % edges.len()] } else { rng.normal() as f32 })
+            .collect();
         for step in [1, 2] {
             let ws = w.div_ceil(step);
             let src = &data[w..]; // image row 1
@@ -606,7 +607,7 @@ mod tests {
         let mut rng = SplitMix64::new(12);
         let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 6.0, -6.5, 1e30];
         let mut value =
-            |i: usize| if i % 5 == 0 { specials[i / 5 % specials.len()] } else { (4.0 * rng.normal()) as f32 };
+            |i: usize| if i.is_multiple_of(5) { specials[i / 5 % specials.len()] } else { (4.0 * rng.normal()) as f32 };
         for (len, stride) in [(1, 3), (16, 64), (37, 5), (64, 96)] {
             let column: Vec<f32> = (0..len * stride).map(&mut value).collect();
             let residual: Vec<f32> = (0..len).map(|i| value(i + 2)).collect();
