@@ -579,7 +579,7 @@ mod tests {
         let edges = [f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), 1e-40, -1e-45, -0.0, 3e38, 1e-30];
         let (c, h, w) = (32, 3, 21);
         let data: Vec<f32> = (0..c * h * w)
-            .map(|i| if i.is_multiple_of(7) { edges[i / 7 % edges.len()] } else { rng.normal() as f32 })
+            .map(|i: usize| if i.is_multiple_of(7) { edges[i / 7 % edges.len()] } else { rng.normal() as f32 })
             .collect();
         for step in [1, 2] {
             let ws = w.div_ceil(step);
