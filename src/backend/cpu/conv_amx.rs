@@ -10,8 +10,7 @@
 //! Two precisions (`Arithmetic`):
 //! - `Split`, the default: each value is split as x = hi + lo + r with hi, lo bf16 and
 //!   |r| <= 2^-17 |x|, and a.w is taken as a_hi.w_hi + a_hi.w_lo + a_lo.w_hi, one product three
-//!   times as deep ([a_hi | a_hi | a_lo] against [w_hi | w_lo | w_hi]), as the kNN's screening
-//!   does. Dropping a_lo.w_lo and the residuals leaves each product within 3 2^-18 |a||w|, and
+//!   times as deep ([a_hi | a_hi | a_lo] against [w_hi | w_lo | w_hi]). Dropping a_lo.w_lo and the residuals leaves each product within 3 2^-18 |a||w|, and
 //!   AMX sums in f32: the output is within (3 2^-18 + gamma_3kk) sum |a||w| of the exact value,
 //!   where the f32 im2col + sgemm is within gamma_kk of it (`tests::split_products_stay_within_the_bound`).
 //! - `Bf16` (opt-in, `--precision bf16`): a_hi.w_hi only, one third of the work, each product within

@@ -1,20 +1,28 @@
 //! The exact kNN through a bf16 screening pass on AMX, then a float64 re-ranking of the survivors.
 //!
 //! `knn_topk`'s f32 products are nearly all of predict's scoring. AMX multiplies bf16 tiles about
-//! 16x faster than AVX-512 multiplies f32, but bf16 keeps 8 significant bits. Each value is split
-//! into two bf16 (x = hi + lo + a residual of about 2^-17 |x|) and the product is taken as
-//! hi.hi + hi.lo + lo.hi, one AMX product three times as deep ([q_hi | q_hi | q_lo] against
-//! [m_hi | m_lo | m_hi]). Its distances carry a proven bound on how far they can be from the exact
-//! squared distance (see `QueryBound`), about 1e-4 |q||m|; a bank row is kept as a candidate unless
-//! its lower bound exceeds the k-th smallest upper bound, so the candidates always contain the
-//! exact neighbours. They are then ranked by the squared distance summed in float64 (ties to the
-//! lower index), and each distance is rounded to f32 once: the float64 truth rounded, which
+//! 16x faster than AVX-512 multiplies f32, but bf16 keeps 8 significant bits. The rows and queries
+//! are first shifted by the bank's mean row (in float64, where the difference of two f32 is exact):
+//! distances do not change, but CNN embeddings share a large common part (after ReLU every value
+//! is non-negative), so the shifted norms are a fraction of the raw ones (78 against 303 on a
+//! ResNet-18 bank of 10,240 rows). Each shifted value is rounded to bf16 and the products taken
+//! in one AMX pass; the estimated squared distances carry a proven bound on their distance from
+//! the exact ones (see `QueryBound`), about 2^-7 |q'||m'|. A bank row is kept as a candidate
+//! unless its lower bound exceeds the k-th smallest upper bound, so the candidates always contain
+//! the exact neighbours. They are then ranked by the squared distance summed in float64 (ties to
+//! the lower index), and each distance is rounded to f32 once: the float64 truth rounded, which
 //! `knn_topk`'s f32 expanded form approximates within its own rounding (about 4 u (|q|^2 + |m|^2)
-//! in the squared distance). (A single bf16 pass, bound about 6e-3 |q||m|, left 1,800 of
-//! 10,240 rows in play per query on ResNet-18 embeddings, whose neighbours lie at about 2% of
-//! |q|^2: the re-ranking then cost more than the f32 search.)
+//! in the squared distance).
+//!
+//! Why the shift matters: the bound scales with |q'||m'|, the neighbours lie at about 2.6e-3
+//! |m|^2 (unshifted) or 3.6e-2 |m'|^2. Unshifted, one bf16 pass left 1,800 of 10,240 rows in
+//! play per query and the screen had to be three passes deep (each value split into two bf16,
+//! hi.hi + hi.lo + lo.hi, bound about 1e-4 |q||m|); shifted, one pass leaves about 3 (measured on
+//! bank rows as queries), and the search costs half as much (docs/PERFORMANCE.md). Rows that
+//! nearly coincide far from the mean (no coreset, repeated patches) leave more candidates: the
+//! answer stays exact, the re-ranking does more work.
 
-use super::amx::{self, from_bf16, split, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, to_bf16, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
 use super::knn_chunks::{cluster_order, Balls};
 use rayon::prelude::*;
@@ -22,13 +30,11 @@ use rayon::prelude::*;
 /// Queries per parallel task, as `knn_topk`'s `TILE_Q`: the bf16 bank is streamed once per task.
 const TILE_Q: usize = 256;
 /// Bank rows per pass of the tile products, and per ball a block of queries may skip
-/// (`knn_chunks`): the chunk's split rows (288 KiB at d = 384), the task's split queries (576 KiB)
-/// and the TILE_Q x CHUNK estimates (128 KiB) stay in L2. Predict's search at batch 8 took 412 ms
-/// with chunks of 256 rows, 373 ms with 128 and 380 ms with 64 (tighter balls against more
-/// bounds and passes).
+/// (`knn_chunks`): the chunk's bf16 rows (96 KiB at d = 384), the task's bf16 queries (192 KiB)
+/// and the TILE_Q x CHUNK estimates (128 KiB) stay in L2. With three-pass split products,
+/// predict's search at batch 8 took 412 ms with chunks of 256 rows, 373 ms with 128 and 380 ms
+/// with 64 (tighter balls against more bounds and passes).
 const CHUNK: usize = 128;
-/// The split rows' segments along the product's depth: [hi | lo | hi] for the bank.
-const SEGMENTS: usize = 3;
 /// Rows and columns of one `Tiles::block_32x32`.
 const BLOCK: usize = 2 * TILE_ROWS;
 /// Estimates the fold tests at once (vectorised) before looking at single rows.
@@ -38,138 +44,143 @@ const U32: f32 = f32::EPSILON / 2.0;
 
 /// The bank in the form the screening pass reads, built once per model by `ScreenBank::new`.
 pub struct ScreenBank {
-    /// Split rows [hi | lo | hi] in AMX's B layout: per group of 16 rows, `SEGMENTS * kcs` tiles
-    /// of `B_TILE_LEN`; zero rows pad the bank to a whole number of `BLOCK`s and zero columns each
-    /// segment to `kcs * TILE_K`.
+    /// The bank's mean row, by which rows and queries are shifted.
+    shift: Vec<f32>,
+    /// The shifted rows in bf16, in AMX's B layout: per group of 16 rows, `kcs` tiles of
+    /// `B_TILE_LEN`; zero rows pad the bank to a whole number of `BLOCK`s and zero columns each
+    /// row to `kcs * TILE_K`.
     packed: TileBuf<u16>,
     kcs: usize,
-    /// |m_j|, |lo_j| and ||m_j - hi_j - lo_j||: the bound's per-row terms.
-    norms: Vec<Split>,
+    /// |m_j'| and |m_j' - bf16(m_j')|: the bound's per-row terms.
+    norms: Vec<Norms>,
     /// Per `CHUNK` of rows: the largest of each term and of the squared norms, for the fold's
     /// quick test.
-    chunk_max: Vec<(Split, f32)>,
+    chunk_max: Vec<(Norms, f32)>,
     /// The rows are held in `cluster_order`, so that each chunk is a tight ball (`balls`) that a
     /// block of queries can skip whole: `order[i]` is the bank row at position i, `sq_norms[i]`
-    /// its squared norm.
+    /// its shifted squared norm |m'|^2.
     order: Vec<u32>,
     sq_norms: Vec<f32>,
     balls: Balls,
 }
 
-/// The norms of a row and its split that the bound needs, in f64, rounded to f32.
+/// A shifted row's norms that the bound needs, in float64 rounded to f32: |x'|, |x' - h|
+/// (h = bf16(x'), the tail the products drop) and |h|.
 #[derive(Clone, Copy, Default)]
-struct Split {
+struct Norms {
     norm: f32,
-    lo: f32,
-    residual: f32,
+    tail: f32,
+    hi: f32,
 }
 
-impl Split {
-    fn of(row: &[f32]) -> Split {
-        let (mut n, mut l, mut r) = (0f64, 0f64, 0f64);
-        for &x in row {
-            let (hi, lo) = split(x);
-            let lo = from_bf16(lo) as f64;
-            let e = x as f64 - from_bf16(hi) as f64 - lo;
-            (n, l, r) = (n + x as f64 * x as f64, l + lo * lo, r + e * e);
-        }
-        Split { norm: n.sqrt() as f32, lo: l.sqrt() as f32, residual: r.sqrt() as f32 }
-    }
-
-    fn max(self, o: Split) -> Split {
-        Split { norm: self.norm.max(o.norm), lo: self.lo.max(o.lo), residual: self.residual.max(o.residual) }
+impl Norms {
+    fn max(self, o: Norms) -> Norms {
+        Norms { norm: self.norm.max(o.norm), tail: self.tail.max(o.tail), hi: self.hi.max(o.hi) }
     }
 }
 
-/// Writes a row's split into `segments` (`SEGMENTS` segments of `width` values, zero-padded),
-/// as `order` says: true for the hi part, false for the lo part.
-fn write_split(row: &[f32], order: [bool; SEGMENTS], width: usize, mut put: impl FnMut(usize, u16)) {
-    for (i, &x) in row.iter().enumerate() {
-        let (hi, lo) = split(x);
-        for (s, &use_hi) in order.iter().enumerate() {
-            put(s * width + i, if use_hi { hi } else { lo });
-        }
+/// Writes bf16(row - shift) to `put` (index, value) and returns its `Norms` and |row - shift|^2.
+/// row - shift is exact in float64 (for exponents less than 29 apart, else within 2^-53 of
+/// itself, far inside the bound's 1% slack); its rounding to bf16 passes through f32, which stays
+/// within (2^-8 + 2^-24) of the value.
+fn shifted_bf16(row: &[f32], shift: &[f32], mut put: impl FnMut(usize, u16)) -> (Norms, f32) {
+    let (mut n, mut t, mut h) = (0f64, 0f64, 0f64);
+    for (i, (&x, &s)) in row.iter().zip(shift).enumerate() {
+        let v = x as f64 - s as f64;
+        let hi = to_bf16(v as f32);
+        put(i, hi);
+        let hv = amx::from_bf16(hi) as f64;
+        (n, t, h) = (n + v * v, t + (v - hv) * (v - hv), h + hv * hv);
     }
+    (Norms { norm: n.sqrt() as f32, tail: t.sqrt() as f32, hi: h.sqrt() as f32 }, n as f32)
 }
 
 impl ScreenBank {
-    /// The screening form of `rows` (m x d) with their `sq_norms`, or why there is none: no AMX
-    /// here, or values that are not finite or too large for the bound (the f32 search takes those).
-    pub fn new(rows: &[f32], sq_norms: &[f32], d: usize) -> Result<ScreenBank, &'static str> {
+    /// The screening form of `rows` (m x d), or why there is none: no AMX here, or values that are
+    /// not finite or too large for the bound (the f32 search takes those).
+    pub fn new(rows: &[f32], d: usize) -> Result<ScreenBank, &'static str> {
         if let Some(reason) = amx::unavailable_reason() {
             return Err(reason);
         }
         if !amx::suitable(rows) {
             return Err("the bank holds values that are not finite or beyond 1e15");
         }
-        let m = sq_norms.len();
+        let m = rows.len() / d;
         let kcs = d.div_ceil(TILE_K);
+        let shift = mean_row(rows, d);
         let order = cluster_order(rows, d, CHUNK);
         // Row i of the screened order.
         let row = |i: usize| &rows[order[i] as usize * d..][..d];
-        let sq_norms: Vec<f32> = order.iter().map(|&j| sq_norms[j as usize]).collect();
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
-        let packed = amx::pack_b(m, groups, SEGMENTS * kcs, |i, depth| {
-            write_split(row(i), [true, false, true], kcs * TILE_K, |i, v| depth[i] = v);
+        let packed = amx::pack_b(m, groups, kcs, |i, depth| {
+            shifted_bf16(row(i), &shift, |i, v| depth[i] = v);
         });
-        let norms: Vec<Split> = (0..m).into_par_iter().map(|i| Split::of(row(i))).collect();
+        let (norms, sq_norms): (Vec<Norms>, Vec<f32>) =
+            (0..m).into_par_iter().map(|i| shifted_bf16(row(i), &shift, |_, _| ())).unzip();
         let chunk_max = (0..m)
             .step_by(CHUNK)
             .map(|b0| {
                 let end = (b0 + CHUNK).min(m);
-                let split = norms[b0..end].iter().fold(Split::default(), |a, &b| a.max(b));
-                (split, sq_norms[b0..end].iter().copied().fold(0f32, f32::max))
+                let norms = norms[b0..end].iter().fold(Norms::default(), |a, &b| a.max(b));
+                (norms, sq_norms[b0..end].iter().copied().fold(0f32, f32::max))
             })
             .collect();
         let balls = Balls::new(rows, &order, d, CHUNK);
-        Ok(ScreenBank { packed, kcs, norms, chunk_max, order, sq_norms, balls })
+        Ok(ScreenBank { shift, packed, kcs, norms, chunk_max, order, sq_norms, balls })
     }
 }
 
-/// The margin between a query's screened estimate s~_j = (|q|^2 + |m_j|^2) - 2 a_j and the exact
-/// squared distance s_j = |q - m_j|^2 (what the float64 re-ranking computes, to 1e-13 of itself):
-/// |s~_j - s_j| <= T_j = a |m_j| + b |lo_j| + c e_j + f |m_j|^2 + g.
+/// The mean of the m x d `rows`, summed in float64.
+fn mean_row(rows: &[f32], d: usize) -> Vec<f32> {
+    let mut sum = vec![0f64; d];
+    for row in rows.chunks_exact(d) {
+        for (s, &x) in sum.iter_mut().zip(row) {
+            *s += x as f64;
+        }
+    }
+    let m = (rows.len() / d).max(1) as f64;
+    sum.iter().map(|&s| (s / m) as f32).collect()
+}
+
+/// The margin between a query's screened estimate s~_j = (|q'|^2 + |m_j'|^2) - 2 a_j and the exact
+/// squared distance s_j = |q - m_j|^2 = |q' - m_j'|^2 (what the float64 re-ranking computes, to
+/// 1e-13 of itself): |s~_j - s_j| <= T_j = a |m_j'| + b |m_j' - H_j| + f |m_j'|^2 + g.
 ///
-/// Why: with q = h + l + e_q and m = H + L + e_m (hi, lo, residual), a_j sums
-/// h.H + h.L + l.H, so q.m - (h.H + h.L + l.H) = l.L + (h + l).e_m + e_q.m, at most
-/// |l||L| + w_q |e_m| + |e_q||m| where w = |h| + |l|. AMX's f32 sum of 3d products (d the padded
-/// width, gamma_n = n u / (1 - n u), u = 2^-24) adds at most gamma_3d w_q w_m + 3d 2^-126 (flushed
-/// denormals) in any order of summation (so also when the depth is split into blocks whose partial
-/// sums are stored and reloaded, which is exact), and w_m <= (1 + 2^-8)(1 + 2^-8 (1 + 2^-8)) |m|
-/// < 1.008 |m| as bf16 rounds each value by at most 2^-8 of it. The estimate's own f32 arithmetic
-/// (the two norms rounded from f64, their sum, the subtraction) adds at most 4.1 u (|q|^2 + |m|^2).
-/// The terms are taken 1% larger and 16 u (|q|^2 + |m|^2) is added for the f32 rounding of the
-/// bound and the tests themselves. (Until the re-ranking was float64 the reference was
-/// `knn_topk`'s f32 value, and T_j also held its gamma_d |q||m| and 4 u (|q|^2 + |m|^2); the exact
-/// value needs neither, so the margin is about a quarter smaller.)
+/// Why: with q' = h + t and m' = H + T (bf16 and tail), a_j sums h.H, so q'.m' - h.H = h.T + t.m',
+/// at most |h||T| + |t||m'|. AMX's f32 sum of d products (d the padded width, gamma_n =
+/// n u / (1 - n u), u = 2^-24; a product of two bf16 is exact in f32) adds at most gamma_d |h||H|
+/// + d 2^-126 (flushed denormals) in any order of summation (so also when the depth is split into
+/// blocks whose partial sums are stored and reloaded, which is exact), and |H| < 1.004 |m'| as the
+/// rounding to bf16 moves each value by at most (2^-8 + 2^-24) of it. The estimate's own f32
+/// arithmetic (the two norms rounded from f64, their sum, the subtraction) adds at most
+/// 4.1 u (|q'|^2 + |m'|^2). The terms are taken 1% larger and 16 u (|q'|^2 + |m'|^2) is added for
+/// the f32 rounding of the bound and the tests themselves.
 struct QueryBound {
     sq_norm: f32,
     a: f32,
     b: f32,
-    c: f32,
     f: f32,
     g: f32,
 }
 
 impl QueryBound {
-    /// `split`: the query's `Split`; `w`: |h| + |l|.
-    fn new(sq_norm: f32, split: Split, w: f32, padded_d: usize) -> QueryBound {
-        let gamma = |n: usize| n as f32 * U32 / (1.0 - n as f32 * U32);
+    /// From the shifted query's `Norms` and squared norm.
+    fn new(norms: Norms, sq_norm: f32, padded_d: usize) -> QueryBound {
+        let gamma = padded_d as f32 * U32 / (1.0 - padded_d as f32 * U32);
         // 1.01 * 4.1 u + 16 u, rounded up.
         let f = 21.0 * U32;
         QueryBound {
             sq_norm,
-            a: 1.01 * 2.0 * (gamma(SEGMENTS * padded_d) * w * 1.008 + split.residual),
-            b: 1.01 * 2.0 * split.lo,
-            c: 1.01 * 2.0 * w,
+            a: 1.01 * 2.0 * (gamma * norms.hi * 1.004 + norms.tail),
+            b: 1.01 * 2.0 * norms.hi,
             f,
-            g: f * sq_norm + 1.01 * 2.0 * (SEGMENTS * padded_d) as f32 * f32::MIN_POSITIVE,
+            g: f * sq_norm + 1.01 * 2.0 * padded_d as f32 * f32::MIN_POSITIVE,
         }
     }
 
     #[inline(always)]
-    fn margin(&self, row: Split, sq_norm: f32) -> f32 {
-        self.a * row.norm + self.b * row.lo + self.c * row.residual + self.f * sq_norm + self.g
+    fn margin(&self, row: Norms, sq_norm: f32) -> f32 {
+        self.a * row.norm + self.b * row.tail + self.f * sq_norm + self.g
     }
 }
 
@@ -250,16 +261,14 @@ fn search_tile(
     k: usize,
 ) -> Vec<Vec<(f64, u32)>> {
     let (tq, m, chunks) = (qs.len() / d, screen.sq_norms.len(), screen.balls.len());
-    let q16 = split_queries(qs, d, screen.kcs);
-    let q_sq = squared_norms(qs, d);
-    let bounds = query_bounds(qs, &q16, &q_sq, d, screen.kcs);
-    let lower = screen.balls.lower_bounds(qs, &q_sq, d);
+    let (q16, bounds) = shifted_queries(qs, &screen.shift, d, screen.kcs);
+    let lower = screen.balls.lower_bounds(qs, &squared_norms(qs, d), d);
     let mut visit: Vec<(f32, usize)> =
         (0..chunks).map(|c| ((0..tq).map(|q| lower[q * chunks + c]).sum::<f32>(), c)).collect();
     visit.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let mut running: Vec<Running> =
         (0..tq).map(|_| Running { upper: vec![f32::INFINITY; k], candidates: Vec::new() }).collect();
-    let mut dots = TileBuf::zeroed(q16.len() / (SEGMENTS * screen.kcs * TILE_K) * CHUNK);
+    let mut dots = TileBuf::zeroed(q16.len() / (screen.kcs * TILE_K) * CHUNK);
     for (_, chunk) in visit {
         let b0 = chunk * CHUNK;
         let rows = b0..(b0 + CHUNK).min(m);
@@ -283,33 +292,23 @@ fn search_tile(
     running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(state, q, bank, d, k)).collect()
 }
 
-/// The queries as AMX's A operand: rows of `SEGMENTS * kcs * TILE_K` bf16 [hi | hi | lo], zero
-/// rows up to a whole number of `BLOCK`s.
-fn split_queries(qs: &[f32], d: usize, kcs: usize) -> TileBuf<u16> {
+/// The shifted queries in bf16 as AMX's A operand (rows of `kcs * TILE_K`, zero rows up to a
+/// whole number of `BLOCK`s), and each query's `QueryBound`.
+fn shifted_queries(qs: &[f32], shift: &[f32], d: usize, kcs: usize) -> (TileBuf<u16>, Vec<QueryBound>) {
     let width = kcs * TILE_K;
-    let mut q16 = TileBuf::zeroed((qs.len() / d).div_ceil(BLOCK) * BLOCK * SEGMENTS * width);
-    for (dst, src) in q16.chunks_exact_mut(SEGMENTS * width).zip(qs.chunks_exact(d)) {
-        write_split(src, [true, true, false], width, |i, v| dst[i] = v);
-    }
-    q16
-}
-
-/// Each query's `QueryBound`, from the rows, their split `q16` and their squared norms.
-fn query_bounds(qs: &[f32], q16: &[u16], q_sq: &[f32], d: usize, kcs: usize) -> Vec<QueryBound> {
-    let width = kcs * TILE_K;
-    let norm16 = |v: &[u16]| v.iter().map(|&b| (from_bf16(b) as f64).powi(2)).sum::<f64>().sqrt();
-    qs.chunks_exact(d)
-        .zip(q16.chunks_exact(SEGMENTS * width))
-        .zip(q_sq)
-        .map(|((q, split16), &sq)| {
-            // |h| + |l| from the [h | h | l] segments.
-            let w = norm16(&split16[..width]) + norm16(&split16[2 * width..]);
-            QueryBound::new(sq, Split::of(q), w as f32, width)
+    let mut q16 = TileBuf::zeroed((qs.len() / d).div_ceil(BLOCK) * BLOCK * width);
+    let bounds = q16
+        .chunks_exact_mut(width)
+        .zip(qs.chunks_exact(d))
+        .map(|(dst, q)| {
+            let (norms, sq_norm) = shifted_bf16(q, shift, |i, v| dst[i] = v);
+            QueryBound::new(norms, sq_norm, width)
         })
-        .collect()
+        .collect();
+    (q16, bounds)
 }
 
-/// `dots[r * CHUNK + c]` = the split product of query r of `q16` (from `split_queries`) and bank
+/// `dots[r * CHUNK + c]` = the bf16 product of query r of `q16` (from `shifted_queries`) and bank
 /// row b0 + c (in the screened order), for c < tb and the queries of the 32-query `blocks` (each
 /// given by its first query).
 ///
@@ -325,23 +324,23 @@ fn chunk_products(
 ) {
     let kcs = screen.kcs;
     let width = kcs * TILE_K;
-    let tq_pad = q16.len() / (SEGMENTS * width);
+    let tq_pad = q16.len() / width;
     assert!(tq_pad.is_multiple_of(BLOCK) && b0.is_multiple_of(BLOCK) && tb <= CHUNK && b0 + tb <= screen.norms.len());
     assert!(dots.len() >= tq_pad * CHUNK);
     for &qb in blocks {
         assert!(qb.is_multiple_of(BLOCK) && qb < tq_pad);
         for bb in (0..tb).step_by(BLOCK) {
-            // SAFETY: rows qb..qb+32 of q16 (SEGMENTS * width bf16 each) exist as tq_pad is a
-            // multiple of 32; the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and
-            // the next one exist with SEGMENTS * kcs tiles each; dots rows qb..qb+32, columns
+            // SAFETY: rows qb..qb+32 of q16 (width bf16 each) exist as tq_pad is a multiple of
+            // 32; the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and the next
+            // one exist with kcs tiles each; dots rows qb..qb+32, columns
             // bb..bb+32 lie within the tq_pad x CHUNK buffer as bb + 32 <= CHUNK.
             unsafe {
                 tiles.block_32x32(
-                    q16.as_ptr().add(qb * SEGMENTS * width),
-                    SEGMENTS * width * 2,
-                    screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * SEGMENTS * kcs * B_TILE_LEN),
-                    SEGMENTS * kcs * B_TILE_LEN,
-                    SEGMENTS * kcs,
+                    q16.as_ptr().add(qb * width),
+                    width * 2,
+                    screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * kcs * B_TILE_LEN),
+                    kcs * B_TILE_LEN,
+                    kcs,
                     dots.as_mut_ptr().add(qb * CHUNK + bb),
                     CHUNK * 4,
                 );
@@ -354,8 +353,8 @@ fn chunk_products(
 struct BankChunk<'a> {
     rows: &'a [u32],
     sq_norms: &'a [f32],
-    norms: &'a [Split],
-    max: (Split, f32),
+    norms: &'a [Norms],
+    max: (Norms, f32),
 }
 
 /// Folds one query's AMX products with a chunk of bank rows into its running state.
@@ -364,8 +363,8 @@ struct BankChunk<'a> {
 /// The CPU must support AVX-512F.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mut Running) {
-    let (max_split, max_sq) = chunk.max;
-    let chunk_margin = q.margin(max_split, max_sq);
+    let (max_norms, max_sq) = chunk.max;
+    let chunk_margin = q.margin(max_norms, max_sq);
     for (blk, (dots, sq_norms)) in dots.chunks(FOLD_BLOCK).zip(chunk.sq_norms.chunks(FOLD_BLOCK)).enumerate() {
         // Quick test with the chunk's largest margin: lower_j <= U needs |m_j|^2 - 2 a_j <=
         // U - |q|^2 + T_j; the last term pads it for this test's own rounding.
@@ -452,8 +451,8 @@ mod tests {
             .collect()
     }
 
-    fn screen_or_skip(bank: &[f32], sq_norms: &[f32], d: usize) -> Option<ScreenBank> {
-        match ScreenBank::new(bank, sq_norms, d) {
+    fn screen_or_skip(bank: &[f32], d: usize) -> Option<ScreenBank> {
+        match ScreenBank::new(bank, d) {
             Ok(screen) => Some(screen),
             Err(reason) => {
                 eprintln!("skipped: the AMX screening path cannot run here: {reason}");
@@ -472,8 +471,7 @@ mod tests {
     /// rows' float64 distances agree to 1e-12 (a genuine tie, up to the order of the sums).
     fn check(queries: &[f32], bank: &[f32], d: usize, k: usize) {
         const SUM_ORDER: f64 = 1e-12;
-        let sq_norms = squared_norms(bank, d);
-        let Some(screen) = screen_or_skip(bank, &sq_norms, d) else { return };
+        let Some(screen) = screen_or_skip(bank, d) else { return };
         let (got_d, got_i) = knn_screened(queries, bank, &screen, d, k).expect("finite inputs");
         assert_eq!((got_d.len(), got_i.len()), (queries.len() / d * k, queries.len() / d * k));
         for (q, qr) in queries.chunks_exact(d).enumerate() {
@@ -550,18 +548,18 @@ mod tests {
         // Rows 1, 3, 4 and 6 are the same vector; the query is that vector.
         let order = [0usize, 1, 2, 1, 1, 3, 1];
         let bank: Vec<f32> = order.iter().flat_map(|&r| base[r * d..(r + 1) * d].to_vec()).collect();
-        let sq_norms = squared_norms(&bank, d);
-        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
+        let Some(screen) = screen_or_skip(&bank, d) else { return };
         let (dist, idx) = knn_screened(&base[d..2 * d], &bank, &screen, d, 4).expect("finite");
         assert_eq!(idx, [1, 3, 4, 6]);
         assert!(dist.iter().all(|&x| x < 1e-2), "{dist:?}");
         check(&base, &bank, d, 7);
     }
 
-    /// The margin holds: |s~ - s| <= T_j against the f64 squared distance s, and it is tight enough
-    /// to prune: T_j < 1e-3 |q||m|.
+    /// The margin holds: |s~ - s| <= T_j against the f64 squared distance s; it is about bf16's
+    /// 2^-7 |q'||m'| (T_j < 2e-2 |q'||m'|), and the shift by the mean row makes |q'||m'| a
+    /// fraction of |q||m| on embedding-like rows.
     #[test]
-    fn the_margin_bounds_the_split_products_error() {
+    fn the_margin_bounds_the_bf16_products_error() {
         let d = 200;
         let mut queries = embedding_like(BLOCK, d, 11);
         let bank = embedding_like(CHUNK, d, 12);
@@ -570,33 +568,34 @@ mod tests {
         for (q, (&x, &e)) in queries[..BLOCK / 2 * d].iter_mut().zip(bank.iter().zip(&noise)) {
             *q = x + 1e-3 * e;
         }
-        let sq_norms = squared_norms(&bank, d);
-        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
+        let Some(screen) = screen_or_skip(&bank, d) else { return };
         // SAFETY: the screening bank exists, so AMX is usable.
         let tiles = unsafe { Tiles::configure() };
-        let q16 = split_queries(&queries, d, screen.kcs);
-        let q_sq = squared_norms(&queries, d);
-        let bounds = query_bounds(&queries, &q16, &q_sq, d, screen.kcs);
+        let (q16, bounds) = shifted_queries(&queries, &screen.shift, d, screen.kcs);
         let mut dots = TileBuf::zeroed(BLOCK * CHUNK);
         chunk_products(&tiles, &q16, &screen, 0, CHUNK, &[0], &mut dots);
-        let mut worst = 0f64;
+        let (q_sq, m_sq) = (squared_norms(&queries, d), squared_norms(&bank, d));
+        let (mut worst, mut shrink) = (0f64, 0f64);
         for (r, (q, bound)) in queries.chunks_exact(d).zip(&bounds).enumerate() {
             // Column j is the bank's row order[j] (the screened order).
             for (j, &row) in screen.order.iter().enumerate() {
                 let m = &bank[row as usize * d..][..d];
-                let estimate = ((q_sq[r] + screen.sq_norms[j]) - 2.0 * dots[r * CHUNK + j]) as f64;
+                let estimate = ((bound.sq_norm + screen.sq_norms[j]) - 2.0 * dots[r * CHUNK + j]) as f64;
                 let margin = bound.margin(screen.norms[j], screen.sq_norms[j]) as f64;
                 let exact = sq_distance64(q, m);
                 assert!(
                     (estimate - exact).abs() <= margin,
                     "query {r} row {j}: {estimate} vs {exact}, margin {margin}"
                 );
-                let scale = (q_sq[r] as f64 * screen.sq_norms[j] as f64).sqrt();
-                assert!(margin < 1e-3 * scale, "query {r} row {j}: margin {margin} against |q||m| {scale}");
+                let shifted = (bound.sq_norm as f64 * screen.sq_norms[j] as f64).sqrt();
+                assert!(margin < 2e-2 * shifted, "query {r} row {j}: margin {margin} against |q'||m'| {shifted}");
                 worst = worst.max((estimate - exact).abs() / margin);
+                shrink = shrink.max(shifted / (q_sq[r] as f64 * m_sq[row as usize] as f64).sqrt());
             }
         }
-        eprintln!("largest error / margin: {worst:.3}");
+        // 0.69 measured (these rows' common part is smaller than a CNN's: 0.26 on ResNet-18's).
+        assert!(shrink < 0.75, "the shift leaves |q'||m'| at {shrink} of |q||m|");
+        eprintln!("largest error / margin: {worst:.3}; |q'||m'| / |q||m| at most {shrink:.3}");
     }
 
     #[test]
@@ -610,8 +609,7 @@ mod tests {
     fn queries_the_bound_does_not_cover_are_left_to_the_f32_search() {
         let d = 8;
         let bank = gaussian(50 * d, 1);
-        let sq_norms = squared_norms(&bank, d);
-        let Some(screen) = screen_or_skip(&bank, &sq_norms, d) else { return };
+        let Some(screen) = screen_or_skip(&bank, d) else { return };
         for bad in [f32::NAN, f32::INFINITY, 1e20] {
             let mut queries = gaussian(3 * d, 2);
             queries[5] = bad;
@@ -619,6 +617,6 @@ mod tests {
         }
         let mut huge = bank.clone();
         huge[0] = 1e20;
-        assert!(ScreenBank::new(&huge, &squared_norms(&huge, d), d).is_err());
+        assert!(ScreenBank::new(&huge, d).is_err());
     }
 }

@@ -129,7 +129,7 @@ impl Backend for CpuBackend {
     fn prepare_bank(&self, rows: &Tensor) -> Result<CpuBank> {
         let [_, d] = rows.dims2()?;
         let sq_norms = squared_norms(&rows.data, d);
-        let screen = ScreenBank::new(&rows.data, &sq_norms, d).ok();
+        let screen = ScreenBank::new(&rows.data, d).ok();
         Ok(CpuBank { sq_norms, screen, rows: rows.clone() })
     }
 
