@@ -148,8 +148,8 @@ fn mean_row(rows: &[f32], d: usize) -> Vec<f32> {
 ///
 /// Why: with q' = h + t and m' = H + T (bf16 and tail), a_j sums h.H, so q'.m' - h.H = h.T + t.m',
 /// at most |h||T| + |t||m'|. AMX's f32 sum of d products (d the padded width, gamma_n =
-/// n u / (1 - n u), u = 2^-24; a product of two bf16 is exact in f32) adds at most gamma_d |h||H|
-/// + d 2^-126 (flushed denormals) in any order of summation (so also when the depth is split into
+/// n u / (1 - n u), u = 2^-24; a product of two bf16 is exact in f32) adds at most
+/// gamma_d |h||H| plus d 2^-126 (flushed denormals) in any order of summation (so also when the depth is split into
 /// blocks whose partial sums are stored and reloaded, which is exact), and |H| < 1.004 |m'| as the
 /// rounding to bf16 moves each value by at most (2^-8 + 2^-24) of it. The estimate's own f32
 /// arithmetic (the two norms rounded from f64, their sum, the subtraction) adds at most
