@@ -348,8 +348,7 @@ impl<B: Backend> PatchCore<B> {
     pub fn load(backend: B, path: &Path) -> Result<Self> {
         trace::init_from_env();
         let _span = trace::span("load");
-        let (meta, backbone, bank_rows) = model_file::load(&backend, path)?;
-        let bank = backend.prepare_bank(&bank_rows)?;
+        let (meta, backbone, bank_rows, bank) = model_file::load(&backend, path)?;
         Ok(PatchCore { backend, backbone, bank_rows, bank, meta })
     }
 }
