@@ -32,19 +32,37 @@ pub fn nearest_index(input: usize, output: usize) -> Vec<usize> {
 
 /// Resizes one row-major plane bilinearly (align_corners = false).
 pub fn resize_bilinear(plane: &[f32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
-    let ty = bilinear_taps(h, out_h);
-    let tx = bilinear_taps(w, out_w);
-    let mut out = Vec::with_capacity(out_h * out_w);
-    for y in &ty {
-        let (r0, r1) = (&plane[y.i0 * w..][..w], &plane[y.i1 * w..][..w]);
-        for x in &tx {
-            // The same expression order as PyTorch's kernel, so results match to the last bit.
-            let top = (1.0 - x.w1) * r0[x.i0] + x.w1 * r0[x.i1];
-            let bottom = (1.0 - x.w1) * r1[x.i0] + x.w1 * r1[x.i1];
-            out.push((1.0 - y.w1) * top + y.w1 * bottom);
+    let mut out = vec![0.0; out_h * out_w];
+    Bilinear::new(h, w, out_h, out_w).resize(plane, &mut out);
+    out
+}
+
+/// A bilinear resize of h x w planes to out_h x out_w (align_corners = false), its taps computed
+/// once for every plane it resizes.
+pub struct Bilinear {
+    w: usize,
+    ty: Vec<Taps2>,
+    tx: Vec<Taps2>,
+}
+
+impl Bilinear {
+    pub fn new(h: usize, w: usize, out_h: usize, out_w: usize) -> Bilinear {
+        Bilinear { w, ty: bilinear_taps(h, out_h), tx: bilinear_taps(w, out_w) }
+    }
+
+    /// `out` (out_h x out_w) = `plane` (h x w) resized.
+    pub fn resize(&self, plane: &[f32], out: &mut [f32]) {
+        let w = self.w;
+        for (y, out_row) in self.ty.iter().zip(out.chunks_exact_mut(self.tx.len())) {
+            let (r0, r1) = (&plane[y.i0 * w..][..w], &plane[y.i1 * w..][..w]);
+            for (x, o) in self.tx.iter().zip(out_row) {
+                // The same expression order as PyTorch's kernel, so results match to the last bit.
+                let top = (1.0 - x.w1) * r0[x.i0] + x.w1 * r0[x.i1];
+                let bottom = (1.0 - x.w1) * r1[x.i0] + x.w1 * r1[x.i1];
+                *o = (1.0 - y.w1) * top + y.w1 * bottom;
+            }
         }
     }
-    out
 }
 
 /// The source span and normalised weights of one output pixel of an antialiased resize.

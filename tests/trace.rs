@@ -113,7 +113,7 @@ fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
 
     // The one forward pass (6 images, batch 8) on the FLOP-counting backend, conv by conv.
     let counter = FlopCounter::default();
-    let (_, backbone, _) = model_file::load(&counter, &model).unwrap();
+    let (_, backbone, ..) = model_file::load(&counter, &model).unwrap();
     backbone.forward(&counter, &vec![6, 3, 128, 128]).unwrap();
     let mut convs: Vec<&Span> = threads.values().flatten().filter(|s| s.cat == "conv").collect();
     convs.sort_by(|a, b| a.ts.total_cmp(&b.ts));

@@ -103,6 +103,9 @@ pub fn load<B: Backend>(backend: &B, path: &Path) -> Result<(ModelMeta, Backbone
             Ok((rows, prepared))
         },
     );
+    // The backbone's error first, as it comes first in the file's story (a model of another
+    // architecture is missing its convolutions before its bank has the wrong width).
+    let backbone = backbone?;
     let (rows, prepared) = bank?;
-    Ok((meta, backbone?, rows, prepared))
+    Ok((meta, backbone, rows, prepared))
 }

@@ -2,7 +2,7 @@
 
 use crate::backend::checks::embed_args;
 use crate::error::Result;
-use crate::resample::resize_bilinear;
+use crate::resample::Bilinear;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -24,9 +24,12 @@ fn avg_pool3(plane: &[f32], h: usize, w: usize, out: &mut [f32]) {
     let mut sums = vec![0.0f32; w];
     for (y, row_out) in out.chunks_exact_mut(w).enumerate() {
         sums.fill(0.0);
-        for line in plane[y.saturating_sub(1) * w..(y + 2).min(h) * w].chunks_exact(w) {
-            for ((s, taps), _) in sums[1..].iter_mut().zip(line.windows(3)).zip(1..w - 1) {
-                *s = ((*s + taps[0]) + taps[1]) + taps[2];
+        if w > 2 {
+            for line in plane[y.saturating_sub(1) * w..(y + 2).min(h) * w].chunks_exact(w) {
+                let (left, centre, right) = (&line[..w - 2], &line[1..w - 1], &line[2..]);
+                for (((s, &a), &b), &c) in sums[1..w - 1].iter_mut().zip(left).zip(centre).zip(right) {
+                    *s = ((*s + a) + b) + c;
+                }
             }
         }
         for (x, (o, &s)) in row_out.iter_mut().zip(&sums).enumerate() {
@@ -40,37 +43,39 @@ pub fn embed(layers: &[&Tensor]) -> Result<Tensor> {
     let shapes: Vec<&[usize]> = layers.iter().map(|l| &l.shape[..]).collect();
     let dims = embed_args(&shapes)?;
     let [b, _, gh, gw] = dims[0];
-    let total: usize = dims.iter().map(|d| d[1]).sum();
-    let mut rows = vec![0.0f32; b * gh * gw * total];
+    let (total, grid): (usize, usize) = (dims.iter().map(|d| d[1]).sum(), gh * gw);
+    let mut rows = vec![0.0f32; b * grid * total];
     let mut offset = 0;
     for (layer, &[_, c, h, w]) in layers.iter().zip(&dims) {
-        // Pool and resize each channel plane, then scatter it into its column of the rows.
-        let planes: Vec<Vec<f32>> = layer
-            .data
-            .par_chunks(h * w)
-            .map(|plane| {
-                let mut pooled = vec![0.0f32; h * w];
-                avg_pool3(plane, h, w, &mut pooled);
+        // Pool and resize each channel plane into one buffer, [image][channel][grid position],
+        // then scatter it into its columns of the rows.
+        let mut planes = vec![0.0f32; b * c * grid];
+        let resize = Bilinear::new(h, w, gh, gw);
+        planes.par_chunks_mut(grid).zip(layer.data.par_chunks(h * w)).for_each_init(
+            || vec![0.0f32; h * w],
+            |pooled, (dst, plane)| {
                 if (h, w) == (gh, gw) {
-                    return pooled;
+                    avg_pool3(plane, h, w, dst);
+                } else {
+                    avg_pool3(plane, h, w, pooled);
+                    resize.resize(pooled, dst);
                 }
-                resize_bilinear(&pooled, h, w, gh, gw)
-            })
-            .collect();
+            },
+        );
         // 16 rows at a time, each getting its c values in turn: the 16 rows' cache lines and the
         // 16 values read from each plane stay in L1 (a whole image's rows at once would not).
         rows.par_chunks_mut(16 * total).enumerate().for_each(|(chunk, block)| {
             for (i, row) in block.chunks_exact_mut(total).enumerate() {
-                let r = chunk * 16 + i;
-                let (img, p) = (r / (gh * gw), r % (gh * gw));
-                for (ch, v) in row[offset..offset + c].iter_mut().enumerate() {
-                    *v = planes[img * c + ch][p];
+                let (img, p) = ((chunk * 16 + i) / grid, (chunk * 16 + i) % grid);
+                let column = planes[img * c * grid + p..].iter().step_by(grid);
+                for (v, &x) in row[offset..offset + c].iter_mut().zip(column) {
+                    *v = x;
                 }
             }
         });
         offset += c;
     }
-    Ok(Tensor::new(vec![b * gh * gw, total], rows))
+    Ok(Tensor::new(vec![b * grid, total], rows))
 }
 
 #[cfg(test)]
