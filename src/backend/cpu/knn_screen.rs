@@ -375,15 +375,25 @@ unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mu
             continue;
         }
         let start = blk * FOLD_BLOCK;
+        let bounds = |j: usize, a: f32, n: f32| {
+            let (estimate, margin) = ((q.sq_norm + n) - 2.0 * a, q.margin(chunk.norms[start + j], n));
+            (estimate - margin, estimate + margin)
+        };
+        // The block's upper bounds first, then the rows their new threshold keeps: a row pushed
+        // against the threshold from before the block would mostly be dropped later (39 pushed
+        // rows per query -> 16 on predict's queries at k = 1, of which 5.9 are re-ranked; the
+        // predict-shaped search of `cargo bench --bench knn` 6.84 -> 6.67 ms).
         for (j, (&a, &n)) in dots.iter().zip(sq_norms).enumerate() {
-            let estimate = (q.sq_norm + n) - 2.0 * a;
-            let margin = q.margin(chunk.norms[start + j], n);
-            let u = state.threshold();
-            if estimate - margin <= u {
-                state.candidates.push((chunk.rows[start + j], estimate - margin));
-                if estimate + margin < u {
-                    state.offer_upper(estimate + margin);
-                }
+            let (_, upper) = bounds(j, a, n);
+            if upper < state.threshold() {
+                state.offer_upper(upper);
+            }
+        }
+        let u = state.threshold();
+        for (j, (&a, &n)) in dots.iter().zip(sq_norms).enumerate() {
+            let (lower, _) = bounds(j, a, n);
+            if lower <= u {
+                state.candidates.push((chunk.rows[start + j], lower));
             }
         }
     }
