@@ -370,7 +370,10 @@ impl ChannelsLast {
 }
 
 /// dst = src, for a patch's runs: the stem's are 21 values, where a call to memcpy per run cost
-/// more than the copy. Short runs move 4 values (8 bytes) at a time, the last 4 overlapping.
+/// more than the copy. Short runs move blocks of 16 values (32 bytes) or 4 (8 bytes), the last
+/// block overlapping the one before (with 4-value blocks only, the stem's patches took 13.8 ms of
+/// thread time a batch of 8 at 256 px in the split arithmetic, 11.6 ms with 16-value blocks;
+/// bf16's one segment stayed at 7.7).
 #[inline(always)]
 fn copy_run(dst: &mut [u16], src: &[u16]) {
     let n = src.len();
@@ -378,11 +381,22 @@ fn copy_run(dst: &mut [u16], src: &[u16]) {
         dst.copy_from_slice(src);
         return;
     }
-    let quad = |at: usize| -> [u16; 4] { src[at..at + 4].try_into().expect("4 values") };
-    for at in (0..n - 4).step_by(4) {
-        dst[at..at + 4].copy_from_slice(&quad(at));
+    let block = if n >= 16 { 16 } else { 4 };
+    let mut at = 0;
+    while at + block < n {
+        copy_block(&mut dst[at..], &src[at..], block);
+        at += block;
     }
-    dst[n - 4..].copy_from_slice(&quad(n - 4));
+    copy_block(&mut dst[n - block..], &src[n - block..], block);
+}
+
+/// dst[..len] = src[..len] for len 4 or 16, as one fixed-size move.
+#[inline(always)]
+fn copy_block(dst: &mut [u16], src: &[u16], len: usize) {
+    match len {
+        16 => dst[..16].copy_from_slice(&<[u16; 16]>::try_from(&src[..16]).expect("16 values")),
+        _ => dst[..4].copy_from_slice(&<[u16; 4]>::try_from(&src[..4]).expect("4 values")),
+    }
 }
 
 /// Writes `part` of every `step`th pixel of one image row of an NCHW tensor (`src` from the row's
@@ -579,6 +593,17 @@ mod tests {
 
     /// The AVX-512 conversion writes the same bits as the scalar one, for every rounding case.
     #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn runs_copy_whole_and_nothing_past_them() {
+        for n in 0..80 {
+            let src: Vec<u16> = (0..n as u16).map(|v| v * 7 + 1).collect();
+            let mut dst = vec![0u16; n + 5];
+            super::copy_run(&mut dst[..n], &src);
+            assert_eq!(&dst[..n], &src[..], "{n} values");
+            assert!(dst[n..].iter().all(|&v| v == 0), "{n} values: written past the run");
+        }
+    }
+
     #[test]
     fn gathered_pixels_round_as_the_scalar_split() {
         use super::{gather_pixels, gather_row, split};
