@@ -79,19 +79,33 @@ impl Norms {
     }
 }
 
-/// Writes bf16(row - shift) to `put` (index, value) and returns its `Norms` and |row - shift|^2.
-/// row - shift is exact in float64 (for exponents less than 29 apart, else within 2^-53 of
-/// itself, far inside the bound's 1% slack); its rounding to bf16 passes through f32, which stays
-/// within (2^-8 + 2^-24) of the value.
-fn shifted_bf16(row: &[f32], shift: &[f32], mut put: impl FnMut(usize, u16)) -> (Norms, f32) {
-    let (mut n, mut t, mut h) = (0f64, 0f64, 0f64);
-    for (i, (&x, &s)) in row.iter().zip(shift).enumerate() {
-        let v = x as f64 - s as f64;
-        let hi = to_bf16(v as f32);
-        put(i, hi);
-        let hv = amx::from_bf16(hi) as f64;
-        (n, t, h) = (n + v * v, t + (v - hv) * (v - hv), h + hv * hv);
+/// Writes bf16(row - shift) to `out` and returns its `Norms` and |row - shift|^2. row - shift is
+/// exact in float64 (for exponents less than 29 apart, else within 2^-53 of itself, far inside
+/// the bound's 1% slack); its rounding to bf16 passes through f32, which stays within
+/// (2^-8 + 2^-24) of the value.
+fn shifted_bf16(row: &[f32], shift: &[f32], out: &mut [u16]) -> (Norms, f32) {
+    // 8 values at a time into 8-lane sums, so that it vectorises: one f64 sum chained through
+    // every value made preparing predict's queries 2.7 ns a value, 8 lanes 1.9 ns (compiling it
+    // for AVX-512 as well changed nothing measurable).
+    const LANES: usize = 8;
+    let (mut n, mut t, mut h) = ([0f64; LANES], [0f64; LANES], [0f64; LANES]);
+    let mut add = |x: &[f32], s: &[f32], out: &mut [u16]| {
+        for (lane, ((&x, &s), o)) in x.iter().zip(s).zip(out).enumerate() {
+            let v = x as f64 - s as f64;
+            *o = to_bf16(v as f32);
+            let hv = amx::from_bf16(*o) as f64;
+            (n[lane], t[lane], h[lane]) = (n[lane] + v * v, t[lane] + (v - hv) * (v - hv), h[lane] + hv * hv);
+        }
+    };
+    let d = row.len();
+    let whole = d - d % LANES;
+    for ((x, s), o) in row[..whole].chunks_exact(LANES).zip(shift.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES))
+    {
+        add(x, s, o);
     }
+    add(&row[whole..], &shift[whole..d], &mut out[whole..d]);
+    let sum = |a: [f64; LANES]| a.iter().sum::<f64>();
+    let (n, t, h) = (sum(n), sum(t), sum(h));
     (Norms { norm: n.sqrt() as f32, tail: t.sqrt() as f32, hi: h.sqrt() as f32 }, n as f32)
 }
 
@@ -113,10 +127,12 @@ impl ScreenBank {
         let row = |i: usize| &rows[order[i] as usize * d..][..d];
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
         let packed = amx::pack_b(m, groups, kcs, |i, depth| {
-            shifted_bf16(row(i), &shift, |i, v| depth[i] = v);
+            shifted_bf16(row(i), &shift, depth);
         });
-        let (norms, sq_norms): (Vec<Norms>, Vec<f32>) =
-            (0..m).into_par_iter().map(|i| shifted_bf16(row(i), &shift, |_, _| ())).unzip();
+        let (norms, sq_norms): (Vec<Norms>, Vec<f32>) = (0..m)
+            .into_par_iter()
+            .map_init(|| vec![0u16; d], |scratch, i| shifted_bf16(row(i), &shift, scratch))
+            .unzip();
         let chunk_max = (0..m)
             .step_by(CHUNK)
             .map(|b0| {
@@ -301,7 +317,7 @@ fn shifted_queries(qs: &[f32], shift: &[f32], d: usize, kcs: usize) -> (TileBuf<
         .chunks_exact_mut(width)
         .zip(qs.chunks_exact(d))
         .map(|(dst, q)| {
-            let (norms, sq_norm) = shifted_bf16(q, shift, |i, v| dst[i] = v);
+            let (norms, sq_norm) = shifted_bf16(q, shift, dst);
             QueryBound::new(norms, sq_norm, width)
         })
         .collect();
