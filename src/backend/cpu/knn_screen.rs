@@ -423,7 +423,8 @@ fn rerank(state: &Running, q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(
         .candidates
         .iter()
         .filter(|&&(_, lower)| lower <= threshold)
-        .map(|&(j, _)| (sq_distance(q, &bank[j as usize * d..][..d]), j))
+        // SAFETY: the re-ranking follows the screening pass, which needs AMX and AVX-512F.
+        .map(|&(j, _)| (unsafe { sq_distance(q, &bank[j as usize * d..][..d]) }, j))
         .collect();
     ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     ranked.truncate(k);
@@ -435,7 +436,11 @@ fn rerank(state: &Running, q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(
 /// non-negative, so the sum is within d 2^-53 of the distance itself, where the expanded form
 /// |x|^2 - 2 x.y + |y|^2 would only be within that of |x|^2 + |y|^2 (50x the distance for
 /// ResNet-18 neighbours) and needs no norms. About 6 rows a query: its cost is negligible.
-fn sq_distance(x: &[f32], y: &[f32]) -> f64 {
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn sq_distance(x: &[f32], y: &[f32]) -> f64 {
     const LANES: usize = 8;
     let mut acc = [0f64; LANES];
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
