@@ -51,8 +51,10 @@ pub struct ScreenBank {
     /// row to `kcs * TILE_K`.
     packed: TileBuf<u16>,
     kcs: usize,
-    /// |m_j'| and |m_j' - bf16(m_j')|: the bound's per-row terms.
-    norms: Vec<Norms>,
+    /// |m_j'| and |m_j' - bf16(m_j')|: the bound's per-row terms, each in its own array so that
+    /// the fold reads 16 rows' at once.
+    norm: Vec<f32>,
+    tail: Vec<f32>,
     /// Per `CHUNK` of rows: the largest of each term and of the squared norms, for the fold's
     /// quick test.
     chunk_max: Vec<(Norms, f32)>,
@@ -133,6 +135,7 @@ impl ScreenBank {
             .into_par_iter()
             .map_init(|| vec![0u16; d], |scratch, i| shifted_bf16(row(i), &shift, scratch))
             .unzip();
+        let (norm, tail) = norms.iter().map(|n| (n.norm, n.tail)).unzip();
         let chunk_max = (0..m)
             .step_by(CHUNK)
             .map(|b0| {
@@ -142,7 +145,7 @@ impl ScreenBank {
             })
             .collect();
         let balls = Balls::new(rows, &order, d, CHUNK);
-        Ok(ScreenBank { shift, packed, kcs, norms, chunk_max, order, sq_norms, balls })
+        Ok(ScreenBank { shift, packed, kcs, norm, tail, chunk_max, order, sq_norms, balls })
     }
 }
 
@@ -194,9 +197,10 @@ impl QueryBound {
         }
     }
 
+    /// T_j of a row with norm |m'|, tail |m' - H| and squared norm |m'|^2.
     #[inline(always)]
-    fn margin(&self, row: Norms, sq_norm: f32) -> f32 {
-        self.a * row.norm + self.b * row.tail + self.f * sq_norm + self.g
+    fn margin(&self, norm: f32, tail: f32, sq_norm: f32) -> f32 {
+        self.a * norm + self.b * tail + self.f * sq_norm + self.g
     }
 }
 
@@ -236,7 +240,7 @@ pub fn knn_screened(
         "knn_screened: inputs are not whole {d}-wide rows"
     );
     let (nq, m) = (queries.len() / d, bank.len() / d);
-    assert_eq!(screen.norms.len(), m, "knn_screened: the screening bank is of another bank");
+    assert_eq!(screen.norm.len(), m, "knn_screened: the screening bank is of another bank");
     debug_assert!(1 <= k && k <= m, "knn_screened: need 1 <= k ({k}) <= bank rows ({m})");
     if !amx::suitable(queries) {
         return None;
@@ -295,7 +299,8 @@ fn search_tile(
         let bank_chunk = BankChunk {
             rows: &screen.order[rows.clone()],
             sq_norms: &screen.sq_norms[rows.clone()],
-            norms: &screen.norms[rows.clone()],
+            norm: &screen.norm[rows.clone()],
+            tail: &screen.tail[rows.clone()],
             max: screen.chunk_max[chunk],
         };
         for q in blocks.iter().flat_map(|&qb| qb..(qb + BLOCK).min(tq)) {
@@ -341,7 +346,7 @@ fn chunk_products(
     let kcs = screen.kcs;
     let width = kcs * TILE_K;
     let tq_pad = q16.len() / width;
-    assert!(tq_pad.is_multiple_of(BLOCK) && b0.is_multiple_of(BLOCK) && tb <= CHUNK && b0 + tb <= screen.norms.len());
+    assert!(tq_pad.is_multiple_of(BLOCK) && b0.is_multiple_of(BLOCK) && tb <= CHUNK && b0 + tb <= screen.norm.len());
     assert!(dots.len() >= tq_pad * CHUNK);
     for &qb in blocks {
         assert!(qb.is_multiple_of(BLOCK) && qb < tq_pad);
@@ -369,7 +374,8 @@ fn chunk_products(
 struct BankChunk<'a> {
     rows: &'a [u32],
     sq_norms: &'a [f32],
-    norms: &'a [Norms],
+    norm: &'a [f32],
+    tail: &'a [f32],
     max: (Norms, f32),
 }
 
@@ -380,7 +386,8 @@ struct BankChunk<'a> {
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mut Running) {
     let (max_norms, max_sq) = chunk.max;
-    let chunk_margin = q.margin(max_norms, max_sq);
+    let chunk_margin = q.margin(max_norms.norm, max_norms.tail, max_sq);
+    let (mut lower, mut upper) = ([0f32; FOLD_BLOCK], [0f32; FOLD_BLOCK]);
     for (blk, (dots, sq_norms)) in dots.chunks(FOLD_BLOCK).zip(chunk.sq_norms.chunks(FOLD_BLOCK)).enumerate() {
         // Quick test with the chunk's largest margin: lower_j <= U needs |m_j|^2 - 2 a_j <=
         // U - |q|^2 + T_j; the last term pads it for this test's own rounding.
@@ -390,26 +397,27 @@ unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mu
         if !hit {
             continue;
         }
-        let start = blk * FOLD_BLOCK;
-        let bounds = |j: usize, a: f32, n: f32| {
-            let (estimate, margin) = ((q.sq_norm + n) - 2.0 * a, q.margin(chunk.norms[start + j], n));
-            (estimate - margin, estimate + margin)
-        };
-        // The block's upper bounds first, then the rows their new threshold keeps: a row pushed
-        // against the threshold from before the block would mostly be dropped later (39 pushed
-        // rows per query -> 16 on predict's queries at k = 1, of which 5.9 are re-ranked; the
-        // predict-shaped search of `cargo bench --bench knn` 6.84 -> 6.67 ms).
-        for (j, (&a, &n)) in dots.iter().zip(sq_norms).enumerate() {
-            let (_, upper) = bounds(j, a, n);
-            if upper < state.threshold() {
-                state.offer_upper(upper);
+        // The block's bounds at once (vectorised: the row terms are arrays), then its upper
+        // bounds offered, then the rows their new threshold keeps: a row pushed against the
+        // threshold from before the block would mostly be dropped later (39 pushed rows per
+        // query -> 16 on predict's queries at k = 1, of which 5.9 are re-ranked).
+        let (start, len) = (blk * FOLD_BLOCK, dots.len());
+        let rows = chunk.norm[start..start + len].iter().zip(&chunk.tail[start..start + len]);
+        for ((l, u), ((&a, &n), (&norm, &tail))) in
+            lower.iter_mut().zip(upper.iter_mut()).zip(dots.iter().zip(sq_norms).zip(rows))
+        {
+            let (estimate, margin) = ((q.sq_norm + n) - 2.0 * a, q.margin(norm, tail, n));
+            (*l, *u) = (estimate - margin, estimate + margin);
+        }
+        for &u in &upper[..len] {
+            if u < state.threshold() {
+                state.offer_upper(u);
             }
         }
         let u = state.threshold();
-        for (j, (&a, &n)) in dots.iter().zip(sq_norms).enumerate() {
-            let (lower, _) = bounds(j, a, n);
-            if lower <= u {
-                state.candidates.push((chunk.rows[start + j], lower));
+        for (j, &l) in lower[..len].iter().enumerate() {
+            if l <= u {
+                state.candidates.push((chunk.rows[start + j], l));
             }
         }
     }
@@ -612,7 +620,7 @@ mod tests {
             for (j, &row) in screen.order.iter().enumerate() {
                 let m = &bank[row as usize * d..][..d];
                 let estimate = ((bound.sq_norm + screen.sq_norms[j]) - 2.0 * dots[r * CHUNK + j]) as f64;
-                let margin = bound.margin(screen.norms[j], screen.sq_norms[j]) as f64;
+                let margin = bound.margin(screen.norm[j], screen.tail[j], screen.sq_norms[j]) as f64;
                 let exact = sq_distance64(q, m);
                 assert!(
                     (estimate - exact).abs() <= margin,
