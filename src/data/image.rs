@@ -94,6 +94,27 @@ impl Preprocess {
     /// `[3, out_h, out_w]`: pixels scaled to [0, 1], resized width first then height with
     /// antialiased bilinear, then (x - mean) / std.
     pub fn resize_normalize(&self, img: &RgbImage, out_h: usize, out_w: usize) -> Vec<f32> {
+        if (img.height() as usize, img.width() as usize) == (out_h, out_w) {
+            return self.normalize(img);
+        }
+        self.resample_normalize(img, out_h, out_w)
+    }
+
+    /// `resize_normalize` at the image's own size. Its antialiased spans are then one tap of
+    /// weight 1 (and one of weight 0): the same values, without the resampling's two passes
+    /// (predict's `preprocess` at 256 px, 0.83 -> 0.20 ms per image).
+    fn normalize(&self, img: &RgbImage) -> Vec<f32> {
+        let plane = img.width() as usize * img.height() as usize;
+        let mut out = vec![0.0f32; 3 * plane];
+        for (i, pixel) in img.as_raw().chunks_exact(3).enumerate() {
+            for (c, &u) in pixel.iter().enumerate() {
+                out[c * plane + i] = (u as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        out
+    }
+
+    fn resample_normalize(&self, img: &RgbImage, out_h: usize, out_w: usize) -> Vec<f32> {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let cols = antialias_spans(w, out_w);
         let rows = antialias_spans(h, out_h);
@@ -169,5 +190,27 @@ impl Preprocess {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Preprocess;
+
+    /// At the image's own size the direct normalisation writes the resampling's bits.
+    #[test]
+    fn normalising_in_place_equals_resampling_to_the_same_size() {
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let p = Preprocess::new(64, None, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).unwrap();
+        for (w, h) in [(1, 1), (37, 5), (64, 64)] {
+            let img = image::RgbImage::from_fn(w, h, |x, y| match (x + y) % 5 {
+                0 => image::Rgb([0, 255, 128]),
+                _ => image::Rgb([rng.next_u64() as u8, rng.next_u64() as u8, rng.next_u64() as u8]),
+            });
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let (oh, ow) = (h as usize, w as usize);
+            assert_eq!(bits(p.normalize(&img)), bits(p.resample_normalize(&img, oh, ow)), "{w}x{h}");
+            assert_eq!(p.resize_normalize(&img, oh, ow).len(), 3 * oh * ow);
+        }
     }
 }
