@@ -97,6 +97,16 @@ impl<T: Copy + Default> TileBuf<T> {
         assert!(offset < slack, "TileBuf: no 64-byte aligned start within the buffer");
         TileBuf { data, offset, len }
     }
+
+    /// `len` values in this buffer's memory where it has room for them (keeping its values, so
+    /// that a caller that writes them all faults no page in again), else in a new zeroed buffer.
+    pub fn reuse(mut self, len: usize) -> TileBuf<T> {
+        if self.offset + len > self.data.len() {
+            return TileBuf::zeroed(len);
+        }
+        self.len = len;
+        self
+    }
 }
 
 impl<T> std::ops::Deref for TileBuf<T> {
@@ -228,6 +238,82 @@ impl Tiles {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (a, a_stride, b, b_group, kcs, c, c_stride);
+    }
+}
+
+impl Tiles {
+    /// C[32 x 32] = sum over `steps` of A_s[32 x 32] * B_s[32 x 32], as `block_32x32` but with A
+    /// read in place rather than from im2col rows: step s = [a, b] (bytes) takes its A tile's rows
+    /// 0..16 from `a0 + a` and rows 16..32 from `a1 + a`, each row `a_stride` bytes after the
+    /// previous one, and its two B tiles from `b + b` and `b + b + b_group`. A convolution over
+    /// channels-last pixels gives each step a kernel tap and 32 channels, each A row one output
+    /// position (`conv_amx::by_taps`).
+    ///
+    /// # Safety
+    /// `steps` is not empty, and every region a step names is valid as in `block_32x32`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_32x32_steps(
+        &self,
+        a0: *const u16,
+        a1: *const u16,
+        a_stride: usize,
+        steps: &[[usize; 2]],
+        b: *const u16,
+        b_group: usize,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        assert!(!steps.is_empty(), "block_32x32_steps: no steps");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller guarantees the regions; `self` proves the tiles are configured.
+        unsafe {
+            std::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "mov {t}, [{s}]",
+                "mov {u}, [{s} + 8]",
+                "add {u}, {b}",
+                "tileloadd tmm6, [{u} + {bs}*1]",
+                "add {u}, {bg}",
+                "tileloadd tmm7, [{u} + {bs}*1]",
+                "lea {u}, [{a0} + {t}]",
+                "tileloadd tmm4, [{u} + {ast}*1]",
+                "add {t}, {a1}",
+                "tileloadd tmm5, [{t} + {ast}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {s}, 16",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {cs}*1], tmm0",
+                "tilestored [{c} + {cs}*1 + 64], tmm1",
+                "mov {t}, {cs}",
+                "shl {t}, 4",
+                "add {t}, {c}",
+                "tilestored [{t} + {cs}*1], tmm2",
+                "tilestored [{t} + {cs}*1 + 64], tmm3",
+                s = inout(reg) steps.as_ptr() => _,
+                n = inout(reg) steps.len() => _,
+                t = out(reg) _,
+                u = out(reg) _,
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b = in(reg) b,
+                bg = in(reg) 2 * b_group,
+                ast = in(reg) a_stride,
+                bs = in(reg) 64usize,
+                c = in(reg) c,
+                cs = in(reg) c_stride,
+                options(nostack),
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (a0, a1, a_stride, b, b_group, c, c_stride);
     }
 }
 

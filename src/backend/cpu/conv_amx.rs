@@ -1,11 +1,14 @@
 //! Convolutions as AMX bf16 tile products, where the CPU has AMX-BF16 (see `amx`).
 //!
-//! The input is converted once per convolution to channels-last (NHWC) bf16, so that the patch
-//! of an output position is `kernel` runs of `kernel * channels` contiguous values, one run per
-//! kernel row: im2col becomes a few copies per position, done for 64 to 256 positions at a time in
-//! a task's own buffer (AMX's A operand), and the products run while those rows are in L2. The
-//! weights are packed as B tiles once, when the model loads (`PackedConv`). The products come out
-//! position-major; the epilogue gathers each channel's from them into the NCHW output.
+//! The input is converted once per convolution to channels-last (NHWC) bf16 with its zero padding
+//! around each image. With a multiple of 32 channels (ResNet's every convolution but the stem),
+//! the tiles read it in place: an A tile is 16 output positions of one row at one kernel tap and
+//! 32 channels, its rows `stride` pixels apart (`Job::by_taps`, no im2col). Otherwise (the stem's
+//! 3 channels, whose taps share a tile) the patch of an output position is `kernel` runs of
+//! `kernel * channels` contiguous values, copied for 64 to 256 positions at a time into a task's
+//! own buffer (`Job::by_patches`). The weights are packed as B tiles once, when the model loads
+//! (`PackedConv`). The products come out position-major; the epilogue gathers each channel's from
+//! them into the NCHW output.
 //!
 //! Two precisions (`Arithmetic`):
 //! - `Split`, the default: each value is split as x = hi + lo + r with hi, lo bf16 and
@@ -107,42 +110,143 @@ pub fn conv2d(
     // A 1x1 convolution without padding reads only every `stride`th pixel: convert those, and
     // run it as a stride-1 convolution of them (ResNet's strided downsampling, a quarter of the
     // conversion it would otherwise make).
-    let (input, g) = match (g.k, g.pad_top, g.pad_left) {
-        (1, 0, 0) => (ChannelsLast::of(x, arithmetic, g.stride), &Geometry { h: g.ho, w: g.wo, stride: 1, ..*g }),
-        _ => (ChannelsLast::of(x, arithmetic, 1), g),
+    let (step, g) = match (g.k, g.pad_top, g.pad_left) {
+        (1, 0, 0) => (g.stride, &Geometry { h: g.ho, w: g.wo, stride: 1, ..*g }),
+        _ => (1, g),
     };
-    let segments = arithmetic.segments();
-    let width = segments * packed.kcs * TILE_K;
-    let total = b * plane;
-    // Not zeroed: the tasks write every element (their positions cover 0..total, each for
+    let input = ChannelsLast::of(x, arithmetic, step, g);
+    // Not zeroed: the tasks write every element (their positions cover the batch, each for
     // every channel), and zeroing 32 MiB (the stem's output at batch 8) cost 2.6 ms a batch.
     let mut out: Vec<f32> = Vec::with_capacity(b * out_c * plane);
-    let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr());
-    let task_rows = task_rows(width);
-    let tasks = total.div_ceil(task_rows);
-    // At most 4 runs of tasks per thread, each allocating its buffers once (rayon calls `init`
-    // per run): fine enough to balance, few enough that the allocations cost nothing.
-    let per_run = tasks.div_ceil(4 * rayon::current_num_threads()).max(1);
-    (0..tasks).into_par_iter().with_min_len(per_run).for_each_init(
-        || (TileBuf::<u16>::zeroed(task_rows * width), TileBuf::<f32>::zeroed(task_rows * packed.out_pad)),
-        |(rows, products), task| {
-            let start = task * task_rows;
-            let n = task_rows.min(total - start);
-            for (r, row) in rows.chunks_exact_mut(width).take(n).enumerate() {
-                input.patch(start + r, g, packed.kcs * TILE_K, row);
-            }
-            // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
-            let tiles = unsafe { Tiles::configure() };
-            multiply(&tiles, rows, packed, segments, n, products);
-            drop(tiles);
-            write_outputs(products, packed.out_pad, start, n, plane, conv, residual, dst);
-        },
-    );
+    let job = Job { input: &input, conv, packed, residual, g, dst: SharedOut(out.spare_capacity_mut().as_mut_ptr()) };
+    if g.c.is_multiple_of(TILE_K) {
+        job.by_taps(b);
+    } else {
+        job.by_patches(b);
+    }
     // SAFETY: the tasks initialised all b * out_c * plane elements (above).
     unsafe { out.set_len(b * out_c * plane) };
     Some(out)
 }
 
+/// One convolution on the tiles: its input, weights and output.
+struct Job<'a> {
+    input: &'a ChannelsLast,
+    conv: &'a ConvWeights,
+    packed: &'a PackedConv,
+    residual: Option<&'a Tensor>,
+    g: &'a Geometry,
+    dst: SharedOut,
+}
+
+impl Job<'_> {
+    /// The depth of one position's products: segments x kcs tiles of 32 values.
+    fn width(&self) -> usize {
+        self.input.arithmetic.segments() * self.packed.kcs * TILE_K
+    }
+
+    /// Tasks of `task_rows` consecutive positions: each builds its positions' patches (im2col
+    /// rows: per kernel row `kernel * channels` contiguous values, [hi | hi | lo] for `Split`) in
+    /// its own buffer, then multiplies them by every output channel block. For channels that are
+    /// not a multiple of 32, whose taps then share tiles (the stem's 3).
+    fn by_patches(&self, b: usize) {
+        let (g, packed, width) = (self.g, self.packed, self.width());
+        let total = b * g.ho * g.wo;
+        let task_rows = task_rows(width);
+        let tasks = total.div_ceil(task_rows);
+        (0..tasks).into_par_iter().with_min_len(runs_of(tasks)).for_each_init(
+            || (TileBuf::<u16>::zeroed(task_rows * width), TileBuf::<f32>::zeroed(task_rows * packed.out_pad)),
+            |(rows, products), task| {
+                let start = task * task_rows;
+                let n = task_rows.min(total - start);
+                for (r, row) in rows.chunks_exact_mut(width).take(n).enumerate() {
+                    self.input.patch(start + r, g, packed.kcs * TILE_K, row);
+                }
+                // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
+                let tiles = unsafe { Tiles::configure() };
+                multiply(&tiles, rows, packed, self.input.arithmetic.segments(), n, products);
+                drop(tiles);
+                self.write(products, start, n);
+            },
+        );
+    }
+
+    /// Tasks of whole output rows, with no im2col: an A tile is 16 output positions of one row
+    /// read in place from the padded channels-last input (rows `stride` pixels apart), one step
+    /// per kernel tap and 32 channels (`ChannelsLast::steps`). For a multiple of 32 channels
+    /// (ResNet's every convolution but the stem). A row whose width is not a multiple of 16
+    /// ends in a tile whose last rows read past it; their products are computed and not read.
+    fn by_taps(&self, b: usize) {
+        let (g, packed) = (self.g, self.packed);
+        let row_tiles = g.wo.div_ceil(TILE_ROWS);
+        let rows_per_task = (task_rows(self.width()) / g.wo).max(1);
+        let out_rows = b * g.ho;
+        let tasks = out_rows.div_ceil(rows_per_task);
+        let steps = self.input.steps(g, packed.kcs);
+        let pairs = (rows_per_task * row_tiles).div_ceil(2);
+        let group_len = 3 * packed.kcs * B_TILE_LEN;
+        let a_stride = 2 * g.stride * g.c;
+        (0..tasks).into_par_iter().with_min_len(runs_of(tasks)).for_each_init(
+            || (TileBuf::<f32>::zeroed(pairs * BLOCK * packed.out_pad), Vec::with_capacity(2 * pairs)),
+            |(products, tile_starts), task| {
+                let rows = task * rows_per_task..((task + 1) * rows_per_task).min(out_rows);
+                tile_starts.clear();
+                for r in rows.clone() {
+                    let (image, oy) = (r / g.ho, r % g.ho);
+                    tile_starts
+                        .extend((0..row_tiles).map(|t| self.input.at(image, oy * g.stride, t * TILE_ROWS * g.stride)));
+                }
+                if tile_starts.len() % 2 == 1 {
+                    tile_starts.push(tile_starts[tile_starts.len() - 1]);
+                }
+                let data = self.input.data.as_ptr();
+                // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
+                let tiles = unsafe { Tiles::configure() };
+                for cb in (0..packed.out_pad).step_by(BLOCK) {
+                    for (p, pair) in tile_starts.chunks_exact(2).enumerate() {
+                        // SAFETY: the A rows a step reads lie in `data` (`ChannelsLast::steps`);
+                        // the B tiles are group cb/16's and the next's (3 kcs tiles each, of which
+                        // the steps name the first 2 kcs); the products' rows 32p..32p + 32,
+                        // columns cb..cb + 32, lie inside `products`.
+                        unsafe {
+                            tiles.block_32x32_steps(
+                                data.add(pair[0]),
+                                data.add(pair[1]),
+                                a_stride,
+                                &steps,
+                                packed.packed.as_ptr().add(cb / TILE_ROWS * group_len),
+                                group_len,
+                                products.as_mut_ptr().add(p * BLOCK * packed.out_pad + cb),
+                                packed.out_pad * 4,
+                            );
+                        }
+                    }
+                }
+                drop(tiles);
+                if row_tiles * TILE_ROWS == g.wo {
+                    self.write(products, rows.start * g.wo, rows.len() * g.wo);
+                } else {
+                    for (i, r) in rows.enumerate() {
+                        self.write(&products[i * row_tiles * TILE_ROWS * packed.out_pad..], r * g.wo, g.wo);
+                    }
+                }
+            },
+        );
+    }
+
+    /// The outputs of positions [start, start + n) from their products (`write_outputs`).
+    fn write(&self, products: &[f32], start: usize, n: usize) {
+        let plane = self.g.ho * self.g.wo;
+        write_outputs(products, self.packed.out_pad, start, n, plane, self.conv, self.residual, self.dst);
+    }
+}
+
+/// Tasks per run of `rayon`'s splitting: at most 4 runs per thread, each allocating its buffers
+/// once (rayon calls `init` per run), fine enough to balance, few enough that allocating costs
+/// nothing.
+fn runs_of(tasks: usize) -> usize {
+    tasks.div_ceil(4 * rayon::current_num_threads()).max(1)
+}
 /// activation(products + bias + residual) of positions [start, start + n) (`products`: `n` rows
 /// of `stride` f32, position-major) into their places in the NCHW output: per run of positions
 /// inside one image, channel by channel, so that every write is contiguous (`finish_run`).
@@ -271,104 +375,143 @@ fn multiply(tiles: &Tiles, rows: &[u16], packed: &PackedConv, segments: usize, n
     }
 }
 
-/// The input in channels-last bf16: `hi` and, for `Split`, `lo`, each [image][y][x][c].
+/// The input in channels-last bf16 with the convolution's zero padding around each image:
+/// `data` holds [image][y][x][c] of hi and, for `Split`, then the same of lo, `part` values
+/// each, then `slack` zeros that the last tiles of `Job::by_taps` may read into.
 struct ChannelsLast {
-    hi: Vec<u16>,
-    /// Only for `Split`: for `Bf16` it keeps the spare buffer, unread.
-    lo: Vec<u16>,
+    data: TileBuf<u16>,
+    part: usize,
     arithmetic: Arithmetic,
     c: usize,
+    /// The padded height and width.
+    hp: usize,
+    wp: usize,
 }
 
 thread_local! {
-    /// The last convolution's `ChannelsLast` buffers, for the next one on this thread: their pages
-    /// are then neither zeroed nor faulted in again (4 MiB each for ResNet's layer1 at batch 8).
-    static SPARE: std::cell::Cell<(Vec<u16>, Vec<u16>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    /// The last convolution's `ChannelsLast` buffer, for the next one on this thread: its pages
+    /// are then neither zeroed nor faulted in again (8 MiB for ResNet's layer1 at batch 8).
+    static SPARE: std::cell::Cell<Option<TileBuf<u16>>> = const { std::cell::Cell::new(None) };
 }
 
 impl Drop for ChannelsLast {
     fn drop(&mut self) {
-        SPARE.set((std::mem::take(&mut self.hi), std::mem::take(&mut self.lo)));
+        SPARE.set(Some(std::mem::replace(&mut self.data, TileBuf::zeroed(0))));
     }
 }
 
 impl ChannelsLast {
-    /// x[:, :, ::step, ::step] (all of it for step 1) in channels-last bf16.
-    fn of(x: &Tensor, arithmetic: Arithmetic, step: usize) -> ChannelsLast {
-        let [_, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    /// x[:, :, ::step, ::step] (all of it for step 1) in channels-last bf16, padded as `g` reads
+    /// it: `g.pad_top` rows and `g.pad_left` columns of zeros before each image's pixels, and
+    /// after them as many as its last output reads.
+    fn of(x: &Tensor, arithmetic: Arithmetic, step: usize, g: &Geometry) -> ChannelsLast {
+        let [b, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
         let (hs, ws) = (h.div_ceil(step), w.div_ceil(step));
-        let source = |row: usize| &x.data[(row / hs) * c * h * w + (row % hs) * step * w..];
-        let (mut hi, mut lo) = SPARE.take();
-        // Every element is written below: resizing the last convolution's buffers only fills
-        // what they grow by.
-        hi.resize(x.shape[0] * hs * ws * c, 0);
-        let convert = |row: usize, hi: &mut [u16], lo: Option<&mut [u16]>| {
+        let hp = (g.pad_top + hs).max((g.ho - 1) * g.stride + g.k);
+        let wp = (g.pad_left + ws).max((g.wo - 1) * g.stride + g.k);
+        let part = b * hp * wp * c;
+        let slack = TILE_ROWS * g.stride * c;
+        let segments = if arithmetic == Arithmetic::Split { 2 } else { 1 };
+        let spare = SPARE.take().unwrap_or_else(|| TileBuf::zeroed(0));
+        // Every value is written below: reusing the last convolution's buffer faults in only what
+        // it grows by.
+        let mut data = spare.reuse(segments * part + slack);
+        let (parts, tail) = data.split_at_mut(segments * part);
+        tail.fill(0);
+        let (hi, lo) = parts.split_at_mut(part);
+        // One padded row, hi and (for `Split`) lo: zeros, then inside the image's rows the `ws`
+        // pixels of source row y from column `pad_left`.
+        let convert = |row: usize, mut parts: [Option<&mut [u16]>; 2]| {
+            let (image, y) = (row / hp, row % hp);
+            let inside = y.checked_sub(g.pad_top).filter(|&y| y < hs);
+            let pixels = g.pad_left * c..(g.pad_left + ws) * c;
+            for part in parts.iter_mut().flatten() {
+                if inside.is_none() {
+                    part.fill(0);
+                } else {
+                    part[..pixels.start].fill(0);
+                    part[pixels.end..].fill(0);
+                }
+            }
+            let Some(y) = inside else { return };
+            let source = &x.data[image * c * h * w + y * step * w..];
+            let [Some(hi), lo] = parts.map(|p| p.map(|p| &mut p[pixels.clone()])) else {
+                unreachable!("hi is always given")
+            };
             #[cfg(target_arch = "x86_64")]
             if c % 16 == 0 {
                 // SAFETY: this runs only where AMX is usable, and `amx` requires AVX-512F with it.
-                unsafe { gather_pixels(source(row), c, h * w, step, hi, lo) };
+                unsafe { gather_pixels(source, c, h * w, step, hi, lo) };
                 return;
             }
-            gather_row(source(row), c, h * w, step, hi, to_bf16);
+            gather_row(source, c, h * w, step, hi, to_bf16);
             if let Some(lo) = lo {
-                gather_row(source(row), c, h * w, step, lo, |v| split(v).1);
+                gather_row(source, c, h * w, step, lo, |v| split(v).1);
             }
         };
         match arithmetic {
-            Arithmetic::Split => {
-                lo.resize(hi.len(), 0);
-                hi.par_chunks_mut(ws * c)
-                    .zip(lo.par_chunks_mut(ws * c))
-                    .enumerate()
-                    .for_each(|(row, (hi, lo))| convert(row, hi, Some(lo)));
+            Arithmetic::Split => hi
+                .par_chunks_mut(wp * c)
+                .zip(lo.par_chunks_mut(wp * c))
+                .enumerate()
+                .for_each(|(row, (hi, lo))| convert(row, [Some(hi), Some(lo)])),
+            Arithmetic::Bf16 => {
+                hi.par_chunks_mut(wp * c).enumerate().for_each(|(row, hi)| convert(row, [Some(hi), None]))
             }
-            Arithmetic::Bf16 => hi.par_chunks_mut(ws * c).enumerate().for_each(|(row, hi)| convert(row, hi, None)),
         }
-        ChannelsLast { hi, lo, arithmetic, c }
+        ChannelsLast { data, part, arithmetic, c, hp, wp }
+    }
+
+    /// Where padded pixel (y, x) of `image` starts in `data`.
+    fn at(&self, image: usize, y: usize, x: usize) -> usize {
+        ((image * self.hp + y) * self.wp + x) * self.c
     }
 
     /// The A row of output position `pos` (image * ho * wo + oy * wo + ox): per kernel row its
-    /// `kernel * c` values, zero outside the image, in each segment of `width`: [hi | hi | lo]
-    /// for `Split`, [hi] for `Bf16`. Values past the patch (the padding to whole tiles) are
-    /// never written and stay zero.
+    /// `kernel * c` values, in each segment of `width`: [hi | hi | lo] for `Split`, [hi] for
+    /// `Bf16`. Values past the patch (the padding to whole tiles) are never written and stay zero.
     fn patch(&self, pos: usize, g: &Geometry, width: usize, row: &mut [u16]) {
-        let c = self.c;
         let (image, oy, ox) = (pos / (g.ho * g.wo), pos % (g.ho * g.wo) / g.wo, pos % g.wo);
-        let run = g.k * c;
-        // The taps kx with 0 <= ox * stride + kx - pad_left < w.
-        let left = (g.pad_left.saturating_sub(ox * g.stride)).min(g.k);
-        let right = (g.w + g.pad_left).saturating_sub(ox * g.stride).clamp(left, g.k);
+        let run = g.k * self.c;
         // Segment 1 (hi again, for `Split`) is copied from segment 0 at the end, in one piece.
-        let segments: &[(&[u16], usize)] =
-            if self.arithmetic == Arithmetic::Bf16 { &[(&self.hi, 0)] } else { &[(&self.hi, 0), (&self.lo, 2)] };
+        let segments: &[(usize, usize)] = match self.arithmetic {
+            Arithmetic::Split => &[(0, 0), (self.part, 2)],
+            Arithmetic::Bf16 => &[(0, 0)],
+        };
         for ky in 0..g.k {
-            let iy = (oy * g.stride + ky).checked_sub(g.pad_top).filter(|&iy| iy < g.h);
-            for &(values, segment) in segments {
-                let dst = &mut row[segment * width + ky * run..][..run];
-                let Some(iy) = iy else {
-                    dst.fill(0);
-                    continue;
-                };
-                // Most positions lie inside the image: no zeros to write (and no memset call).
-                if left > 0 {
-                    dst[..left * c].fill(0);
-                }
-                if right < g.k {
-                    dst[right * c..].fill(0);
-                }
-                if right > left {
-                    let ix = ox * g.stride + left - g.pad_left;
-                    let src = &values[((image * g.h + iy) * g.w + ix) * c..][..(right - left) * c];
-                    copy_run(&mut dst[left * c..right * c], src);
-                }
+            let at = self.at(image, oy * g.stride + ky, ox * g.stride);
+            for &(part, segment) in segments {
+                copy_run(&mut row[segment * width + ky * run..][..run], &self.data[part + at..][..run]);
             }
         }
         if self.arithmetic == Arithmetic::Split {
             row.copy_within(..g.k * run, width);
         }
     }
-}
 
+    /// `Job::by_taps`'s steps [A, B] in bytes: for each kernel tap (ky, kx) and 32 channels c0,
+    /// A from that tap's pixel of the tile's first position and B from the packed tile of depth
+    /// (ky * kernel + kx) * c + c0: hi.w_hi, then for `Split` hi.w_lo and lo.w_hi. Every A row read
+    /// lies in `data`: a valid position's taps are inside its image's padded pixels, and the
+    /// last tile of a row reads at most 15 positions (15 stride pixels) past it, into the next
+    /// padded row or `slack`.
+    fn steps(&self, g: &Geometry, kcs: usize) -> Vec<[usize; 2]> {
+        let tile = 2 * B_TILE_LEN;
+        let mut steps = Vec::with_capacity(3 * kcs);
+        for (ky, kx) in (0..g.k).flat_map(|ky| (0..g.k).map(move |kx| (ky, kx))) {
+            for c0 in (0..self.c).step_by(TILE_K) {
+                let a = 2 * self.at(0, ky, kx) + 2 * c0;
+                let depth = ((ky * g.k + kx) * self.c + c0) / TILE_K;
+                steps.push([a, depth * tile]);
+                if self.arithmetic == Arithmetic::Split {
+                    steps.push([a, (kcs + depth) * tile]);
+                    steps.push([a + 2 * self.part, depth * tile]);
+                }
+            }
+        }
+        steps
+    }
+}
 /// dst = src, for a patch's runs: the stem's are 21 values, where a call to memcpy per run cost
 /// more than the copy. Short runs move blocks of 16 values (32 bytes) or 4 (8 bytes), the last
 /// block overlapping the one before (with 4-value blocks only, the stem's patches took 13.8 ms of
@@ -500,14 +643,18 @@ mod tests {
     use crate::tensor::Tensor;
 
     /// The convolutions the backbones have (stem, 3x3, strided, 1x1 downsample, TF padding), with
-    /// output channels that are not a multiple of 32 and positions that end mid-task.
-    const SHAPES: [(usize, usize, usize, usize, Padding, usize); 6] = [
+    /// output channels that are not a multiple of 32 and positions that end mid-task; channels
+    /// that are a multiple of 32 (by taps) and others (by patches), and by taps rows of 1 to 3
+    /// tiles that end mid-tile.
+    const SHAPES: [(usize, usize, usize, usize, Padding, usize); 8] = [
         (3, 64, 7, 2, Padding::Symmetric(3), 29),
         (16, 40, 3, 1, Padding::Symmetric(1), 13),
         (64, 32, 3, 2, Padding::Symmetric(1), 17),
         (64, 96, 1, 2, Padding::Symmetric(0), 11),
         (24, 48, 5, 2, Padding::TfSame, 15),
         (32, 16, 3, 1, Padding::Symmetric(1), 3),
+        (64, 40, 3, 1, Padding::Symmetric(1), 36),
+        (32, 48, 5, 2, Padding::TfSame, 40),
     ];
 
     fn random(n: usize, scale: f64, rng: &mut SplitMix64) -> Vec<f32> {
