@@ -60,13 +60,17 @@ impl Arithmetic {
 }
 
 /// A convolution's weights as AMX's B operand: per group of 16 output channels, three segments
-/// [hi | lo | hi] of `kcs` packed tiles each over the depth (ky * kernel + kx) * channels + c
+/// [hi | lo | hi] of `kcs` packed tiles each over the depth ky * row + kx * channels + c
 /// (channels-last, as the A rows are), zero-padded to whole tiles and to a multiple of 32 output
 /// channels. `Bf16` reads the first segment only.
 pub struct PackedConv {
     packed: TileBuf<u16>,
     kcs: usize,
     out_pad: usize,
+    /// The depth of one kernel row: `kernel * channels`, or a whole tile's 32 where that holds
+    /// more than one row (the stem's 7 x 3), so that `Job::by_taps` can read each kernel row's
+    /// pixels in place as one tile.
+    row: usize,
 }
 
 impl PackedConv {
@@ -77,19 +81,21 @@ impl PackedConv {
         if amx::unavailable_reason().is_some() || s.groups != 1 || !amx::suitable(&conv.weight) {
             return None;
         }
-        let (c, taps) = (s.in_channels, s.kernel * s.kernel);
-        let kcs = (c * taps).div_ceil(TILE_K);
+        let (c, k, taps) = (s.in_channels, s.kernel, s.kernel * s.kernel);
+        let row = if k * c < TILE_K { TILE_K } else { k * c };
+        let kcs = (k * row).div_ceil(TILE_K);
         let out_pad = s.out_channels.div_ceil(BLOCK) * BLOCK;
         let width = kcs * TILE_K;
         let packed = amx::pack_b(s.out_channels, out_pad / TILE_ROWS, 3 * kcs, |o, depth| {
             for (i, &w) in conv.weight[o * c * taps..][..c * taps].iter().enumerate() {
                 // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c).
-                let at = i % taps * c + i / taps;
+                let (ci, ky, kx) = (i / taps, i % taps / k, i % k);
+                let at = ky * row + kx * c + ci;
                 let (hi, lo) = split(w);
                 (depth[at], depth[width + at], depth[2 * width + at]) = (hi, lo, hi);
             }
         });
-        Some(PackedConv { packed, kcs, out_pad })
+        Some(PackedConv { packed, kcs, out_pad, row })
     }
 }
 
@@ -119,7 +125,7 @@ pub fn conv2d(
     // every channel), and zeroing 32 MiB (the stem's output at batch 8) cost 2.6 ms a batch.
     let mut out: Vec<f32> = Vec::with_capacity(b * out_c * plane);
     let job = Job { input: &input, conv, packed, residual, g, dst: SharedOut(out.spare_capacity_mut().as_mut_ptr()) };
-    if g.c.is_multiple_of(TILE_K) {
+    if packed.row.is_multiple_of(TILE_K) {
         job.by_taps(b);
     } else {
         job.by_patches(b);
@@ -160,7 +166,7 @@ impl Job<'_> {
                 let start = task * task_rows;
                 let n = task_rows.min(total - start);
                 for (r, row) in rows.chunks_exact_mut(width).take(n).enumerate() {
-                    self.input.patch(start + r, g, packed.kcs * TILE_K, row);
+                    self.input.patch(start + r, g, packed, row);
                 }
                 // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
                 let tiles = unsafe { Tiles::configure() };
@@ -182,7 +188,7 @@ impl Job<'_> {
         let rows_per_task = (task_rows(self.width()) / g.wo).max(1);
         let out_rows = b * g.ho;
         let tasks = out_rows.div_ceil(rows_per_task);
-        let steps = self.input.steps(g, packed.kcs);
+        let steps = self.input.steps(g, packed);
         let pairs = (rows_per_task * row_tiles).div_ceil(2);
         let group_len = 3 * packed.kcs * B_TILE_LEN;
         let a_stride = 2 * g.stride * g.c;
@@ -410,7 +416,7 @@ impl ChannelsLast {
         let hp = (g.pad_top + hs).max((g.ho - 1) * g.stride + g.k);
         let wp = (g.pad_left + ws).max((g.wo - 1) * g.stride + g.k);
         let part = b * hp * wp * c;
-        let slack = TILE_ROWS * g.stride * c;
+        let slack = TILE_ROWS * g.stride * c + TILE_K;
         let segments = if arithmetic == Arithmetic::Split { 2 } else { 1 };
         let spare = SPARE.take().unwrap_or_else(|| TileBuf::zeroed(0));
         // Every value is written below: reusing the last convolution's buffer faults in only what
@@ -468,11 +474,12 @@ impl ChannelsLast {
     }
 
     /// The A row of output position `pos` (image * ho * wo + oy * wo + ox): per kernel row its
-    /// `kernel * c` values, in each segment of `width`: [hi | hi | lo] for `Split`, [hi] for
-    /// `Bf16`. Values past the patch (the padding to whole tiles) are never written and stay zero.
-    fn patch(&self, pos: usize, g: &Geometry, width: usize, row: &mut [u16]) {
+    /// `kernel * c` values at `packed.row` intervals, in each segment of the packed depth: [hi |
+    /// hi | lo] for `Split`, [hi] for `Bf16`. Values between and past the runs (the padding to
+    /// whole tiles) are never written and stay zero.
+    fn patch(&self, pos: usize, g: &Geometry, packed: &PackedConv, row: &mut [u16]) {
         let (image, oy, ox) = (pos / (g.ho * g.wo), pos % (g.ho * g.wo) / g.wo, pos % g.wo);
-        let run = g.k * self.c;
+        let (run, width) = (g.k * self.c, packed.kcs * TILE_K);
         // Segment 1 (hi again, for `Split`) is copied from segment 0 at the end, in one piece.
         let segments: &[(usize, usize)] = match self.arithmetic {
             Arithmetic::Split => &[(0, 0), (self.part, 2)],
@@ -481,30 +488,31 @@ impl ChannelsLast {
         for ky in 0..g.k {
             let at = self.at(image, oy * g.stride + ky, ox * g.stride);
             for &(part, segment) in segments {
-                copy_run(&mut row[segment * width + ky * run..][..run], &self.data[part + at..][..run]);
+                copy_run(&mut row[segment * width + ky * packed.row..][..run], &self.data[part + at..][..run]);
             }
         }
         if self.arithmetic == Arithmetic::Split {
-            row.copy_within(..g.k * run, width);
+            row.copy_within(..width, width);
         }
     }
 
-    /// `Job::by_taps`'s steps [A, B] in bytes: for each kernel tap (ky, kx) and 32 channels c0,
-    /// A from that tap's pixel of the tile's first position and B from the packed tile of depth
-    /// (ky * kernel + kx) * c + c0: hi.w_hi, then for `Split` hi.w_lo and lo.w_hi. Every A row read
-    /// lies in `data`: a valid position's taps are inside its image's padded pixels, and the
-    /// last tile of a row reads at most 15 positions (15 stride pixels) past it, into the next
-    /// padded row or `slack`.
-    fn steps(&self, g: &Geometry, kcs: usize) -> Vec<[usize; 2]> {
+    /// `Job::by_taps`'s steps [A, B] in bytes: for each kernel row ky and each 32 values d0 of its
+    /// depth (`packed.row`: a tap's 32 channels, or the whole row), A from the tile's first
+    /// position's pixel (ky, 0) plus d0 and B from the packed tile of depth ky * row + d0: hi.w_hi,
+    /// then for `Split` hi.w_lo and lo.w_hi. Every A row read lies in `data`: a valid position's
+    /// taps are inside its image's padded pixels (up to 31 values past its last tap when a tile
+    /// holds the row), and the last tile of a row reads at most 15 positions (15 stride pixels)
+    /// past it, into the next padded row or `slack`.
+    fn steps(&self, g: &Geometry, packed: &PackedConv) -> Vec<[usize; 2]> {
         let tile = 2 * B_TILE_LEN;
-        let mut steps = Vec::with_capacity(3 * kcs);
-        for (ky, kx) in (0..g.k).flat_map(|ky| (0..g.k).map(move |kx| (ky, kx))) {
-            for c0 in (0..self.c).step_by(TILE_K) {
-                let a = 2 * self.at(0, ky, kx) + 2 * c0;
-                let depth = ((ky * g.k + kx) * self.c + c0) / TILE_K;
+        let mut steps = Vec::with_capacity(3 * packed.kcs);
+        for ky in 0..g.k {
+            for d0 in (0..packed.row).step_by(TILE_K) {
+                let a = 2 * (self.at(0, ky, 0) + d0);
+                let depth = (ky * packed.row + d0) / TILE_K;
                 steps.push([a, depth * tile]);
                 if self.arithmetic == Arithmetic::Split {
-                    steps.push([a, (kcs + depth) * tile]);
+                    steps.push([a, (packed.kcs + depth) * tile]);
                     steps.push([a + 2 * self.part, depth * tile]);
                 }
             }
@@ -512,6 +520,7 @@ impl ChannelsLast {
         steps
     }
 }
+
 /// dst = src, for a patch's runs: the stem's are 21 values, where a call to memcpy per run cost
 /// more than the copy. Short runs move blocks of 16 values (32 bytes) or 4 (8 bytes), the last
 /// block overlapping the one before (with 4-value blocks only, the stem's patches took 13.8 ms of
