@@ -13,6 +13,7 @@ mod knn_screen;
 mod matmul;
 mod pool;
 mod score;
+mod transpose;
 
 pub use amx::unavailable_reason as amx_unavailable;
 pub use blur::gaussian_taps;
