@@ -91,8 +91,9 @@ pub fn embed(layers: &[&Tensor]) -> Result<Tensor> {
 
 /// The scatter of `embed` for one block of rows (at most 16) inside one image: row i's columns
 /// offset..offset + c = src[ch * grid + i] for ch < c, 16 positions x 16 channels at a time
-/// transposed in registers (embed at 256 px, `cargo bench --bench pipeline -- embed`: 1.92 ->
-/// 1.1 ms per image).
+/// transposed in registers (`cargo bench --bench pipeline -- embed`, two alternating runs
+/// against the build before: 0.90-0.98 -> 0.80-0.82 ms per image at 256 px, 3.0-3.2 -> 2.6-2.8
+/// at 512).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
