@@ -128,6 +128,12 @@ pub const TILE_K: usize = 32;
 /// One packed B tile: `TILE_K / 2` rows of `TILE_ROWS` bf16 pairs.
 pub const B_TILE_LEN: usize = TILE_K * TILE_ROWS;
 
+/// `Tiles::block_32x32`'s steps for a depth of `tiles` tiles read in order: A from rows of
+/// `tiles * TILE_K` bf16 (step t at byte 64 t of each row), B from consecutive packed tiles.
+pub fn in_order(tiles: usize) -> Vec<[usize; 2]> {
+    (0..tiles).map(|t| [2 * TILE_K * t, 2 * B_TILE_LEN * t]).collect()
+}
+
 /// `rows` rows packed as B tiles (groups of 16 rows, each `tiles` tiles of `B_TILE_LEN`; zero rows
 /// pad the last group up to `groups` groups): `fill(r, depth)` writes row r's `tiles * TILE_K`
 /// values (zeroed before each row). In parallel over the groups.
@@ -175,84 +181,22 @@ impl Tiles {
         Tiles(std::marker::PhantomData)
     }
 
-    /// C[32 x 32] = A[32 x 32 kcs] * B[32 kcs x 32] in bf16 with f32 accumulation (TDPBF16PS:
-    /// products exact, sums rounded to nearest, denormal inputs and results flushed to zero).
+    /// C[32 x 32] = sum over `steps` of A_s[32 x 32] * B_s[32 x 32] in bf16 with f32
+    /// accumulation (TDPBF16PS: products exact, sums rounded to nearest, denormal inputs and
+    /// results flushed to zero); row r column n of C = A row r . B column n.
     ///
-    /// `a`: 32 rows of `kcs * 32` bf16, `a_stride` bytes apart. `b`: two groups of 16 bank rows,
-    /// each `kcs` packed tiles of `B_TILE_LEN` bf16 (pair p of dims 2p, 2p+1 for row n at
-    /// `p * 32 + n * 2`), the second group `b_group` bf16 after the first. `c`: 32 rows of 32 f32,
-    /// `c_stride` bytes apart; row r column n = A row r . bank row n.
+    /// Step s = [a, b] (bytes) takes its A tile's rows 0..16 from `a0 + a` and rows 16..32 from
+    /// `a1 + a`, each row `a_stride` bytes after the previous one, and its two B tiles (16
+    /// columns each: `TILE_K / 2` rows of 16 bf16 pairs, pair p of depths 2p, 2p + 1 for column n
+    /// at `p * 32 + n * 2`) from `b` plus b bytes and `b_group` bf16 further. A depth read in
+    /// order from rows of A is `in_order`'s steps; a convolution over channels-last pixels gives
+    /// each step a kernel tap and 32 channels, its A rows output positions read in place
+    /// (`conv_amx`). `c`: 32 rows of 32 f32, `c_stride` bytes apart.
     ///
     /// # Safety
-    /// All three regions must be valid as described, `kcs >= 1`.
+    /// `steps` is not empty, and every tile a step names, and `c`, are valid memory as described.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn block_32x32(
-        &self,
-        a: *const u16,
-        a_stride: usize,
-        b: *const u16,
-        b_group: usize,
-        kcs: usize,
-        c: *mut f32,
-        c_stride: usize,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller guarantees the regions; `self` proves the tiles are configured.
-        unsafe {
-            std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{a0} + {ast}*1]",
-                "tileloadd tmm6, [{b0} + {bs}*1]",
-                "tileloadd tmm5, [{a1} + {ast}*1]",
-                "tileloadd tmm7, [{b1} + {bs}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 64",
-                "add {a1}, 64",
-                "add {b0}, 1024",
-                "add {b1}, 1024",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{c0} + {cs}*1], tmm0",
-                "tilestored [{c0} + {cs}*1 + 64], tmm1",
-                "tilestored [{c1} + {cs}*1], tmm2",
-                "tilestored [{c1} + {cs}*1 + 64], tmm3",
-                a0 = inout(reg) a => _,
-                a1 = inout(reg) a.byte_add(TILE_ROWS * a_stride) => _,
-                b0 = inout(reg) b => _,
-                b1 = inout(reg) b.add(b_group) => _,
-                n = inout(reg) kcs => _,
-                c0 = in(reg) c,
-                c1 = in(reg) c.byte_add(TILE_ROWS * c_stride),
-                ast = in(reg) a_stride,
-                bs = in(reg) 64usize,
-                cs = in(reg) c_stride,
-                options(nostack),
-            );
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (a, a_stride, b, b_group, kcs, c, c_stride);
-    }
-}
-
-impl Tiles {
-    /// C[32 x 32] = sum over `steps` of A_s[32 x 32] * B_s[32 x 32], as `block_32x32` but with A
-    /// read in place rather than from im2col rows: step s = [a, b] (bytes) takes its A tile's rows
-    /// 0..16 from `a0 + a` and rows 16..32 from `a1 + a`, each row `a_stride` bytes after the
-    /// previous one, and its two B tiles from `b + b` and `b + b + b_group`. A convolution over
-    /// channels-last pixels gives each step a kernel tap and 32 channels, each A row one output
-    /// position (`conv_amx::by_taps`).
-    ///
-    /// # Safety
-    /// `steps` is not empty, and every region a step names is valid as in `block_32x32`.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn block_32x32_steps(
         &self,
         a0: *const u16,
         a1: *const u16,
@@ -263,7 +207,7 @@ impl Tiles {
         c: *mut f32,
         c_stride: usize,
     ) {
-        assert!(!steps.is_empty(), "block_32x32_steps: no steps");
+        assert!(!steps.is_empty(), "block_32x32: no steps");
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller guarantees the regions; `self` proves the tiles are configured.
         unsafe {

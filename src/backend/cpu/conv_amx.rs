@@ -217,7 +217,7 @@ impl Job<'_> {
                         // the steps name the first 2 kcs); the products' rows 32p..32p + 32,
                         // columns cb..cb + 32, lie inside `products`.
                         unsafe {
-                            tiles.block_32x32_steps(
+                            tiles.block_32x32(
                                 data.add(pair[0]),
                                 data.add(pair[1]),
                                 a_stride,
@@ -390,6 +390,7 @@ unsafe fn finish_block_avx512(
 fn multiply(tiles: &Tiles, rows: &[u16], packed: &PackedConv, segments: usize, n: usize, products: &mut [f32]) {
     let width = segments * packed.kcs * TILE_K;
     let group_len = 3 * packed.kcs * B_TILE_LEN;
+    let steps = amx::in_order(segments * packed.kcs);
     assert!(rows.len() >= n.div_ceil(BLOCK) * BLOCK * width && products.len() >= rows.len() / width * packed.out_pad);
     for cb in (0..packed.out_pad).step_by(BLOCK) {
         for rb in (0..n).step_by(BLOCK) {
@@ -398,12 +399,14 @@ fn multiply(tiles: &Tiles, rows: &[u16], packed: &PackedConv, segments: usize, n
             // hold 3 kcs tiles each, of which the first `segments * kcs` are read; products rows
             // rb..rb+32, columns cb..cb+32 lie inside its rows of out_pad f32.
             unsafe {
+                let a = rows.as_ptr().add(rb * width);
                 tiles.block_32x32(
-                    rows.as_ptr().add(rb * width),
+                    a,
+                    a.add(TILE_ROWS * width),
                     width * 2,
+                    &steps,
                     packed.packed.as_ptr().add(cb / TILE_ROWS * group_len),
                     group_len,
-                    segments * packed.kcs,
                     products.as_mut_ptr().add(rb * packed.out_pad + cb),
                     packed.out_pad * 4,
                 );

@@ -51,6 +51,8 @@ pub struct ScreenBank {
     /// row to `kcs * TILE_K`.
     packed: TileBuf<u16>,
     kcs: usize,
+    /// The products' steps over the `kcs` tiles of a row (`amx::in_order`).
+    steps: Vec<[usize; 2]>,
     /// |m_j'| and |m_j' - bf16(m_j')|: the bound's per-row terms, each in its own array so that
     /// the fold reads 16 rows' at once.
     norm: Vec<f32>,
@@ -145,7 +147,8 @@ impl ScreenBank {
             })
             .collect();
         let balls = Balls::new(rows, &order, d, CHUNK);
-        Ok(ScreenBank { shift, packed, kcs, norm, tail, chunk_max, order, sq_norms, balls })
+        let steps = amx::in_order(kcs);
+        Ok(ScreenBank { shift, packed, kcs, steps, norm, tail, chunk_max, order, sq_norms, balls })
     }
 }
 
@@ -356,12 +359,14 @@ fn chunk_products(
             // one exist with kcs tiles each; dots rows qb..qb+32, columns
             // bb..bb+32 lie within the tq_pad x CHUNK buffer as bb + 32 <= CHUNK.
             unsafe {
+                let a = q16.as_ptr().add(qb * width);
                 tiles.block_32x32(
-                    q16.as_ptr().add(qb * width),
+                    a,
+                    a.add(TILE_ROWS * width),
                     width * 2,
+                    &screen.steps,
                     screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * kcs * B_TILE_LEN),
                     kcs * B_TILE_LEN,
-                    kcs,
                     dots.as_mut_ptr().add(qb * CHUNK + bb),
                     CHUNK * 4,
                 );
