@@ -709,8 +709,9 @@ mod tests {
     /// The convolutions the backbones have (stem, 3x3, strided, 1x1 downsample, TF padding), with
     /// output channels that are not a multiple of 32 and positions that end mid-task; channels
     /// that are a multiple of 32 (by taps) and others (by patches), and by taps rows of 1 to 3
-    /// tiles that end mid-tile.
-    const SHAPES: [(usize, usize, usize, usize, Padding, usize); 8] = [
+    /// tiles that end mid-tile, and 1x1 over fewer than 32 channels (a tile row reads into the
+    /// next pixel, against zero weights).
+    const SHAPES: [(usize, usize, usize, usize, Padding, usize); 9] = [
         (3, 64, 7, 2, Padding::Symmetric(3), 29),
         (16, 40, 3, 1, Padding::Symmetric(1), 13),
         (64, 32, 3, 2, Padding::Symmetric(1), 17),
@@ -719,6 +720,7 @@ mod tests {
         (32, 16, 3, 1, Padding::Symmetric(1), 3),
         (64, 40, 3, 1, Padding::Symmetric(1), 36),
         (32, 48, 5, 2, Padding::TfSame, 40),
+        (24, 40, 1, 1, Padding::Symmetric(0), 13),
     ];
 
     fn random(n: usize, scale: f64, rng: &mut SplitMix64) -> Vec<f32> {
