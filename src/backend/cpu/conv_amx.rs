@@ -1,12 +1,13 @@
 //! Convolutions as AMX bf16 tile products, where the CPU has AMX-BF16 (see `amx`).
 //!
 //! The input is converted once per convolution to channels-last (NHWC) bf16 with its zero padding
-//! around each image. With a multiple of 32 channels (ResNet's every convolution but the stem),
-//! the tiles read it in place: an A tile is 16 output positions of one row at one kernel tap and
-//! 32 channels, its rows `stride` pixels apart (`Job::by_taps`, no im2col). Otherwise (the stem's
-//! 3 channels, whose taps share a tile) the patch of an output position is `kernel` runs of
-//! `kernel * channels` contiguous values, copied for 64 to 256 positions at a time into a task's
-//! own buffer (`Job::by_patches`). The weights are packed as B tiles once, when the model loads
+//! around each image. Where a kernel row's depth (`kernel * channels` values) is a multiple of 32
+//! or fits one tile row (all of ResNet's convolutions, the stem's 7 x 3 included), the tiles read
+//! it in place: an A tile is 16 output positions of one row at one kernel tap and 32 channels (or
+//! one whole kernel row), its rows `stride` pixels apart (`Job::by_taps`, no im2col). Otherwise
+//! (EfficientNet's 16 and 24 channels at 3 x 3 and 5 x 5) the patch of an output position is
+//! `kernel` runs of `kernel * channels` contiguous values, copied for 64 to 256 positions at a
+//! time into a task's own buffer (`Job::by_patches`). The weights are packed as B tiles once, when the model loads
 //! (`PackedConv`). The products come out position-major; the epilogue gathers each channel's from
 //! them into the NCHW output.
 //!
@@ -155,8 +156,8 @@ impl Job<'_> {
 
     /// Tasks of `task_rows` consecutive positions: each builds its positions' patches (im2col
     /// rows: per kernel row `kernel * channels` contiguous values, [hi | hi | lo] for `Split`) in
-    /// its own buffer, then multiplies them by every output channel block. For channels that are
-    /// not a multiple of 32, whose taps then share tiles (the stem's 3).
+    /// its own buffer, then multiplies them by every output channel block. For kernel rows whose
+    /// depth is neither a multiple of 32 nor under 32 (`PackedConv::row`).
     fn by_patches(&self, b: usize) {
         let (g, packed, width) = (self.g, self.packed, self.width());
         let total = b * g.ho * g.wo;
@@ -181,9 +182,9 @@ impl Job<'_> {
 
     /// Tasks of whole output rows, with no im2col: an A tile is 16 output positions of one row
     /// read in place from the padded channels-last input (rows `stride` pixels apart), one step
-    /// per kernel tap and 32 channels (`ChannelsLast::steps`). For a multiple of 32 channels
-    /// (ResNet's every convolution but the stem). A row whose width is not a multiple of 16
-    /// ends in a tile whose last rows read past it; their products are computed and not read.
+    /// per kernel tap and 32 channels, or per kernel row where one fits a tile (`ChannelsLast::
+    /// steps`). A row whose width is not a multiple of 16 ends in a tile whose last rows read
+    /// past it; their products are computed and not read.
     fn by_taps(&self, b: usize) {
         let (g, packed) = (self.g, self.packed);
         let row_tiles = g.wo.div_ceil(TILE_ROWS);
