@@ -89,29 +89,72 @@ impl Norms {
 /// the bound's 1% slack); its rounding to bf16 passes through f32, which stays within
 /// (2^-8 + 2^-24) of the value.
 fn shifted_bf16(row: &[f32], shift: &[f32], out: &mut [u16]) -> (Norms, f32) {
-    // 8 values at a time into 8-lane sums, so that it vectorises: one f64 sum chained through
-    // every value made preparing predict's queries 2.7 ns a value, 8 lanes 1.9 ns (compiling it
-    // for AVX-512 as well changed nothing measurable).
-    const LANES: usize = 8;
-    let (mut n, mut t, mut h) = ([0f64; LANES], [0f64; LANES], [0f64; LANES]);
-    let mut add = |x: &[f32], s: &[f32], out: &mut [u16]| {
-        for (lane, ((&x, &s), o)) in x.iter().zip(s).zip(out).enumerate() {
-            let v = x as f64 - s as f64;
-            *o = to_bf16(v as f32);
-            let hv = amx::from_bf16(*o) as f64;
-            (n[lane], t[lane], h[lane]) = (n[lane] + v * v, t[lane] + (v - hv) * (v - hv), h[lane] + hv * hv);
-        }
-    };
     let d = row.len();
-    let whole = d - d % LANES;
-    for ((x, s), o) in row[..whole].chunks_exact(LANES).zip(shift.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES))
-    {
-        add(x, s, o);
+    assert!(shift.len() >= d && out.len() >= d, "shifted_bf16: a row of {d} values");
+    // Sums of v^2, (v - h)^2 and h^2 (h = bf16(v)), 16 values at a time with AVX-512 (every CPU
+    // that screens has it), the rest one by one.
+    #[cfg(target_arch = "x86_64")]
+    let (mut sums, done) = if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected; the assert bounds the three slices.
+        unsafe { shifted_bf16_avx512(row, shift, out) }
+    } else {
+        ([0f64; 3], 0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (mut sums, done) = ([0f64; 3], 0);
+    for ((&x, &s), o) in row[done..].iter().zip(&shift[done..d]).zip(&mut out[done..d]) {
+        let v = x as f64 - s as f64;
+        *o = to_bf16(v as f32);
+        let hv = amx::from_bf16(*o) as f64;
+        sums = [sums[0] + v * v, sums[1] + (v - hv) * (v - hv), sums[2] + hv * hv];
     }
-    add(&row[whole..], &shift[whole..d], &mut out[whole..d]);
-    let sum = |a: [f64; LANES]| a.iter().sum::<f64>();
-    let (n, t, h) = (sum(n), sum(t), sum(h));
+    let [n, t, h] = sums;
     (Norms { norm: n.sqrt() as f32, tail: t.sqrt() as f32, hi: h.sqrt() as f32 }, n as f32)
+}
+
+/// `shifted_bf16` of the first multiple of 16 values: their sums and how many. The bf16 rounding
+/// is `to_bf16`'s integer arithmetic, 16 lanes wide. Preparing predict's queries took 1.9 ns a
+/// value in f64 sums of 8 lanes that the compiler vectorised with SSE2 (0.8-0.9 ms of CPU time a
+/// batch-1 image).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `shift` and `out` are at least as long as `row`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn shifted_bf16_avx512(row: &[f32], shift: &[f32], out: &mut [u16]) -> ([f64; 3], usize) {
+    use std::arch::x86_64::*;
+    let whole = row.len() / 16 * 16;
+    let [mut n, mut t, mut h] = [_mm512_setzero_pd(); 3];
+    let halves = |x: __m512| {
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+        [_mm512_cvtps_pd(_mm512_castps512_ps256(x)), _mm512_cvtps_pd(high)]
+    };
+    for i in (0..whole).step_by(16) {
+        // SAFETY: i + 16 <= whole <= the length of all three slices (the caller's contract).
+        let (x, s) = unsafe { (_mm512_loadu_ps(row.as_ptr().add(i)), _mm512_loadu_ps(shift.as_ptr().add(i))) };
+        let ([x0, x1], [s0, s1]) = (halves(x), halves(s));
+        let v = [_mm512_sub_pd(x0, s0), _mm512_sub_pd(x1, s1)];
+        let v32 = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(v[0]))),
+            _mm256_castps_pd(_mm512_cvtpd_ps(v[1])),
+        ));
+        // to_bf16: bits + 0x7fff + (bit 16), shifted down; a zero exponent keeps only the sign.
+        let bits = _mm512_castps_si512(v32);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
+        let flush = _mm512_testn_epi32_mask(rounded, _mm512_set1_epi32(0x7f80));
+        let rounded = _mm512_mask_and_epi32(rounded, flush, rounded, _mm512_set1_epi32(0x8000));
+        // SAFETY: out[i..i + 16] lies inside `out` (as above).
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(rounded)) };
+        let hv = halves(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(rounded)));
+        for (v, hv) in v.into_iter().zip(hv) {
+            let tail = _mm512_sub_pd(v, hv);
+            n = _mm512_fmadd_pd(v, v, n);
+            t = _mm512_fmadd_pd(tail, tail, t);
+            h = _mm512_fmadd_pd(hv, hv, h);
+        }
+    }
+    ([_mm512_reduce_add_pd(n), _mm512_reduce_add_pd(t), _mm512_reduce_add_pd(h)], whole)
 }
 
 impl ScreenBank {
@@ -218,6 +261,12 @@ struct Running {
 impl Running {
     fn threshold(&self) -> f32 {
         self.upper[self.upper.len() - 1]
+    }
+
+    /// The candidates whose lower bound is at most the final threshold: the rows to re-rank.
+    fn kept(&self) -> Vec<u32> {
+        let threshold = self.threshold();
+        self.candidates.iter().filter(|&&(_, lower)| lower <= threshold).map(|&(j, _)| j).collect()
     }
 
     fn offer_upper(&mut self, upper: f32) {
@@ -353,7 +402,7 @@ fn search_tile(
             }
         }
     }
-    running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(state, q, bank, d, k)).collect()
+    running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(&state.kept(), q, bank, d, k)).collect()
 }
 
 /// The shifted queries in bf16 as AMX's A operand (rows of `kcs * TILE_K`, zero rows up to a
@@ -424,64 +473,124 @@ struct BankChunk<'a> {
     max: (Norms, f32),
 }
 
-/// Folds one query's AMX products with a chunk of bank rows into its running state.
+/// Folds one query's AMX products with a chunk of bank rows into its running state, 16 rows to a
+/// vector and `FOLD_BLOCK` rows at a time.
+///
+/// First a quick test with the chunk's largest margin: lower_j <= U needs |m_j|^2 - 2 a_j <=
+/// U - |q|^2 + T_j (padded for this test's own rounding); a block none of whose rows passes is
+/// skipped. Otherwise the block's bounds, then its upper bounds offered, then the rows their new
+/// threshold keeps: a row pushed against the threshold from before the block would mostly be
+/// dropped later (39 pushed rows per query -> 16 on predict's queries at k = 1, of which 5.9 are
+/// re-ranked). Rows are looked at one by one only where a comparison of 16 passed: written with
+/// scalar loops over every row of a block, the fold took 1.7-1.8 ms of CPU time per batch-1
+/// image, two thirds of the products'.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
 unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mut Running) {
+    use std::arch::x86_64::*;
+    const VECTORS: usize = FOLD_BLOCK / 16;
+    let len = dots.len();
+    assert!(
+        len <= chunk.rows.len() && len <= chunk.sq_norms.len() && len <= chunk.norm.len() && len <= chunk.tail.len()
+    );
     let (max_norms, max_sq) = chunk.max;
     let chunk_margin = q.margin(max_norms.norm, max_norms.tail, max_sq);
-    let (mut lower, mut upper) = ([0f32; FOLD_BLOCK], [0f32; FOLD_BLOCK]);
-    for (blk, (dots, sq_norms)) in dots.chunks(FOLD_BLOCK).zip(chunk.sq_norms.chunks(FOLD_BLOCK)).enumerate() {
-        // Quick test with the chunk's largest margin: lower_j <= U needs |m_j|^2 - 2 a_j <=
-        // U - |q|^2 + T_j; the last term pads it for this test's own rounding.
+    let [qa, qb, qf, qg, q_sq] = [q.a, q.b, q.f, q.g, q.sq_norm].map(|x| _mm512_set1_ps(x));
+    // Lanes of vector v of the block at `start` that hold rows, and 16 values of `values` there
+    // (zeros past the chunk).
+    let live = |at: usize| if at >= len { 0 } else { (u32::MAX >> (32 - (len - at).min(16))) as __mmask16 };
+    // SAFETY: the masked lanes read rows at..at + 16 that are < len, inside every slice (the assert).
+    let load = |values: &[f32], at: usize| unsafe { _mm512_maskz_loadu_ps(live(at), values.as_ptr().add(at)) };
+    let mut spill = [0f32; 16];
+    for start in (0..len).step_by(FOLD_BLOCK) {
         let u = state.threshold();
         let theta = (u - q.sq_norm + chunk_margin) + 8.0 * U32 * (u.abs() + q.sq_norm + chunk_margin + max_sq);
-        let hit = dots.iter().zip(sq_norms).fold(false, |h, (&a, &n)| h | (n - 2.0 * a <= theta));
+        let a: [__m512; VECTORS] = std::array::from_fn(|v| load(dots, start + 16 * v));
+        let n: [__m512; VECTORS] = std::array::from_fn(|v| load(chunk.sq_norms, start + 16 * v));
+        let hit = (0..VECTORS).any(|v| {
+            let test = _mm512_sub_ps(n[v], _mm512_add_ps(a[v], a[v]));
+            _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(live(start + 16 * v), test, _mm512_set1_ps(theta)) != 0
+        });
         if !hit {
             continue;
         }
-        // The block's bounds at once (vectorised: the row terms are arrays), then its upper
-        // bounds offered, then the rows their new threshold keeps: a row pushed against the
-        // threshold from before the block would mostly be dropped later (39 pushed rows per
-        // query -> 16 on predict's queries at k = 1, of which 5.9 are re-ranked).
-        let (start, len) = (blk * FOLD_BLOCK, dots.len());
-        let rows = chunk.norm[start..start + len].iter().zip(&chunk.tail[start..start + len]);
-        for ((l, u), ((&a, &n), (&norm, &tail))) in
-            lower.iter_mut().zip(upper.iter_mut()).zip(dots.iter().zip(sq_norms).zip(rows))
-        {
-            let (estimate, margin) = ((q.sq_norm + n) - 2.0 * a, q.margin(norm, tail, n));
-            (*l, *u) = (estimate - margin, estimate + margin);
-        }
-        for &u in &upper[..len] {
-            if u < state.threshold() {
-                state.offer_upper(u);
+        let mut lower = [_mm512_setzero_ps(); VECTORS];
+        for v in 0..VECTORS {
+            let at = start + 16 * v;
+            // (|q|^2 + |m|^2) - 2 a and a |m| + b |m - H| + f |m|^2 + g, in `QueryBound::margin`'s order.
+            let estimate = _mm512_sub_ps(_mm512_add_ps(q_sq, n[v]), _mm512_add_ps(a[v], a[v]));
+            let margin = _mm512_add_ps(
+                _mm512_add_ps(
+                    _mm512_add_ps(_mm512_mul_ps(qa, load(chunk.norm, at)), _mm512_mul_ps(qb, load(chunk.tail, at))),
+                    _mm512_mul_ps(qf, n[v]),
+                ),
+                qg,
+            );
+            lower[v] = _mm512_sub_ps(estimate, margin);
+            let upper = _mm512_add_ps(estimate, margin);
+            let mut below = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(live(at), upper, _mm512_set1_ps(state.threshold()));
+            if below != 0 {
+                _mm512_storeu_ps(spill.as_mut_ptr(), upper);
+                while below != 0 {
+                    let u = spill[below.trailing_zeros() as usize];
+                    if u < state.threshold() {
+                        state.offer_upper(u);
+                    }
+                    below &= below - 1;
+                }
             }
         }
-        let u = state.threshold();
-        for (j, &l) in lower[..len].iter().enumerate() {
-            if l <= u {
-                state.candidates.push((chunk.rows[start + j], l));
+        let threshold = _mm512_set1_ps(state.threshold());
+        for (v, &l) in lower.iter().enumerate() {
+            let at = start + 16 * v;
+            let mut kept = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(live(at), l, threshold);
+            if kept != 0 {
+                _mm512_storeu_ps(spill.as_mut_ptr(), l);
+                while kept != 0 {
+                    let j = kept.trailing_zeros() as usize;
+                    state.candidates.push((chunk.rows[at + j], spill[j]));
+                    kept &= kept - 1;
+                }
             }
         }
     }
 }
 
+/// The screening bank is built only where AMX is usable, on x86_64: elsewhere nothing folds.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn fold_chunk(_: &[f32], _: &QueryBound, _: &BankChunk, _: &mut Running) {
+    unreachable!("the screening pass runs only on x86_64 with AMX")
+}
+
 /// The k nearest of a query's candidates by the squared distance in float64, as (squared, row),
 /// ties to the lower index.
-fn rerank(state: &Running, q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(f64, u32)> {
-    let threshold = state.threshold();
-    let mut ranked: Vec<(f64, u32)> = state
-        .candidates
+fn rerank(rows: &[u32], q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(f64, u32)> {
+    // The rows lie anywhere in the bank (15 MiB at 10,240 x 384), mostly outside the caches: all
+    // their lines are asked for at once, so that their fetches overlap (predict's re-ranking at
+    // batch 1: 1.6-1.8 -> 1.35-1.45 ms of CPU time an image).
+    for &j in rows {
+        prefetch(&bank[j as usize * d..][..d]);
+    }
+    let mut ranked: Vec<(f64, u32)> = rows
         .iter()
-        .filter(|&&(_, lower)| lower <= threshold)
         // SAFETY: the re-ranking follows the screening pass, which needs AMX and AVX-512F.
-        .map(|&(j, _)| (unsafe { sq_distance(q, &bank[j as usize * d..][..d]) }, j))
+        .map(|&j| (unsafe { sq_distance(q, &bank[j as usize * d..][..d]) }, j))
         .collect();
     ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     ranked.truncate(k);
     ranked
+}
+
+/// Asks for every cache line of `values` to be loaded (a hint: it never faults).
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in values.chunks(16) {
+        // SAFETY: PREFETCHT0 is part of SSE, in every x86_64 CPU, and reads nothing.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
 }
 
 /// |x - y|^2 in float64, 8 lanes (vectorised). The direct form rather than the expanded one: each
@@ -680,6 +789,42 @@ mod tests {
         // 0.69 measured (these rows' common part is smaller than a CNN's: 0.26 on ResNet-18's).
         assert!(shrink < 0.75, "the shift leaves |q'||m'| at {shrink} of |q||m|");
         eprintln!("largest error / margin: {worst:.3}; |q'||m'| / |q||m| at most {shrink:.3}");
+    }
+
+    /// Each value rounds as `to_bf16` of its f32 difference, and the sums are the float64 ones
+    /// rounded to f32 (to 1e-12 more: the vector path sums in another order), whatever the row's length: the vector
+    /// path's 16s and the one-by-one rest. Values include ties of the bf16 rounding, differences
+    /// that are subnormal in f32 (flushed) and large ones.
+    #[test]
+    fn shifted_rows_round_and_sum_as_float64() {
+        let mut rng = SplitMix64::new(40);
+        for d in [1, 15, 16, 17, 45, 384] {
+            let shift: Vec<f32> = (0..d).map(|i| if i % 5 < 2 { 0.0 } else { rng.normal() as f32 }).collect();
+            let row: Vec<f32> = (0..d)
+                .map(|i| match i % 5 {
+                    0 => f32::from_bits(0x3f80_8000 + (((i as u32 / 5) % 2) << 16)), // ties to even
+                    1 => 1e-39,                                                      // a subnormal difference
+                    2 => 3e9 * rng.normal() as f32,
+                    _ => rng.normal() as f32,
+                })
+                .collect();
+            let mut out = vec![0u16; d];
+            let (norms, sq_norm) = shifted_bf16(&row, &shift, &mut out);
+            let (mut n, mut t, mut h) = (0f64, 0f64, 0f64);
+            for i in 0..d {
+                let v = row[i] as f64 - shift[i] as f64;
+                assert_eq!(out[i], to_bf16(v as f32), "d {d}, value {i}: {v:e}");
+                let hv = amx::from_bf16(out[i]) as f64;
+                (n, t, h) = (n + v * v, t + (v - hv) * (v - hv), h + hv * hv);
+            }
+            for (got, want) in [(norms.norm, n.sqrt()), (norms.tail, t.sqrt()), (norms.hi, h.sqrt()), (sq_norm, n)] {
+                // The float64 sum rounded to f32 once.
+                assert!(
+                    (got as f64 - want).abs() <= (U32 as f64 + 1e-12) * want,
+                    "d {d}: {got:e} against float64 {want:e}"
+                );
+            }
+        }
     }
 
     /// Queries go in the order of their nearest ball, the first of equal bounds, ties in their own
