@@ -342,9 +342,12 @@ pub fn knn_screened(
 /// chunks while each query was folded against 16%; grouped, 27% and 13%.
 fn grouped_by_nearest_ball(lower: &[Vec<f32>], chunks: usize) -> Vec<u32> {
     let nearest: Vec<usize> = lower
-        .iter()
-        .flat_map(|piece| piece.chunks_exact(chunks))
-        .map(|row| row.iter().enumerate().fold((0, f32::INFINITY), |b, (c, &l)| if l < b.1 { (c, l) } else { b }).0)
+        .par_iter()
+        .flat_map_iter(|piece| {
+            piece.chunks_exact(chunks).map(|row| {
+                row.iter().enumerate().fold((0, f32::INFINITY), |b, (c, &l)| if l < b.1 { (c, l) } else { b }).0
+            })
+        })
         .collect();
     let mut order: Vec<u32> = (0..nearest.len() as u32).collect();
     order.sort_by_key(|&q| nearest[q as usize]);
