@@ -245,8 +245,10 @@ enum PatchcoreStatus patchcore_image_free(struct PatchcoreImage *image);
 
 /**
  * Loads a model file written by `patchcore fit` (or the Rust API) onto `device`: "cpu",
- * "cuda", "cuda:N" or "auto" (CUDA when present, else the CPU). On success `*out` is a new
- * handle; on failure it is NULL. A file of another format version gives PATCHCORE_MODEL.
+ * "cuda", "cuda:N" or "auto" (CUDA when present, else the CPU), in exact f32 arithmetic (on a
+ * CPU with AMX, convolutions of split bf16 products within a few f32 roundings). On success
+ * `*out` is a new handle; on failure it is NULL. A file of another format version gives
+ * PATCHCORE_MODEL.
  *
  * # Safety
  * `path` and `device` are NULL or NUL-terminated strings; `out` is NULL or points to
@@ -255,6 +257,22 @@ enum PatchcoreStatus patchcore_image_free(struct PatchcoreImage *image);
 enum PatchcoreStatus patchcore_load(const char *path,
                                     const char *device,
                                     struct PatchcoreModel **out);
+
+/**
+ * `patchcore_load` with a choice of arithmetic, as the CLI's `--precision`: "f32" (what
+ * `patchcore_load` does); "bf16" on a CPU with AMX (convolutions in bf16: faster, scores
+ * within about 2%; the nearest-neighbour search stays exact), refused with
+ * PATCHCORE_INVALID_ARGUMENT and the reason on a CPU without; "tf32" or "f16" on the GPU
+ * (tensor cores: faster, looser), which a CPU computes in f32.
+ *
+ * # Safety
+ * `path`, `device` and `precision` are NULL or NUL-terminated strings; `out` is NULL or
+ * points to writable storage for one handle.
+ */
+enum PatchcoreStatus patchcore_load_with_precision(const char *path,
+                                                   const char *device,
+                                                   const char *precision,
+                                                   struct PatchcoreModel **out);
 
 /**
  * Releases a handle. NULL is a no-op; a handle already freed gives PATCHCORE_STALE_HANDLE.

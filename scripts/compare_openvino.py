@@ -16,7 +16,8 @@ Anomalib and OpenVINO are timed on decoded, already-sized float images (decoding
 their clock). Ours twice: the whole CLI run (process start, model load, PNG decoding), the figure
 a user of the CLI gets; and the C ABI in this process (libpatchcore.so next to the binary,
 through ctypes: the model loaded once, decoded 8-bit images in, scores and anomaly maps out),
-what a host that keeps the model loaded gets, and the same work OpenVINO's figure counts. Each
+what a host that keeps the model loaded gets, and the same work OpenVINO's figure counts; both in
+the default precision and, where the CPU has AMX, in bf16 (`--precision bf16`). Each
 figure is the best of R passes over all images, the passes of all engines interleaved.
 """
 
@@ -185,9 +186,10 @@ class CResult(ctypes.Structure):
     _fields_ = [("score", ctypes.c_float), ("normalized", ctypes.c_float), ("is_anomalous", ctypes.c_bool)]
 
 
-def c_abi_engine(library, model_path, paths, batch):
+def c_abi_engine(library, model_path, paths, batch, precision="f32"):
     """A pass over the images through patchcore_predict_batch, each image's map included (as
-    OpenVINO's graph computes one), on a model loaded once; the images decoded beforehand."""
+    OpenVINO's graph computes one), on a model loaded once (patchcore_load_with_precision); the
+    images decoded beforehand."""
     lib = ctypes.CDLL(library)
     lib.patchcore_last_error.restype = ctypes.c_char_p
     model = ctypes.c_void_p()
@@ -196,7 +198,8 @@ def c_abi_engine(library, model_path, paths, batch):
         if status != 0:
             sys.exit(f"{what}: {lib.patchcore_last_error().decode()}")
 
-    check(lib.patchcore_load(model_path.encode(), b"cpu", ctypes.byref(model)), model_path)
+    check(lib.patchcore_load_with_precision(model_path.encode(), b"cpu", precision.encode(), ctypes.byref(model)),
+          model_path)
     pixels = [np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8)) for p in paths]
     maps = [np.empty(px.shape[:2], dtype=np.float32) for px in pixels]
 
@@ -237,6 +240,8 @@ def category_engines(binary, model_path, paths, images, pipeline):
     if probe.returncode == 0:
         for b in BATCHES:
             engines[f"ours CLI bf16 b{b}"] = ours_engine(binary, model_path, paths, b, "bf16")
+        for b in BATCHES:
+            engines[f"ours C ABI bf16 b{b}"] = c_abi_engine(library, model_path, paths, b, "bf16")
     else:
         print(f"ours bf16 skipped: {probe.stderr.strip()}", flush=True)
     return engines, precision
@@ -303,7 +308,7 @@ def compare(args):
     for name, s in seconds.items():
         diff = f"{worst[name]:.2e}" if name in worst else "-"
         print(f"| {name} | {1000 * s / n_images:.1f} | {reference / s:.2f}x | {diff} | {np.mean(aurocs[name]):.3f} |")
-    for ours_name in ("ours CLI", "ours C ABI", "ours CLI bf16"):
+    for ours_name in ("ours CLI", "ours C ABI", "ours CLI bf16", "ours C ABI bf16"):
         if f"{ours_name} b1" not in seconds:
             continue
         for b in BATCHES:

@@ -410,6 +410,49 @@ fn load_refusals_name_the_file_and_the_fix() {
     patchcore_free(out);
 }
 
+/// `patchcore_load_with_precision`: "f32" is `patchcore_load`; "bf16" runs the bf16
+/// convolutions where the CPU has AMX (scores within 3% of f32's, and not the same bits) and
+/// is refused with the reason elsewhere; a precision that does not exist, or NULL, is refused.
+#[test]
+fn precision_is_chosen_at_load() {
+    let dir = TempDir::new("ffi-precision");
+    let path = dir.path().join("model.patchcore");
+    model().save(&path).unwrap();
+    let load = |precision: *const std::ffi::c_char, out: &mut *mut PatchcoreModel| {
+        // SAFETY: NUL-terminated strings (or NULL) and a valid out pointer.
+        unsafe { patchcore_load_with_precision(path_c(&path).as_ptr(), c"cpu".as_ptr(), precision, out) }
+    };
+    let mut out = std::ptr::without_provenance_mut(0x99);
+    expect(load(c"f64".as_ptr(), &mut out), PATCHCORE_INVALID_ARGUMENT, "precision `f64`: expected f32, tf32, f16");
+    assert!(out.is_null(), "a failed load leaves NULL behind");
+    expect(load(null(), &mut out), PATCHCORE_NULL_ARGUMENT, "`precision` is NULL");
+
+    let images = [test_image(72, 56, 5000, false), test_image(72, 56, 5001, true)];
+    let scores = |handle| -> Vec<f32> {
+        images.iter().map(|img| predict_c(handle, img.as_raw(), (72, 56, 72 * 3, 3)).0.score).collect()
+    };
+    expect(load(c"f32".as_ptr(), &mut out), PATCHCORE_OK, "");
+    let f32_scores = scores(out);
+    assert_eq!(f32_scores, images.iter().map(|img| predict_rust(img).0.score).collect::<Vec<_>>());
+    expect(patchcore_free(out), PATCHCORE_OK, "");
+    match patchcore::backend::cpu::amx_unavailable() {
+        None => {
+            expect(load(c"bf16".as_ptr(), &mut out), PATCHCORE_OK, "");
+            let bf16_scores = scores(out);
+            for (bf16, f32) in bf16_scores.iter().zip(&f32_scores) {
+                assert!((bf16 - f32).abs() <= 0.03 * f32.abs(), "bf16 {bf16} against f32 {f32}");
+            }
+            assert_ne!(bf16_scores, f32_scores, "bf16 convolutions round differently");
+            expect(patchcore_free(out), PATCHCORE_OK, "");
+        }
+        Some(reason) => {
+            let why = format!("bf16 needs AMX on the CPU: {reason}");
+            expect(load(c"bf16".as_ptr(), &mut out), PATCHCORE_INVALID_ARGUMENT, &why);
+            assert!(out.is_null());
+        }
+    }
+}
+
 #[test]
 fn decoded_images_score_like_caller_buffers_and_free_once() {
     let dir = TempDir::new("ffi-decode");

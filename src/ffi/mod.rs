@@ -15,8 +15,8 @@ pub use pixels::{
     patchcore_image_free, patchcore_image_load, PatchcoreImage, PATCHCORE_MAX_PIXELS, PATCHCORE_MAX_SIDE,
 };
 pub use predict::{
-    patchcore_free, patchcore_load, patchcore_model_info, patchcore_predict, patchcore_predict_batch,
-    PatchcoreModelInfo, PatchcoreResult, PATCHCORE_MAX_BATCH,
+    patchcore_free, patchcore_load, patchcore_load_with_precision, patchcore_model_info, patchcore_predict,
+    patchcore_predict_batch, PatchcoreModelInfo, PatchcoreResult, PATCHCORE_MAX_BATCH,
 };
 
 use crate::error::Error;
