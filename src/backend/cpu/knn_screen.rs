@@ -364,9 +364,10 @@ fn task_queries(nq: usize) -> usize {
 }
 
 /// One task's queries `qs`, with their lower bounds on every chunk (`lower`, a row per query):
-/// per query its k neighbours as (squared distance in float64, row), ascending. The chunks are visited nearest first (by the task's mean lower bound), so that the running
-/// thresholds fall early, and a block of 32 queries skips a chunk whose ball all its queries'
-/// thresholds already exclude.
+/// per query its k neighbours as (squared distance in float64, row), ascending. The chunks are
+/// visited nearest first (by the task's mean lower bound), so that the running thresholds fall
+/// early, and a block of 32 queries skips a chunk whose ball all its queries' thresholds already
+/// exclude.
 fn search_tile(
     tiles: &Tiles,
     qs: &[f32],
