@@ -142,6 +142,21 @@ fn run_stages<B: Backend, S: Stage<B>>(backend: &B, stages: &[S], x: &B::Tensor)
     Ok(h)
 }
 
+/// `convs` applied in turn to `x`, the last adding `residual`, as one [`Backend::conv2d_chain`]
+/// (a backend may keep the outputs between them in its own layout); each in its span.
+fn run_chain<B: Backend>(backend: &B, convs: &[Conv<B>], x: &B::Tensor, residual: &B::Tensor) -> Result<B::Tensor> {
+    // Each convolution's input shape, for its span.
+    let mut inputs = vec![backend.shape(x).to_vec()];
+    for conv in convs {
+        let input = inputs.last().expect("starts with x's shape");
+        inputs.push(crate::backend::checks::conv_output(&conv.spec, input, None)?.to_vec());
+    }
+    let spans: Vec<_> = convs.iter().zip(&inputs).map(|(conv, input)| move || conv.span(input)).collect();
+    let links: Vec<_> =
+        convs.iter().zip(&spans).map(|(conv, span)| crate::backend::Link { conv: &conv.prepared, span }).collect();
+    backend.conv2d_chain(x, &links, Some(residual))
+}
+
 /// Where the convolutions come from: torchvision weights with BatchNorm to fold, or a model
 /// file's already folded ones.
 pub enum ConvOrigin<'a> {
@@ -183,13 +198,14 @@ pub struct Conv<B: Backend> {
 }
 
 impl<B: Backend> Conv<B> {
-    /// activation(conv(x) + bias + residual), in a span with the convolution's FLOPs and bytes.
+    /// activation(conv(x) + bias + residual), in its span.
     pub fn run(&self, backend: &B, x: &B::Tensor, residual: Option<&B::Tensor>) -> Result<B::Tensor> {
-        crate::backend::traced(
-            backend,
-            || crate::trace::conv_span(&self.name).work(|| flops::conv(&self.spec, backend.shape(x))),
-            || backend.conv2d(x, &self.prepared, residual),
-        )
+        crate::backend::traced(backend, || self.span(backend.shape(x)), || backend.conv2d(x, &self.prepared, residual))
+    }
+
+    /// The span of this convolution on an `input` of that shape, with its FLOPs and bytes.
+    fn span(&self, input: &[usize]) -> crate::trace::Span {
+        crate::trace::conv_span(&self.name).work(|| flops::conv(&self.spec, input))
     }
 
     pub fn name(&self) -> &str {

@@ -1,7 +1,7 @@
 //! ResNet-18 and Wide-ResNet-50-2 (torchvision layout, parameter names and strides), run to
 //! layer3. layer4 and fc are never loaded or computed.
 
-use super::{run_stages, Conv, ConvLoader, Stage};
+use super::{run_chain, run_stages, Conv, ConvLoader, Stage};
 use crate::backend::{flops, Activation, Backend, ConvSpec, Padding};
 use crate::error::Result;
 
@@ -105,12 +105,6 @@ impl<B: Backend> ResNet<B> {
 impl<B: Backend> Stage<B> for Block<B> {
     fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
         let identity = self.downsample.as_ref().map(|d| d.run(backend, x, None)).transpose()?;
-        let residual = identity.as_ref().unwrap_or(x);
-        let (last, first) = self.convs.split_last().expect("a block has at least two convolutions");
-        let mut h = None;
-        for conv in first {
-            h = Some(conv.run(backend, h.as_ref().unwrap_or(x), None)?);
-        }
-        last.run(backend, h.as_ref().unwrap_or(x), Some(residual))
+        run_chain(backend, &self.convs, x, identity.as_ref().unwrap_or(x))
     }
 }

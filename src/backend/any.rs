@@ -2,7 +2,7 @@
 //! `AnyBackend` instead of being generic, and its tensors remember which device they live on.
 //! Without the `cuda` feature the CUDA variants are uninhabited and cost nothing.
 
-use super::{Backend, BatchScores, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Precision};
+use super::{Backend, BatchScores, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Link, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -103,6 +103,15 @@ fn mixed(what: &str) -> Error {
     Error::invalid_backend_input(format!("{what}: operands live on different devices"))
 }
 
+/// The links with their convolutions on one backend (`conv` picks its variant), or `None` where
+/// one lives on another.
+fn links_on<'a, C>(
+    links: &[Link<'a, AnyConv>],
+    conv: impl Fn(&'a AnyConv) -> Option<&'a C>,
+) -> Option<Vec<Link<'a, C>>> {
+    links.iter().map(|link| Some(Link { conv: conv(link.conv)?, span: link.span })).collect()
+}
+
 impl Backend for AnyBackend {
     type Tensor = AnyTensor;
     type Conv = AnyConv;
@@ -169,6 +178,38 @@ impl Backend for AnyBackend {
                 b.conv2d(x, c, Some(r)).map(AnyTensor::Cuda)
             }
             _ => Err(mixed("conv2d")),
+        }
+    }
+
+    fn conv2d_chain(
+        &self,
+        x: &AnyTensor,
+        links: &[Link<'_, AnyConv>],
+        residual: Option<&AnyTensor>,
+    ) -> Result<AnyTensor> {
+        let mixed = || mixed("conv2d_chain");
+        match (self, x) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(x)) => {
+                let links =
+                    links_on(links, |c| if let AnyConv::Cpu(c) = c { Some(c) } else { None }).ok_or_else(mixed)?;
+                let residual = match residual {
+                    Some(AnyTensor::Cpu(r)) => Some(r),
+                    None => None,
+                    Some(_) => return Err(mixed()),
+                };
+                b.conv2d_chain(x, &links, residual).map(AnyTensor::Cpu)
+            }
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(x)) => {
+                let links =
+                    links_on(links, |c| if let AnyConv::Cuda(c) = c { Some(c) } else { None }).ok_or_else(mixed)?;
+                let residual = match residual {
+                    Some(AnyTensor::Cuda(r)) => Some(r),
+                    None => None,
+                    Some(_) => return Err(mixed()),
+                };
+                b.conv2d_chain(x, &links, residual).map(AnyTensor::Cuda)
+            }
+            _ => Err(mixed()),
         }
     }
 

@@ -119,6 +119,18 @@ pub trait Backend: Send + Sync {
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<Self::Conv>;
     /// activation(conv(x) + bias + residual): the residual add of a ResNet block is fused here.
     fn conv2d(&self, x: &Self::Tensor, conv: &Self::Conv, residual: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+    /// The links' convolutions applied in turn, the last one adding `residual`: a residual
+    /// block's main path, each link in its own trace span (see [`traced`]). An output between
+    /// two links is read by the next link only, so a backend may keep it in the layout its
+    /// convolutions read; the default (`conv2d_by_links`) runs `conv2d` link by link.
+    fn conv2d_chain(
+        &self,
+        x: &Self::Tensor,
+        links: &[Link<'_, Self::Conv>],
+        residual: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        conv2d_by_links(self, x, links, residual)
+    }
     /// Max pooling with -inf padding (ResNet's stem: kernel 3, stride 2, padding 1).
     fn max_pool(&self, x: &Self::Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Self::Tensor>;
 
@@ -162,6 +174,30 @@ pub trait Backend: Send + Sync {
     fn mark(&self) -> Result<Option<Mark>> {
         Ok(None)
     }
+}
+
+/// One convolution of [`Backend::conv2d_chain`] and the trace span it runs in.
+pub struct Link<'a, C> {
+    pub conv: &'a C,
+    pub span: &'a dyn Fn() -> crate::trace::Span,
+}
+
+/// [`Backend::conv2d_chain`] as one `conv2d` per link: the default, and a backend's fallback
+/// where its own chain does not apply.
+pub fn conv2d_by_links<B: Backend + ?Sized>(
+    backend: &B,
+    x: &B::Tensor,
+    links: &[Link<'_, B::Conv>],
+    residual: Option<&B::Tensor>,
+) -> Result<B::Tensor> {
+    let Some((last, first)) = links.split_last() else {
+        return Err(Error::invalid_backend_input("conv2d_chain: no convolutions"));
+    };
+    let mut h = None;
+    for link in first {
+        h = Some(traced(backend, link.span, || backend.conv2d(h.as_ref().unwrap_or(x), link.conv, None))?);
+    }
+    traced(backend, last.span, || backend.conv2d(h.as_ref().unwrap_or(x), last.conv, residual))
 }
 
 /// Runs `op` inside `span`. While tracing is on, the backend is synchronised before the span

@@ -71,7 +71,7 @@ pub fn split(x: f32) -> (u16, u16) {
 
 /// Inputs beyond this magnitude take the f32 paths: the split's products could overflow where the
 /// kNN bound's arithmetic assumes they do not, and a convolution's sums could.
-const LIMIT: f32 = 1e15;
+pub const LIMIT: f32 = 1e15;
 
 /// Whether every value is finite and within `LIMIT`, as the bf16 paths require. Without an early
 /// exit, so that it vectorises: it runs over every convolution's input.
@@ -96,6 +96,11 @@ impl<T: Copy + Default> TileBuf<T> {
         let offset = data.as_ptr().align_offset(64);
         assert!(offset < slack, "TileBuf: no 64-byte aligned start within the buffer");
         TileBuf { data, offset, len }
+    }
+
+    /// The most values `reuse` keeps this buffer's memory for.
+    pub fn capacity(&self) -> usize {
+        self.data.len() - self.offset
     }
 
     /// `len` values in this buffer's memory where it has room for them (keeping its values, so

@@ -6,7 +6,7 @@
 use super::conv_amx::{self, Arithmetic, PackedConv};
 use super::matmul::{sgemm_views, View};
 use crate::backend::checks::conv_output;
-use crate::backend::{Activation, ConvWeights};
+use crate::backend::{Activation, ConvSpec, ConvWeights};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// A convolution prepared for the CPU: its weights, and where tiles are to be used and apply,
 /// their packed form.
 pub struct CpuConv {
-    weights: ConvWeights,
+    pub(super) weights: ConvWeights,
     pub(super) packed: Option<PackedConv>,
 }
 
@@ -30,24 +30,31 @@ impl CpuConv {
 pub fn conv2d(x: &Tensor, prepared: &CpuConv, tiles: Option<Arithmetic>, residual: Option<&Tensor>) -> Result<Tensor> {
     let conv = &prepared.weights;
     let s = &conv.spec;
-    let out_shape = conv_output(s, &x.shape, residual.map(|r| &r.shape[..]))?;
-    let [_, c, h, w] = x.dims4()?;
-    let [_, _, ho, wo] = out_shape;
-    let (_, pad_top) = s.padding.resolve(h, s.kernel, s.stride);
-    let (_, pad_left) = s.padding.resolve(w, s.kernel, s.stride);
-    let g = Geometry { c, h, w, ho, wo, pad_top, pad_left, k: s.kernel, stride: s.stride };
+    let (out_shape, g) = geometry(s, &x.shape, residual.map(|r| &r.shape[..]))?;
+    let c = g.c;
     let depthwise = s.groups == c && s.groups == s.out_channels && s.groups > 1;
     let on_tiles = tiles.zip(prepared.packed.as_ref());
     let out = if let Some(out) = on_tiles.and_then(|(a, packed)| conv_amx::conv2d(x, conv, packed, a, residual, &g)) {
         out
     } else if depthwise {
         let mut out = depthwise_direct(x, &conv.weight, &g);
-        epilogue(&mut out, conv, residual, ho * wo);
+        epilogue(&mut out, conv, residual, g.ho * g.wo);
         out
     } else {
         banded_gemm(x, conv, residual, &g)
     };
     Ok(Tensor::new(out_shape.to_vec(), out))
+}
+
+/// The output shape of a convolution of `spec` on an input of `shape` (checked, with the
+/// residual's) and the geometry it is computed with.
+pub(super) fn geometry(spec: &ConvSpec, shape: &[usize], residual: Option<&[usize]>) -> Result<([usize; 4], Geometry)> {
+    let out = conv_output(spec, shape, residual)?;
+    let [_, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+    let [_, _, ho, wo] = out;
+    let (_, pad_top) = spec.padding.resolve(h, spec.kernel, spec.stride);
+    let (_, pad_left) = spec.padding.resolve(w, spec.kernel, spec.stride);
+    Ok((out, Geometry { c, h, w, ho, wo, pad_top, pad_left, k: spec.kernel, stride: spec.stride }))
 }
 
 /// Floats of one im2col band: 8 MB, so the band the product reads stays in cache. A band is a

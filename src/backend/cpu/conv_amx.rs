@@ -28,6 +28,7 @@ use crate::backend::{Activation, ConvWeights};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows (output positions) and columns (output channels) of one `Tiles::block_32x32`.
 const BLOCK: usize = 2 * TILE_ROWS;
@@ -112,55 +113,105 @@ pub fn conv2d(
     residual: Option<&Tensor>,
     g: &Geometry,
 ) -> Option<Vec<f32>> {
+    let (input, g) = stage(x, arithmetic, g)?;
+    Some(to_tensor(&input, conv, packed, residual, &g))
+}
+
+/// `x` as the tiles read it for a convolution of geometry `g`, and the geometry they read it
+/// with; `None` when `x` holds values `amx::suitable` refuses.
+pub fn stage(x: &Tensor, arithmetic: Arithmetic, g: &Geometry) -> Option<(ChannelsLast, Geometry)> {
     if !amx::suitable(&x.data) {
         return None;
     }
-    let (b, out_c, plane) = (x.shape[0], conv.spec.out_channels, g.ho * g.wo);
     // A 1x1 convolution without padding reads only every `stride`th pixel: convert those, and
     // run it as a stride-1 convolution of them (ResNet's strided downsampling, a quarter of the
     // conversion it would otherwise make).
     let (step, g) = match (g.k, g.pad_top, g.pad_left) {
-        (1, 0, 0) => (g.stride, &Geometry { h: g.ho, w: g.wo, stride: 1, ..*g }),
-        _ => (1, g),
+        (1, 0, 0) => (g.stride, Geometry { h: g.ho, w: g.wo, stride: 1, ..*g }),
+        _ => (1, *g),
     };
-    let input = ChannelsLast::of(x, arithmetic, step, g);
-    // Not zeroed: the tasks write every element (their positions cover the batch, each for
-    // every channel), and zeroing 32 MiB (the stem's output at batch 8) cost 2.6 ms a batch.
-    let mut out: Vec<f32> = Vec::with_capacity(b * out_c * plane);
-    let job = Job { input: &input, conv, packed, residual, g, dst: SharedOut(out.spare_capacity_mut().as_mut_ptr()) };
-    if packed.row.is_multiple_of(TILE_K) {
-        job.by_taps(b);
-    } else {
-        job.by_patches(b);
-    }
-    // SAFETY: the tasks initialised all b * out_c * plane elements (above).
-    unsafe { out.set_len(b * out_c * plane) };
-    Some(out)
+    let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    Some((ChannelsLast::padded(shape, arithmetic, step, &g, Some(x)), g))
 }
 
-/// One convolution on the tiles: its input, weights and output.
+/// activation(conv(input) + bias + residual), NCHW.
+pub fn to_tensor(
+    input: &ChannelsLast,
+    conv: &ConvWeights,
+    packed: &PackedConv,
+    residual: Option<&Tensor>,
+    g: &Geometry,
+) -> Vec<f32> {
+    let len = input.batch * conv.spec.out_channels * g.ho * g.wo;
+    // Not zeroed: the tasks write every element (their positions cover the batch, each for
+    // every channel), and zeroing 32 MiB (the stem's output at batch 8) cost 2.6 ms a batch.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr());
+    Job { input, conv, packed, g, out: Out::Tensor { dst, residual } }.run();
+    // SAFETY: the tasks initialised all `len` elements (above).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// activation(conv(input) + bias) written straight into the input of the next convolution, of
+/// geometry `next` (stride 1 in its reading: `stage`'s step is not taken), with the same bits as
+/// `stage` would make of `to_tensor`'s output; `None` where an output is beyond what
+/// `amx::suitable` accepts (the next convolution must then take the f32 path).
+pub fn to_next(
+    input: &ChannelsLast,
+    conv: &ConvWeights,
+    packed: &PackedConv,
+    g: &Geometry,
+    next: &Geometry,
+) -> Option<ChannelsLast> {
+    let shape = [input.batch, conv.spec.out_channels, g.ho, g.wo];
+    let mut staged = ChannelsLast::padded(shape, input.layout.arithmetic, 1, next, None);
+    let unsuitable = AtomicBool::new(false);
+    let dst = SharedOut(staged.data.as_mut_ptr().cast());
+    Job { input, conv, packed, g, out: Out::Next { dst, layout: staged.layout, unsuitable: &unsuitable } }.run();
+    (!unsuitable.into_inner()).then_some(staged)
+}
+
+/// One convolution on the tiles: its input, weights and where its outputs go.
 struct Job<'a> {
     input: &'a ChannelsLast,
     conv: &'a ConvWeights,
     packed: &'a PackedConv,
-    residual: Option<&'a Tensor>,
     g: &'a Geometry,
-    dst: SharedOut,
+    out: Out<'a>,
+}
+
+/// Where a `Job` writes its outputs.
+#[derive(Clone, Copy)]
+enum Out<'a> {
+    /// The NCHW f32 output, with the residual added (`write_outputs`).
+    Tensor { dst: SharedOut<f32>, residual: Option<&'a Tensor> },
+    /// The next convolution's input, of that layout (`stage_outputs`); `unsuitable` is set where
+    /// a value is beyond `amx::LIMIT`.
+    Next { dst: SharedOut<u16>, layout: Layout, unsuitable: &'a AtomicBool },
 }
 
 impl Job<'_> {
+    fn run(&self) {
+        if self.packed.row.is_multiple_of(TILE_K) {
+            self.by_taps();
+        } else {
+            self.by_patches();
+        }
+    }
+
     /// The depth of one position's products: segments x kcs tiles of 32 values.
     fn width(&self) -> usize {
-        self.input.arithmetic.segments() * self.packed.kcs * TILE_K
+        self.input.layout.arithmetic.segments() * self.packed.kcs * TILE_K
     }
 
     /// Tasks of `task_rows` consecutive positions: each builds its positions' patches (im2col
     /// rows: per kernel row `kernel * channels` contiguous values, [hi | hi | lo] for `Split`) in
     /// its own buffer, then multiplies them by every output channel block. For kernel rows whose
     /// depth is neither a multiple of 32 nor under 32 (`PackedConv::row`).
-    fn by_patches(&self, b: usize) {
+    fn by_patches(&self) {
         let (g, packed, width) = (self.g, self.packed, self.width());
-        let total = b * g.ho * g.wo;
+        let total = self.input.batch * g.ho * g.wo;
         let task_rows = task_rows(width);
         let tasks = total.div_ceil(task_rows);
         (0..tasks).into_par_iter().with_min_len(runs_of(tasks)).for_each_init(
@@ -173,7 +224,7 @@ impl Job<'_> {
                 }
                 // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
                 let tiles = unsafe { Tiles::configure() };
-                multiply(&tiles, rows, packed, self.input.arithmetic.segments(), n, products);
+                multiply(&tiles, rows, packed, self.input.layout.arithmetic.segments(), n, products);
                 drop(tiles);
                 self.write(products, start, n);
             },
@@ -185,11 +236,11 @@ impl Job<'_> {
     /// per kernel tap and 32 channels, or per kernel row where one fits a tile (`ChannelsLast::
     /// steps`). A row whose width is not a multiple of 16 ends in a tile whose last rows read
     /// past it; their products are computed and not read.
-    fn by_taps(&self, b: usize) {
+    fn by_taps(&self) {
         let (g, packed) = (self.g, self.packed);
         let row_tiles = g.wo.div_ceil(TILE_ROWS);
         let rows_per_task = (task_rows(self.width()) / g.wo).max(1);
-        let out_rows = b * g.ho;
+        let out_rows = self.input.batch * g.ho;
         let tasks = out_rows.div_ceil(rows_per_task);
         let steps = self.input.steps(g, packed);
         let pairs = (rows_per_task * row_tiles).div_ceil(2);
@@ -202,8 +253,9 @@ impl Job<'_> {
                 tile_starts.clear();
                 for r in rows.clone() {
                     let (image, oy) = (r / g.ho, r % g.ho);
-                    tile_starts
-                        .extend((0..row_tiles).map(|t| self.input.at(image, oy * g.stride, t * TILE_ROWS * g.stride)));
+                    tile_starts.extend(
+                        (0..row_tiles).map(|t| self.input.layout.at(image, oy * g.stride, t * TILE_ROWS * g.stride)),
+                    );
                 }
                 if tile_starts.len() % 2 == 1 {
                     tile_starts.push(tile_starts[tile_starts.len() - 1]);
@@ -243,10 +295,21 @@ impl Job<'_> {
         );
     }
 
-    /// The outputs of positions [start, start + n) from their products (`write_outputs`).
+    /// The outputs of positions [start, start + n) from their products.
     fn write(&self, products: &[f32], start: usize, n: usize) {
-        let plane = self.g.ho * self.g.wo;
-        write_outputs(products, self.packed.out_pad, start, n, plane, self.conv, self.residual, self.dst);
+        let (stride, conv) = (self.packed.out_pad, self.conv);
+        match self.out {
+            Out::Tensor { dst, residual } => {
+                write_outputs(products, stride, start, n, self.g.ho * self.g.wo, conv, residual, dst)
+            }
+            Out::Next { dst, layout, unsuitable } => {
+                // SAFETY: the positions are this task's, which no other task writes; `dst` is the
+                // buffer of `layout`, which has a pixel for each of them.
+                if !unsafe { stage_outputs(products, stride, start..start + n, self.g, conv, dst, layout) } {
+                    unsuitable.store(true, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -269,7 +332,7 @@ fn write_outputs(
     plane: usize,
     conv: &ConvWeights,
     residual: Option<&Tensor>,
-    dst: SharedOut,
+    dst: SharedOut<f32>,
 ) {
     let out_c = conv.spec.out_channels;
     let mut r0 = 0;
@@ -315,7 +378,7 @@ unsafe fn finish_block(
     residual: Option<&[f32]>,
     at: Block,
     act: Activation,
-    dst: SharedOut,
+    dst: SharedOut<f32>,
 ) {
     assert!(bias.len() <= 16 && (at.len == 0 || (at.len - 1) * stride + 16 <= products.len()));
     assert!(bias.is_empty() || residual.is_none_or(|r| at.base + (bias.len() - 1) * at.plane + at.len <= r.len()));
@@ -346,10 +409,10 @@ unsafe fn finish_block_avx512(
     residual: Option<&[f32]>,
     at: Block,
     act: Activation,
-    dst: SharedOut,
+    dst: SharedOut<f32>,
 ) {
     use std::arch::x86_64::*;
-    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+    let zero = _mm512_setzero_ps();
     for i0 in (0..at.len).step_by(16) {
         let n = (at.len - i0).min(16);
         let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
@@ -369,21 +432,136 @@ unsafe fn finish_block_avx512(
                 Some(r) => unsafe { _mm512_maskz_loadu_ps(mask, r.as_ptr().add(place)) },
                 None => zero,
             };
-            let mut y = _mm512_add_ps(_mm512_add_ps(v, _mm512_set1_ps(b)), r);
-            y = match act {
-                Activation::None => y,
-                // max(y, 0) returns its second operand for a NaN y, as f32::max does.
-                Activation::Relu => _mm512_max_ps(y, zero),
-                // f32::clamp keeps a NaN: blend it back over min(max(y, 0), 6).
-                Activation::Relu6 => {
-                    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(y, y);
-                    _mm512_mask_blend_ps(nan, _mm512_min_ps(_mm512_max_ps(y, zero), six), y)
-                }
-            };
+            let y = finish16(v, _mm512_set1_ps(b), r, act);
             // SAFETY: the masked lanes write these n outputs, which the caller hands to this call.
             unsafe { _mm512_mask_storeu_ps(dst.run(place, n).as_mut_ptr().cast(), mask, y) };
         }
     }
+}
+
+/// `finish` on 16 lanes: activation((v + bias) + residual), the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn finish16(
+    v: std::arch::x86_64::__m512,
+    bias: std::arch::x86_64::__m512,
+    residual: std::arch::x86_64::__m512,
+    act: Activation,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    let y = _mm512_add_ps(_mm512_add_ps(v, bias), residual);
+    match act {
+        Activation::None => y,
+        // max(y, 0) returns its second operand for a NaN y, as f32::max does.
+        Activation::Relu => _mm512_max_ps(y, zero),
+        // f32::clamp keeps a NaN: blend it back over min(max(y, 0), 6).
+        Activation::Relu6 => {
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(y, y);
+            _mm512_mask_blend_ps(nan, _mm512_min_ps(_mm512_max_ps(y, zero), _mm512_set1_ps(6.0)), y)
+        }
+    }
+}
+
+/// `split` on 16 lanes: (hi, lo) as bf16 bits in the low half of each 32-bit lane, the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn split16(v: std::arch::x86_64::__m512) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    // to_bf16: round to nearest even, then keep only the sign of a zero exponent.
+    let round = |bits: __m512i| {
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
+        let normal = _mm512_test_epi32_mask(rounded, _mm512_set1_epi32(0x7f80));
+        _mm512_mask_blend_epi32(normal, _mm512_and_si512(rounded, _mm512_set1_epi32(0x8000)), rounded)
+    };
+    let hi = round(_mm512_castps_si512(v));
+    let rest = _mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)));
+    (hi, round(_mm512_castps_si512(rest)))
+}
+
+/// finish(products + bias) of the positions `range` (`products`: a row of `stride` f32 per
+/// position, from range.start) written into the next convolution's input, of `layout`: each
+/// position's channels, hi and for `Split` lo, at its pixel, as `ChannelsLast::padded` converts
+/// them from the NCHW output (the same bits: `tests::staged_outputs_convert_as_the_tensor`).
+/// False where a value is beyond `amx::LIMIT`.
+///
+/// # Safety
+/// No other thread may access these positions' values while this runs, and `dst` must be the
+/// buffer of `layout`, whose images hold the positions of `g`'s output.
+unsafe fn stage_outputs(
+    products: &[f32],
+    stride: usize,
+    range: std::ops::Range<usize>,
+    g: &Geometry,
+    conv: &ConvWeights,
+    dst: SharedOut<u16>,
+    layout: Layout,
+) -> bool {
+    let (c, plane, act) = (conv.spec.out_channels, g.ho * g.wo, conv.spec.activation);
+    assert!(c == layout.c && conv.bias.len() == c && products.len() >= range.len() * stride && c <= stride);
+    let mut ok = true;
+    for (r, pos) in range.enumerate() {
+        let (image, oy, ox) = (pos / plane, pos % plane / g.wo, pos % g.wo);
+        let at = layout.at(image, layout.top + oy, layout.left + ox);
+        let row = &products[r * stride..][..c];
+        // SAFETY: a pixel's c values in each part lie in the buffer, and are this call's (above).
+        let hi = unsafe { dst.run(at, c) };
+        let mut lo = (layout.arithmetic == Arithmetic::Split).then(|| unsafe { dst.run(layout.part + at, c) });
+        #[cfg(target_arch = "x86_64")]
+        if c % 16 == 0 {
+            // SAFETY: this runs only where AMX is usable, and `amx` requires AVX-512F with it.
+            ok &= unsafe { stage_pixel_avx512(row, &conv.bias, act, hi, lo) };
+            continue;
+        }
+        for (j, (&p, &b)) in row.iter().zip(&conv.bias).enumerate() {
+            let v = finish(p, b, 0.0, act);
+            ok &= v.abs() <= amx::LIMIT;
+            let (h, l) = split(v);
+            hi[j].write(h);
+            if let Some(lo) = lo.as_deref_mut() {
+                lo[j].write(l);
+            }
+        }
+    }
+    ok
+}
+
+/// One pixel of `stage_outputs`, 16 channels at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stage_pixel_avx512(
+    row: &[f32],
+    bias: &[f32],
+    act: Activation,
+    hi: &mut [MaybeUninit<u16>],
+    mut lo: Option<&mut [MaybeUninit<u16>]>,
+) -> bool {
+    use std::arch::x86_64::*;
+    let c = row.len();
+    assert!(c.is_multiple_of(16) && bias.len() == c && hi.len() == c && lo.as_ref().is_none_or(|lo| lo.len() == c));
+    let (zero, limit) = (_mm512_setzero_ps(), _mm512_set1_ps(amx::LIMIT));
+    let mut within: __mmask16 = 0xffff;
+    for c0 in (0..c).step_by(16) {
+        // SAFETY: c0 + 16 <= c, the length of row, bias, hi and lo (the assert).
+        unsafe {
+            let v = _mm512_loadu_ps(row.as_ptr().add(c0));
+            let y = finish16(v, _mm512_loadu_ps(bias.as_ptr().add(c0)), zero, act);
+            // |y| <= LIMIT, false for a NaN.
+            within &= _mm512_cmp_ps_mask::<_CMP_LE_OQ>(_mm512_abs_ps(y), limit);
+            let (h, l) = split16(y);
+            _mm256_storeu_si256(hi.as_mut_ptr().add(c0).cast(), _mm512_cvtepi32_epi16(h));
+            if let Some(lo) = lo.as_deref_mut() {
+                _mm256_storeu_si256(lo.as_mut_ptr().add(c0).cast(), _mm512_cvtepi32_epi16(l));
+            }
+        }
+    }
+    within == 0xffff
 }
 
 /// products[r][o] = row r of `rows` . output channel o, for the first `n` rows (rounded up to a
@@ -416,47 +594,84 @@ fn multiply(tiles: &Tiles, rows: &[u16], packed: &PackedConv, segments: usize, n
     }
 }
 
-/// The input in channels-last bf16 with the convolution's zero padding around each image:
-/// `data` holds [image][y][x][c] of hi and, for `Split`, then the same of lo, `part` values
-/// each, then `slack` zeros that the last tiles of `Job::by_taps` may read into.
-struct ChannelsLast {
+/// A convolution's input in channels-last bf16 with its zero padding around each image: `data`
+/// holds [image][y][x][c] of hi and, for `Split`, then the same of lo (`Layout`), then `slack`
+/// zeros that the last tiles of `Job::by_taps` may read into.
+pub struct ChannelsLast {
     data: TileBuf<u16>,
-    part: usize,
+    layout: Layout,
+    batch: usize,
+}
+
+/// Where a pixel's values lie in a `ChannelsLast`.
+#[derive(Clone, Copy)]
+struct Layout {
     arithmetic: Arithmetic,
+    /// Values in the hi part (and in the lo part for `Split`).
+    part: usize,
     c: usize,
     /// The padded height and width.
     hp: usize,
     wp: usize,
+    /// Where an image's pixel (0, 0) lies in its padded rows and columns.
+    top: usize,
+    left: usize,
+}
+
+impl Layout {
+    /// Where padded pixel (y, x) of `image` starts in `data`.
+    fn at(&self, image: usize, y: usize, x: usize) -> usize {
+        ((image * self.hp + y) * self.wp + x) * self.c
+    }
 }
 
 thread_local! {
-    /// The last convolution's `ChannelsLast` buffer, for the next one on this thread: its pages
-    /// are then neither zeroed nor faulted in again (8 MiB for ResNet's layer1 at batch 8).
-    static SPARE: std::cell::Cell<Option<TileBuf<u16>>> = const { std::cell::Cell::new(None) };
+    /// The last convolutions' `ChannelsLast` buffers, for the next ones on this thread: their
+    /// pages are then neither zeroed nor faulted in again (8 MiB for ResNet's layer1 at batch 8).
+    /// Two, as a chain (`conv_chain`) holds a link's input and output at once.
+    static SPARE: std::cell::RefCell<Vec<TileBuf<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Drop for ChannelsLast {
     fn drop(&mut self) {
-        SPARE.set(Some(std::mem::replace(&mut self.data, TileBuf::zeroed(0))));
+        let data = std::mem::replace(&mut self.data, TileBuf::zeroed(0));
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() == 2 {
+                spare.remove(0);
+            }
+            spare.push(data);
+        });
     }
 }
 
 impl ChannelsLast {
-    /// x[:, :, ::step, ::step] (all of it for step 1) in channels-last bf16, padded as `g` reads
-    /// it: `g.pad_top` rows and `g.pad_left` columns of zeros before each image's pixels, and
-    /// after them as many as its last output reads.
-    fn of(x: &Tensor, arithmetic: Arithmetic, step: usize, g: &Geometry) -> ChannelsLast {
-        let [b, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    /// x[:, :, ::step, ::step] (all of it for step 1; `shape` is x's) in channels-last bf16,
+    /// padded as `g` reads it: `g.pad_top` rows and `g.pad_left` columns of zeros before each
+    /// image's pixels, and after them as many as its last output reads. Without `x`, only the
+    /// padding is written: the pixels are the caller's to write (`stage_outputs`).
+    fn padded(
+        shape: [usize; 4],
+        arithmetic: Arithmetic,
+        step: usize,
+        g: &Geometry,
+        x: Option<&Tensor>,
+    ) -> ChannelsLast {
+        let [b, c, h, w] = shape;
         let (hs, ws) = (h.div_ceil(step), w.div_ceil(step));
         let hp = (g.pad_top + hs).max((g.ho - 1) * g.stride + g.k);
         let wp = (g.pad_left + ws).max((g.wo - 1) * g.stride + g.k);
         let part = b * hp * wp * c;
         let slack = TILE_ROWS * g.stride * c + TILE_K;
         let segments = if arithmetic == Arithmetic::Split { 2 } else { 1 };
-        let spare = SPARE.take().unwrap_or_else(|| TileBuf::zeroed(0));
-        // Every value is written below: reusing the last convolution's buffer faults in only what
-        // it grows by.
-        let mut data = spare.reuse(segments * part + slack);
+        let len = segments * part + slack;
+        // Every value is written (here or by the caller): reusing an earlier convolution's buffer
+        // faults in only what it grows by.
+        let spare = SPARE.with_borrow_mut(|spare| {
+            let fits = spare.iter().position(|buf| buf.capacity() >= len);
+            fits.or(spare.len().checked_sub(1)).map(|i| spare.remove(i))
+        });
+        let spare = spare.unwrap_or_else(|| TileBuf::zeroed(0));
+        let mut data = spare.reuse(len);
         let (parts, tail) = data.split_at_mut(segments * part);
         tail.fill(0);
         let (hi, lo) = parts.split_at_mut(part);
@@ -474,7 +689,7 @@ impl ChannelsLast {
                     part[pixels.end..].fill(0);
                 }
             }
-            let Some(y) = inside else { return };
+            let (Some(y), Some(x)) = (inside, x) else { return };
             let source = &x.data[image * c * h * w + y * step * w..];
             let [Some(hi), lo] = parts.map(|p| p.map(|p| &mut p[pixels.clone()])) else {
                 unreachable!("hi is always given")
@@ -500,12 +715,8 @@ impl ChannelsLast {
                 hi.par_chunks_mut(wp * c).enumerate().for_each(|(row, hi)| convert(row, [Some(hi), None]))
             }
         }
-        ChannelsLast { data, part, arithmetic, c, hp, wp }
-    }
-
-    /// Where padded pixel (y, x) of `image` starts in `data`.
-    fn at(&self, image: usize, y: usize, x: usize) -> usize {
-        ((image * self.hp + y) * self.wp + x) * self.c
+        let layout = Layout { arithmetic, part, c, hp, wp, top: g.pad_top, left: g.pad_left };
+        ChannelsLast { data, layout, batch: b }
     }
 
     /// The A row of output position `pos` (image * ho * wo + oy * wo + ox): per kernel row its
@@ -514,19 +725,20 @@ impl ChannelsLast {
     /// whole tiles) are never written and stay zero.
     fn patch(&self, pos: usize, g: &Geometry, packed: &PackedConv, row: &mut [u16]) {
         let (image, oy, ox) = (pos / (g.ho * g.wo), pos % (g.ho * g.wo) / g.wo, pos % g.wo);
-        let (run, width) = (g.k * self.c, packed.kcs * TILE_K);
+        let l = &self.layout;
+        let (run, width) = (g.k * l.c, packed.kcs * TILE_K);
         // Segment 1 (hi again, for `Split`) is copied from segment 0 at the end, in one piece.
-        let segments: &[(usize, usize)] = match self.arithmetic {
-            Arithmetic::Split => &[(0, 0), (self.part, 2)],
+        let segments: &[(usize, usize)] = match l.arithmetic {
+            Arithmetic::Split => &[(0, 0), (l.part, 2)],
             Arithmetic::Bf16 => &[(0, 0)],
         };
         for ky in 0..g.k {
-            let at = self.at(image, oy * g.stride + ky, ox * g.stride);
+            let at = l.at(image, oy * g.stride + ky, ox * g.stride);
             for &(part, segment) in segments {
                 copy_run(&mut row[segment * width + ky * packed.row..][..run], &self.data[part + at..][..run]);
             }
         }
-        if self.arithmetic == Arithmetic::Split {
+        if l.arithmetic == Arithmetic::Split {
             row.copy_within(..width, width);
         }
     }
@@ -539,16 +751,16 @@ impl ChannelsLast {
     /// holds the row), and the last tile of a row reads at most 15 positions (15 stride pixels)
     /// past it, into the next padded row or `slack`.
     fn steps(&self, g: &Geometry, packed: &PackedConv) -> Vec<[usize; 2]> {
-        let tile = 2 * B_TILE_LEN;
+        let (l, tile) = (&self.layout, 2 * B_TILE_LEN);
         let mut steps = Vec::with_capacity(3 * packed.kcs);
         for ky in 0..g.k {
             for d0 in (0..packed.row).step_by(TILE_K) {
-                let a = 2 * (self.at(0, ky, 0) + d0);
+                let a = 2 * (l.at(0, ky, 0) + d0);
                 let depth = (ky * packed.row + d0) / TILE_K;
                 steps.push([a, depth * tile]);
-                if self.arithmetic == Arithmetic::Split {
+                if l.arithmetic == Arithmetic::Split {
                     steps.push([a, (packed.kcs + depth) * tile]);
-                    steps.push([a + 2 * self.part, depth * tile]);
+                    steps.push([a + 2 * l.part, depth * tile]);
                 }
             }
         }
@@ -636,13 +848,6 @@ unsafe fn gather_pixels(src: &[f32], c: usize, plane: usize, step: usize, hi: &m
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(step as i32),
     );
-    // to_bf16 on 16 lanes: round to nearest even, then keep only the sign of a zero exponent.
-    let round = |bits: __m512i| {
-        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
-        let normal = _mm512_test_epi32_mask(rounded, _mm512_set1_epi32(0x7f80));
-        _mm512_mask_blend_epi32(normal, _mm512_and_si512(rounded, _mm512_set1_epi32(0x8000)), rounded)
-    };
     for x0 in (0..w).step_by(16) {
         let n = (w - x0).min(16);
         let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
@@ -663,13 +868,11 @@ unsafe fn gather_pixels(src: &[f32], c: usize, plane: usize, step: usize, hi: &m
             }
             transpose16(&mut rows);
             for (i, &v) in rows.iter().enumerate().take(n) {
-                let high = round(_mm512_castps_si512(v));
+                let (high, low) = split16(v);
                 let at = (x0 + i) * c + c0;
                 // SAFETY: at + 16 <= hi.len(), as c0 + 16 <= c and x0 + i < w.
                 unsafe { _mm256_storeu_si256(hi.as_mut_ptr().add(at).cast(), _mm512_cvtepi32_epi16(high)) };
                 if let Some(lo) = lo.as_deref_mut() {
-                    let rest = _mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32::<16>(high)));
-                    let low = round(_mm512_castps_si512(rest));
                     // SAFETY: as for hi, lo having hi's length.
                     unsafe { _mm256_storeu_si256(lo.as_mut_ptr().add(at).cast(), _mm512_cvtepi32_epi16(low)) };
                 }
@@ -678,22 +881,29 @@ unsafe fn gather_pixels(src: &[f32], c: usize, plane: usize, step: usize, hi: &m
     }
 }
 
-/// The output (not yet initialised), written by the tasks at disjoint positions.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut MaybeUninit<f32>);
+/// The output (maybe not yet initialised), written by the tasks at disjoint positions.
+struct SharedOut<T>(*mut MaybeUninit<T>);
+
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SharedOut<T> {}
 
 // SAFETY: the tasks write disjoint elements (each its own output positions) and nothing reads
 // the buffer until they have all finished.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+unsafe impl<T> Send for SharedOut<T> {}
+unsafe impl<T> Sync for SharedOut<T> {}
 
-impl SharedOut {
+impl<T> SharedOut<T> {
     /// The `len` elements from `at`.
     ///
     /// # Safety
     /// They must lie inside the buffer, and no other thread may access them while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn run(&self, at: usize, len: usize) -> &mut [MaybeUninit<f32>] {
+    unsafe fn run(&self, at: usize, len: usize) -> &mut [MaybeUninit<T>] {
         // SAFETY: as the caller guarantees.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
     }

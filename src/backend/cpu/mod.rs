@@ -5,6 +5,7 @@ mod amx;
 mod blur;
 mod conv;
 mod conv_amx;
+mod conv_chain;
 mod coreset;
 mod embed;
 mod knn;
@@ -23,7 +24,7 @@ pub use matmul::sgemm;
 pub use score::{reweighted_score, top_patches};
 
 use super::checks::{coreset_args, knn_args, preprocess_args, score_args};
-use super::{Backend, BatchScores, ConvWeights, Precision};
+use super::{conv2d_by_links, Backend, BatchScores, ConvWeights, Link, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -117,6 +118,16 @@ impl Backend for CpuBackend {
 
     fn conv2d(&self, x: &Tensor, conv: &CpuConv, residual: Option<&Tensor>) -> Result<Tensor> {
         conv::conv2d(x, conv, self.tiles, residual)
+    }
+
+    /// On the tiles, each link's output goes straight into the next one's input (`conv_chain`).
+    fn conv2d_chain(&self, x: &Tensor, links: &[Link<'_, CpuConv>], residual: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(arithmetic) = self.tiles {
+            if let Some(out) = conv_chain::conv2d_chain(self, x, links, arithmetic, residual)? {
+                return Ok(out);
+            }
+        }
+        conv2d_by_links(self, x, links, residual)
     }
 
     fn max_pool(&self, x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
