@@ -20,7 +20,7 @@
 //! - `Bf16` (opt-in, `--precision bf16`): a_hi.w_hi only, one third of the work, each product within
 //!   about 2^-7 |a||w|.
 
-use super::amx::{self, split, to_bf16, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, split, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::conv::{finish, Geometry};
 #[cfg(target_arch = "x86_64")]
 use super::transpose::transpose16;
@@ -118,11 +118,8 @@ pub fn conv2d(
 }
 
 /// `x` as the tiles read it for a convolution of geometry `g`, and the geometry they read it
-/// with; `None` when `x` holds values `amx::suitable` refuses.
+/// with; `None` when the values read are not all within `amx::LIMIT` (`amx::suitable`).
 pub fn stage(x: &Tensor, arithmetic: Arithmetic, g: &Geometry) -> Option<(ChannelsLast, Geometry)> {
-    if !amx::suitable(&x.data) {
-        return None;
-    }
     // A 1x1 convolution without padding reads only every `stride`th pixel: convert those, and
     // run it as a stride-1 convolution of them (ResNet's strided downsampling, a quarter of the
     // conversion it would otherwise make).
@@ -131,7 +128,7 @@ pub fn stage(x: &Tensor, arithmetic: Arithmetic, g: &Geometry) -> Option<(Channe
         _ => (1, *g),
     };
     let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-    Some((ChannelsLast::padded(shape, arithmetic, step, &g, Some(x)), g))
+    Some((ChannelsLast::padded(shape, arithmetic, step, &g, Some(x))?, g))
 }
 
 /// activation(conv(input) + bias + residual), NCHW.
@@ -165,7 +162,8 @@ pub fn to_next(
     next: &Geometry,
 ) -> Option<ChannelsLast> {
     let shape = [input.batch, conv.spec.out_channels, g.ho, g.wo];
-    let mut staged = ChannelsLast::padded(shape, input.layout.arithmetic, 1, next, None);
+    let mut staged =
+        ChannelsLast::padded(shape, input.layout.arithmetic, 1, next, None).expect("only x's values are checked");
     let unsuitable = AtomicBool::new(false);
     let dst = SharedOut(staged.data.as_mut_ptr().cast());
     Job { input, conv, packed, g, out: Out::Next { dst, layout: staged.layout, unsuitable: &unsuitable } }.run();
@@ -647,15 +645,16 @@ impl Drop for ChannelsLast {
 impl ChannelsLast {
     /// x[:, :, ::step, ::step] (all of it for step 1; `shape` is x's) in channels-last bf16,
     /// padded as `g` reads it: `g.pad_top` rows and `g.pad_left` columns of zeros before each
-    /// image's pixels, and after them as many as its last output reads. Without `x`, only the
-    /// padding is written: the pixels are the caller's to write (`stage_outputs`).
+    /// image's pixels, and after them as many as its last output reads; `None` where a value read
+    /// is beyond `amx::LIMIT` (checked as it is converted). Without `x`, only the padding is
+    /// written: the pixels are the caller's to write (`stage_outputs`).
     fn padded(
         shape: [usize; 4],
         arithmetic: Arithmetic,
         step: usize,
         g: &Geometry,
         x: Option<&Tensor>,
-    ) -> ChannelsLast {
+    ) -> Option<ChannelsLast> {
         let [b, c, h, w] = shape;
         let (hs, ws) = (h.div_ceil(step), w.div_ceil(step));
         let hp = (g.pad_top + hs).max((g.ho - 1) * g.stride + g.k);
@@ -689,34 +688,28 @@ impl ChannelsLast {
                     part[pixels.end..].fill(0);
                 }
             }
-            let (Some(y), Some(x)) = (inside, x) else { return };
+            let (Some(y), Some(x)) = (inside, x) else { return true };
             let source = &x.data[image * c * h * w + y * step * w..];
             let [Some(hi), lo] = parts.map(|p| p.map(|p| &mut p[pixels.clone()])) else {
                 unreachable!("hi is always given")
             };
             #[cfg(target_arch = "x86_64")]
-            if c % 16 == 0 {
-                // SAFETY: this runs only where AMX is usable, and `amx` requires AVX-512F with it.
-                unsafe { gather_pixels(source, c, h * w, step, hi, lo) };
-                return;
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F was detected.
+                return unsafe { gather_pixels(source, c, h * w, step, hi, lo) };
             }
-            gather_row(source, c, h * w, step, hi, to_bf16);
-            if let Some(lo) = lo {
-                gather_row(source, c, h * w, step, lo, |v| split(v).1);
-            }
+            gather_row(source, c, h * w, step, hi, lo)
         };
-        match arithmetic {
+        let within = match arithmetic {
             Arithmetic::Split => hi
                 .par_chunks_mut(wp * c)
                 .zip(lo.par_chunks_mut(wp * c))
                 .enumerate()
-                .for_each(|(row, (hi, lo))| convert(row, [Some(hi), Some(lo)])),
-            Arithmetic::Bf16 => {
-                hi.par_chunks_mut(wp * c).enumerate().for_each(|(row, hi)| convert(row, [Some(hi), None]))
-            }
-        }
+                .all(|(row, (hi, lo))| convert(row, [Some(hi), Some(lo)])),
+            Arithmetic::Bf16 => hi.par_chunks_mut(wp * c).enumerate().all(|(row, hi)| convert(row, [Some(hi), None])),
+        };
         let layout = Layout { arithmetic, part, c, hp, wp, top: g.pad_top, left: g.pad_left };
-        ChannelsLast { data, layout, batch: b }
+        within.then_some(ChannelsLast { data, layout, batch: b })
     }
 
     /// The A row of output position `pos` (image * ho * wo + oy * wo + ox): per kernel row its
@@ -798,64 +791,80 @@ fn copy_block(dst: &mut [u16], src: &[u16], len: usize) {
     }
 }
 
-/// Writes `part` of every `step`th pixel of one image row of an NCHW tensor (`src` from the row's
-/// first value in channel 0, channels `plane` apart) to `row` as [x][c], in blocks of 16 pixels x 16 channels transposed
-/// in registers: every cache line read is used at once (a pixel's channels, 64 KiB apart at 128
-/// px, would all fall in one set of L1), and every write is 16 contiguous values.
-#[inline(always)]
-fn gather_row(src: &[f32], c: usize, plane: usize, step: usize, row: &mut [u16], part: impl Fn(f32) -> u16) {
+/// Writes every `step`th pixel of one image row of an NCHW tensor (`src` from the row's first
+/// value in channel 0, channels `plane` apart) to `hi` and `lo` as [x][c], split as `split`
+/// splits; whether every value written is within `amx::LIMIT` (so finite). In blocks of 16
+/// pixels x 16 channels: every cache line read is used at once (a pixel's channels, 64 KiB apart
+/// at 128 px, would all fall in one set of L1).
+fn gather_row(src: &[f32], c: usize, plane: usize, step: usize, hi: &mut [u16], mut lo: Option<&mut [u16]>) -> bool {
     const B: usize = 16;
-    let w = row.len() / c;
+    let w = hi.len() / c;
+    let mut within = true;
     for x0 in (0..w).step_by(B) {
         let nx = B.min(w - x0);
         for c0 in (0..c).step_by(B) {
             let nc = B.min(c - c0);
-            let mut block = [[0u16; B]; B];
+            let mut block = [[(0u16, 0u16); B]; B];
             for (j, line) in block.iter_mut().enumerate().take(nc) {
                 let values = src[(c0 + j) * plane + x0 * step..].iter().step_by(step).take(nx);
                 for (v, &x) in line.iter_mut().zip(values) {
-                    *v = part(x);
+                    within &= x.abs() <= amx::LIMIT;
+                    *v = split(x);
                 }
             }
             for i in 0..nx {
-                let dst = &mut row[(x0 + i) * c + c0..][..nc];
-                for (j, v) in dst.iter_mut().enumerate() {
-                    *v = block[j][i];
+                let at = (x0 + i) * c + c0;
+                for (j, line) in block.iter().enumerate().take(nc) {
+                    hi[at + j] = line[i].0;
+                    if let Some(lo) = lo.as_deref_mut() {
+                        lo[at + j] = line[i].1;
+                    }
                 }
             }
         }
     }
+    within
 }
 
-/// `gather_row` for a multiple of 16 channels, with AVX-512: 16 pixels x 16 channels at a time,
-/// each channel's pixels read as one vector (contiguous for step 1, else gathered from the same
-/// few lines) and transposed in registers, so that every source line is read whole and the
-/// planes' pages are touched 16 values at a time (a gather of one pixel's 16 channels touched
-/// 16 pages: `perf` of predict at batch 1, 5.1% -> 3.6% of its samples); then split and
-/// rounded as `split` does and stored as 16 contiguous bf16 per pixel (and lo parts).
+/// `gather_row` with AVX-512, the same bits and answer: 16 pixels x 16 channels at a time, each
+/// channel's pixels read as one vector (contiguous for step 1, else gathered from the same few
+/// lines), so that every source line is read whole and the planes' pages are touched 16 values
+/// at a time (a gather of one pixel's 16 channels touched 16 pages: `perf` of predict at batch 1,
+/// 5.1% -> 3.6% of its samples), checked against `amx::LIMIT` and split 16 lanes wide. A whole
+/// block of 16 channels is transposed in registers and stored as 16 contiguous bf16 per pixel;
+/// fewer channels (the stem's 3) go through a small array, as `gather_row` does.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_pixels(src: &[f32], c: usize, plane: usize, step: usize, hi: &mut [u16], mut lo: Option<&mut [u16]>) {
+unsafe fn gather_pixels(
+    src: &[f32],
+    c: usize,
+    plane: usize,
+    step: usize,
+    hi: &mut [u16],
+    mut lo: Option<&mut [u16]>,
+) -> bool {
     use std::arch::x86_64::*;
     let w = hi.len() / c;
-    assert!(c.is_multiple_of(16) && lo.as_ref().is_none_or(|lo| lo.len() == hi.len()));
+    assert!(hi.len() == w * c && lo.as_ref().is_none_or(|lo| lo.len() == hi.len()));
     assert!(w == 0 || (c - 1) * plane + (w - 1) * step < src.len(), "gather_pixels: source too short");
     assert!(16 * step <= i32::MAX as usize, "gather_pixels: steps too large for 32-bit offsets");
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(step as i32),
     );
+    let limit = _mm512_set1_ps(amx::LIMIT);
+    let mut within = true;
     for x0 in (0..w).step_by(16) {
         let n = (w - x0).min(16);
         let mask: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
         for c0 in (0..c).step_by(16) {
-            // Row j: channel c0 + j at pixels x0..x0 + n (zeros past them); transposed, row i:
-            // pixel x0 + i's 16 channels.
+            let nc = (c - c0).min(16);
+            // Row j: channel c0 + j at pixels x0..x0 + n (zeros past them and past nc).
             let mut rows = [_mm512_setzero_ps(); 16];
-            for (j, row) in rows.iter_mut().enumerate() {
+            for (j, row) in rows.iter_mut().enumerate().take(nc) {
                 let at = (c0 + j) * plane + x0 * step;
                 // SAFETY: the masked lanes i < n read element at + i * step, that is
                 // (c0 + j) * plane + (x0 + i) * step with x0 + i < w: inside src (the assert).
@@ -865,7 +874,32 @@ unsafe fn gather_pixels(src: &[f32], c: usize, plane: usize, step: usize, hi: &m
                         _ => _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, src.as_ptr().add(at)),
                     }
                 };
+                // |v| <= LIMIT, false for a NaN; the zeros past n pass.
+                within &= _mm512_cmp_ps_mask::<_CMP_LE_OQ>(_mm512_abs_ps(*row), limit) == 0xffff;
             }
+            if nc < 16 {
+                let mut block = [[0u16; 16]; 2 * 16];
+                for (j, &row) in rows.iter().enumerate().take(nc) {
+                    let (high, low) = split16(row);
+                    // SAFETY: each store writes one of the block's lines of 16 values.
+                    unsafe {
+                        _mm256_storeu_si256(block[j].as_mut_ptr().cast(), _mm512_cvtepi32_epi16(high));
+                        _mm256_storeu_si256(block[16 + j].as_mut_ptr().cast(), _mm512_cvtepi32_epi16(low));
+                    }
+                }
+                let (highs, lows) = block.split_at(16);
+                for i in 0..n {
+                    let at = (x0 + i) * c + c0;
+                    for (j, (high, low)) in highs.iter().zip(lows).enumerate().take(nc) {
+                        hi[at + j] = high[i];
+                        if let Some(lo) = lo.as_deref_mut() {
+                            lo[at + j] = low[i];
+                        }
+                    }
+                }
+                continue;
+            }
+            // Transposed, row i: pixel x0 + i's 16 channels.
             transpose16(&mut rows);
             for (i, &v) in rows.iter().enumerate().take(n) {
                 let (high, low) = split16(v);
@@ -879,6 +913,7 @@ unsafe fn gather_pixels(src: &[f32], c: usize, plane: usize, step: usize, hi: &m
             }
         }
     }
+    within
 }
 
 /// The output (maybe not yet initialised), written by the tasks at disjoint positions.
@@ -1028,30 +1063,44 @@ mod tests {
         }
     }
 
+    /// The AVX-512 conversion writes the same bits as the scalar one and gives the same answer
+    /// on the values' range, for every rounding case, whole and partial blocks of 16 channels
+    /// (the stem's 3, EfficientNet's 24), both steps; a value past `amx::LIMIT` or a NaN in the
+    /// pixels read is refused, one in a pixel that a step skips is not.
     #[test]
-    fn gathered_pixels_round_as_the_scalar_split() {
-        use super::{gather_pixels, gather_row, split};
+    fn gathered_pixels_round_and_check_as_the_scalar_split() {
+        use super::{gather_pixels, gather_row};
         if !std::arch::is_x86_feature_detected!("avx512f") {
             println!("skipped: the CPU has no AVX-512F");
             return;
         }
         let mut rng = SplitMix64::new(8);
         // Ties to even both ways, subnormals (flushed), signed zeros, large and tiny values.
-        let edges = [f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), 1e-40, -1e-45, -0.0, 3e38, 1e-30];
-        let (c, h, w) = (32, 3, 21);
-        let data: Vec<f32> = (0..c * h * w)
-            .map(|i: usize| if i.is_multiple_of(7) { edges[i / 7 % edges.len()] } else { rng.normal() as f32 })
-            .collect();
-        for step in [1, 2] {
-            let ws = w.div_ceil(step);
-            let src = &data[w..]; // image row 1
-            let (mut hi, mut lo) = (vec![0u16; ws * c], vec![0u16; ws * c]);
-            // SAFETY: AVX-512F was detected above.
-            unsafe { gather_pixels(src, c, h * w, step, &mut hi, Some(&mut lo)) };
-            let (mut want_hi, mut want_lo) = (vec![1u16; ws * c], vec![1u16; ws * c]);
-            gather_row(src, c, h * w, step, &mut want_hi, |v| split(v).0);
-            gather_row(src, c, h * w, step, &mut want_lo, |v| split(v).1);
-            assert_eq!((hi, lo), (want_hi, want_lo), "step {step}");
+        let edges = [f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), 1e-40, -1e-45, -0.0, 3e14, 1e-30];
+        let (h, w) = (3, 21);
+        for c in [3, 24, 32] {
+            let data: Vec<f32> = (0..c * h * w)
+                .map(|i: usize| if i.is_multiple_of(7) { edges[i / 7 % edges.len()] } else { rng.normal() as f32 })
+                .collect();
+            // Pixel 1 (skipped at step 2) of the middle row, then pixel 2 (read at both steps).
+            let cases = [(None, [true, true]), (Some((1, 2e15)), [false, true]), (Some((2, f32::NAN)), [false, false])];
+            for (bad, within_by_step) in cases {
+                let mut data = data.clone();
+                if let Some((pixel, value)) = bad {
+                    data[(c - 1) * h * w + w + pixel] = value;
+                }
+                for (step, within) in [1, 2].into_iter().zip(within_by_step) {
+                    let ws = w.div_ceil(step);
+                    let src = &data[w..]; // image row 1
+                    let (mut hi, mut lo) = (vec![0u16; ws * c], vec![0u16; ws * c]);
+                    // SAFETY: AVX-512F was detected above.
+                    let got = unsafe { gather_pixels(src, c, h * w, step, &mut hi, Some(&mut lo)) };
+                    let (mut want_hi, mut want_lo) = (vec![1u16; ws * c], vec![1u16; ws * c]);
+                    let want = gather_row(src, c, h * w, step, &mut want_hi, Some(&mut want_lo));
+                    assert_eq!((got, want), (within, within), "{c} channels, step {step}, {bad:?}");
+                    assert_eq!((hi, lo), (want_hi, want_lo), "{c} channels, step {step}");
+                }
+            }
         }
     }
 
