@@ -483,7 +483,7 @@ fn split16(v: std::arch::x86_64::__m512) -> (std::arch::x86_64::__m512i, std::ar
 /// finish(products + bias) of the positions `range` (`products`: a row of `stride` f32 per
 /// position, from range.start) written into the next convolution's input, of `layout`: each
 /// position's channels, hi and for `Split` lo, at its pixel, as `ChannelsLast::padded` converts
-/// them from the NCHW output (the same bits: `tests::staged_outputs_convert_as_the_tensor`).
+/// them from the NCHW output (the same bits: `conv_chain::tests`).
 /// False where a value is beyond `amx::LIMIT`.
 ///
 /// # Safety
