@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use gemm::{gemm, Parallelism};
 use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
-use patchcore::backend::cpu::{amx_unavailable, knn_topk, squared_norms};
+use patchcore::backend::cpu::{bf16_unavailable, knn_topk, squared_norms};
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
@@ -61,8 +61,8 @@ fn embeddings(net: &Backbone<CpuBackend>, images: &Tensor) -> Tensor {
 
 fn predict_shape(c: &mut Criterion) {
     let backend = CpuBackend::default();
-    match amx_unavailable() {
-        None => println!("dispatched: AMX bf16 screening, float64 re-ranking"),
+    match bf16_unavailable() {
+        None => println!("dispatched: bf16 screening ({}), float64 re-ranking", CpuBackend::default().describe()),
         Some(reason) => println!("dispatched: the f32 search ({reason})"),
     }
     let net =

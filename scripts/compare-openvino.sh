@@ -20,8 +20,15 @@
 #    largest score differences and each engine's image AUROC.
 #
 # Environment: REPEATS (passes per figure, the best is kept; default 2),
-# PATCHCORE_RESNET18_WEIGHTS (torchvision resnet18 weights as safetensors instead of the hashed ones).
+# PATCHCORE_RESNET18_WEIGHTS (torchvision resnet18 weights as safetensors instead of the hashed ones),
+# ISA=avx512_bf16: every engine as on a CPU with AVX512-BF16 but no AMX (AMD Zen 4, where issue 13
+# was measured): OpenVINO's oneDNN capped by ONEDNN_MAX_CPU_ISA, ours by PATCHCORE_BF16_PRODUCTS.
 set -euo pipefail
+case "${ISA:-}" in
+    "") ;;
+    avx512_bf16) export ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 PATCHCORE_BF16_PRODUCTS=avx512 ;;
+    *) echo "ISA=$ISA: expected avx512_bf16 or nothing" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 
 venv=target/ov-venv
@@ -60,6 +67,7 @@ done
 echo "== machine"
 grep -m1 'model name' /proc/cpuinfo
 echo "cores: $(nproc), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "ISA cap: ${ISA:-none} (ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-}, PATCHCORE_BF16_PRODUCTS=${PATCHCORE_BF16_PRODUCTS:-})"
 echo "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_[a-z0-9]+' | sort -u | tr '\n' ' ')"
 "$python" -c 'import torch, anomalib, openvino; print("torch", torch.__version__, "| anomalib", anomalib.__version__, "| openvino", openvino.__version__)'
 echo "== comparison (categories: ${categories[*]})"

@@ -239,14 +239,14 @@ fn bf16_predicts_where_the_cpu_has_amx_and_is_refused_elsewhere() {
     let dir = TempDir::new("cli-bf16");
     let (model, data) = common::fitted_model(&dir, 64);
     let o = patchcore(&["predict", "--model", s(&model), "--precision", "bf16", s(&data.join("test/square"))]);
-    match patchcore::backend::cpu::amx_unavailable() {
+    match patchcore::backend::cpu::bf16_unavailable() {
         None => {
             assert!(o.status.success(), "{}", stderr(&o));
             assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
         }
         Some(reason) => {
             assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-            assert!(stderr(&o).contains(&format!("bf16 needs AMX on the CPU: {reason}")), "{}", stderr(&o));
+            assert!(stderr(&o).contains(&format!("bf16 needs AMX or AVX512-BF16 on the CPU: {reason}")), "{}", stderr(&o));
         }
     }
 }

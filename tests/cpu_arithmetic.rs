@@ -11,7 +11,7 @@ mod common;
 use common::{synthetic_category, TempDir};
 use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
-use patchcore::backend::cpu::amx_unavailable;
+use patchcore::backend::cpu::bf16_unavailable;
 use patchcore::backend::{CpuBackend, Precision};
 use patchcore::data::dataset::{list_labelled, list_training_images};
 use patchcore::data::image::load_rgb;
@@ -50,7 +50,7 @@ fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn split_tiles_score_within_2e_5_of_the_largest_f32_score() {
-    if let Some(reason) = amx_unavailable() {
+    if let Some(reason) = bf16_unavailable() {
         println!("skipped: {reason}");
         return;
     }
@@ -76,8 +76,8 @@ fn bf16_tiles_keep_the_ranking_within_2_percent() {
     let backend = match CpuBackend::new(Precision::Bf16) {
         Ok(b) => b,
         Err(e) => {
-            // The refusal names the reason; nothing else to check without AMX.
-            assert!(e.to_string().contains(amx_unavailable().expect("refused only without AMX")), "{e}");
+            // The refusal names the reason; nothing else to check without bf16 products.
+            assert!(e.to_string().contains(bf16_unavailable().expect("refused only without bf16 products")), "{e}");
             println!("skipped: {e}");
             return;
         }

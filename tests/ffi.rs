@@ -435,7 +435,7 @@ fn precision_is_chosen_at_load() {
     let f32_scores = scores(out);
     assert_eq!(f32_scores, images.iter().map(|img| predict_rust(img).0.score).collect::<Vec<_>>());
     expect(patchcore_free(out), PATCHCORE_OK, "");
-    match patchcore::backend::cpu::amx_unavailable() {
+    match patchcore::backend::cpu::bf16_unavailable() {
         None => {
             expect(load(c"bf16".as_ptr(), &mut out), PATCHCORE_OK, "");
             let bf16_scores = scores(out);

@@ -1,20 +1,68 @@
-//! Intel AMX (Advanced Matrix Extensions) bf16 tile products, for the kNN's screening pass and the
-//! convolutions, and the bf16 splitting both use.
+//! The bf16 tile products that the kNN's screening pass and the convolutions are built on, and the
+//! bf16 splitting both use: `Tiles::block_32x32`, on Intel AMX where the CPU has it, else in
+//! AVX512-BF16 registers (VDPBF16PS: AMD Zen 4 and later, Intel Cooper Lake), the same operands
+//! in the same layouts, so that everything above them runs unchanged on either (`Engine`).
 //!
 //! Rust's AMX intrinsics are unstable, so the few instructions are inline assembly. Linux hands out
 //! the 8 KiB tile state only to a process that asks for it (`arch_prctl(ARCH_REQ_XCOMP_PERM)`);
-//! `available` asks once and says no on any CPU, OS or kernel that refuses.
+//! `engine` asks once and falls back to AVX512-BF16 on any CPU, OS or kernel that refuses.
+//!
+//! `PATCHCORE_BF16_PRODUCTS` (read once) picks the engine instead of the best the CPU has: `amx`,
+//! `avx512` or `off` (no bf16 products: f32 convolutions and kNN), so that a machine with AMX can
+//! run and time what one without it runs.
 
-/// Why AMX bf16 cannot be used here, or `None` when it can. Checked once per process: AMX-TILE,
-/// AMX-BF16 and AVX-512F (the fold that reads the tiles is compiled for it) in CPUID, then the
-/// kernel's permission for the tile data.
-pub fn unavailable_reason() -> Option<&'static str> {
-    static REASON: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
-    *REASON.get_or_init(probe)
+/// The instructions that multiply the tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// TDPBF16PS on AMX tiles.
+    Amx,
+    /// VDPBF16PS on AVX-512 registers.
+    Avx512Bf16,
 }
 
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Amx => "AMX",
+            Engine::Avx512Bf16 => "AVX512-BF16",
+        }
+    }
+}
+
+/// The engine this process multiplies bf16 tiles with, or why it has none. Checked once.
+pub fn engine() -> Result<Engine, &'static str> {
+    static ENGINE: std::sync::OnceLock<Result<Engine, &'static str>> = std::sync::OnceLock::new();
+    *ENGINE.get_or_init(|| {
+        let asked = std::env::var("PATCHCORE_BF16_PRODUCTS").unwrap_or_default();
+        match asked.as_str() {
+            "" => amx_reason().map_or(Ok(Engine::Amx), |_| avx512_bf16_reason().map_or(Ok(Engine::Avx512Bf16), Err)),
+            "amx" => amx_reason().map_or(Ok(Engine::Amx), Err),
+            "avx512" => avx512_bf16_reason().map_or(Ok(Engine::Avx512Bf16), Err),
+            "off" => Err("PATCHCORE_BF16_PRODUCTS=off"),
+            _ => Err("PATCHCORE_BF16_PRODUCTS is not amx, avx512 or off"),
+        }
+    })
+}
+
+/// Why there are no bf16 tile products here (`engine`'s error), or `None` when there are.
+pub fn unavailable_reason() -> Option<&'static str> {
+    engine().err()
+}
+
+/// Why AVX512-BF16 cannot multiply the tiles here, or `None` when it can.
+fn avx512_bf16_reason() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16") {
+        return None;
+    }
+    Some("the CPU has neither AMX-BF16 nor AVX512-BF16 (Intel Sapphire Rapids or AMD Zen 4 and later have one)")
+}
+
+/// Why AMX cannot multiply the tiles here, or `None` when it can: AMX-TILE, AMX-BF16 and
+/// AVX-512F (the code around the tiles is compiled for it) in CPUID, then the kernel's permission
+/// for the tile data.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn probe() -> Option<&'static str> {
+fn amx_reason() -> Option<&'static str> {
     use std::arch::x86_64::__cpuid_count;
     // CPUID exists on every x86_64 CPU; leaf 7 reads as 0s where it is unknown.
     let leaf7 = __cpuid_count(7, 0);
@@ -39,11 +87,11 @@ fn probe() -> Option<&'static str> {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn probe() -> Option<&'static str> {
+fn amx_reason() -> Option<&'static str> {
     Some("AMX is used only on x86_64 Linux")
 }
 
-/// x rounded to bf16 (nearest, ties to even) with subnormals flushed to zero, as AMX reads them.
+/// x rounded to bf16 (nearest, ties to even) with subnormals flushed to zero, as AMX and VDPBF16PS read them.
 /// Integer arithmetic without branches, so that loops over it vectorise (the conversions of a
 /// convolution's input run over every activation); exact for every x but NaNs whose payload
 /// lies in the low 16 bits only (callers pass `suitable` values).
@@ -162,33 +210,50 @@ pub fn pack_b(rows: usize, groups: usize, tiles: usize, fill: impl Fn(usize, &mu
     packed
 }
 
-/// The tile registers configured for `block_32x32` on this thread, released on drop (so the
-/// thread's context switches stop saving 8 KiB). Only made where `unavailable_reason()` is `None`;
-/// not `Send`, as the configuration belongs to the thread that loaded it.
-pub struct Tiles(std::marker::PhantomData<*const ()>);
+/// The products of `block_32x32` on this thread: on AMX the tile registers configured for it,
+/// released on drop (so the thread's context switches stop saving 8 KiB). Only made where
+/// `engine()` is `Ok`; not `Send`, as the configuration belongs to the thread that loaded it.
+pub struct Tiles {
+    engine: Engine,
+    _thread: std::marker::PhantomData<*const ()>,
+}
 
 impl Tiles {
     /// # Safety
-    /// `unavailable_reason()` must have returned `None`.
+    /// `engine()` must have returned `Ok`.
     pub unsafe fn configure() -> Tiles {
-        // Palette 1; tiles 0..8 all 16 rows of 64 bytes: C in tmm0-3, A in tmm4-5, B in tmm6-7.
-        let mut cfg = [0u8; 64];
-        cfg[0] = 1;
-        for t in 0..8 {
-            cfg[16 + 2 * t] = 64;
-            cfg[48 + t] = TILE_ROWS as u8;
+        // SAFETY: the caller's contract.
+        unsafe { Tiles::on(engine().expect("Tiles::configure: no bf16 products here")) }
+    }
+
+    /// Tiles on `engine`, whichever `engine()` chose (the tests compare the two).
+    ///
+    /// # Safety
+    /// The CPU must have `engine`: AMX with the kernel's permission (`amx_reason` is `None`), or
+    /// AVX-512F and AVX512-BF16.
+    pub unsafe fn on(engine: Engine) -> Tiles {
+        if engine == Engine::Amx {
+            // Palette 1; tiles 0..8 all 16 rows of 64 bytes: C in tmm0-3, A in tmm4-5, B in tmm6-7.
+            let mut cfg = [0u8; 64];
+            cfg[0] = 1;
+            for t in 0..8 {
+                cfg[16 + 2 * t] = 64;
+                cfg[48 + t] = TILE_ROWS as u8;
+            }
+            // SAFETY: the caller checked that AMX is usable; cfg is a valid 64-byte palette-1 config.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                std::arch::asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack, readonly));
+            }
         }
-        // SAFETY: the caller checked that AMX is usable; cfg is a valid 64-byte palette-1 config.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            std::arch::asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack, readonly));
-        }
-        Tiles(std::marker::PhantomData)
+        Tiles { engine, _thread: std::marker::PhantomData }
     }
 
     /// C[32 x 32] = sum over `steps` of A_s[32 x 32] * B_s[32 x 32] in bf16 with f32
-    /// accumulation (TDPBF16PS: products exact, sums rounded to nearest, denormal inputs and
-    /// results flushed to zero); row r column n of C = A row r . B column n.
+    /// accumulation (TDPBF16PS or VDPBF16PS: products exact, sums rounded to nearest, denormal
+    /// inputs and results flushed to zero); row r column n of C = A row r . B column n. The two
+    /// engines add a row's products in different orders: the same value within f32's rounding
+    /// of the sum (the bounds of `knn_screen` and `conv_amx` hold for any order).
     ///
     /// Step s = [a, b] (bytes) takes its A tile's rows 0..16 from `a0 + a` and rows 16..32 from
     /// `a1 + a`, each row `a_stride` bytes after the previous one, and its two B tiles (16
@@ -214,71 +279,202 @@ impl Tiles {
     ) {
         assert!(!steps.is_empty(), "block_32x32: no steps");
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller guarantees the regions; `self` proves the tiles are configured.
+        // SAFETY: the caller guarantees the regions; `self` proves the engine is usable.
         unsafe {
-            std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "mov {t}, [{s}]",
-                "mov {u}, [{s} + 8]",
-                "add {u}, {b}",
-                "tileloadd tmm6, [{u} + {bs}*1]",
-                "add {u}, {bg}",
-                "tileloadd tmm7, [{u} + {bs}*1]",
-                "lea {u}, [{a0} + {t}]",
-                "tileloadd tmm4, [{u} + {ast}*1]",
-                "add {t}, {a1}",
-                "tileloadd tmm5, [{t} + {ast}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {s}, 16",
-                "dec {n}",
-                "jnz 2b",
-                "tilestored [{c} + {cs}*1], tmm0",
-                "tilestored [{c} + {cs}*1 + 64], tmm1",
-                "mov {t}, {cs}",
-                "shl {t}, 4",
-                "add {t}, {c}",
-                "tilestored [{t} + {cs}*1], tmm2",
-                "tilestored [{t} + {cs}*1 + 64], tmm3",
-                s = inout(reg) steps.as_ptr() => _,
-                n = inout(reg) steps.len() => _,
-                t = out(reg) _,
-                u = out(reg) _,
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b = in(reg) b,
-                bg = in(reg) 2 * b_group,
-                ast = in(reg) a_stride,
-                bs = in(reg) 64usize,
-                c = in(reg) c,
-                cs = in(reg) c_stride,
-                options(nostack),
-            );
+            match self.engine {
+                Engine::Amx => amx_block(a0, a1, a_stride, steps, b, b_group, c, c_stride),
+                Engine::Avx512Bf16 => {
+                    for (half, a) in [a0, a1].into_iter().enumerate() {
+                        for rows in (0..TILE_ROWS).step_by(REGISTER_ROWS) {
+                            let c = c.byte_add((half * TILE_ROWS + rows) * c_stride);
+                            registers_block(a.byte_add(rows * a_stride), a_stride, steps, b, b_group, c, c_stride);
+                        }
+                    }
+                }
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (a0, a1, a_stride, b, b_group, c, c_stride);
     }
 }
 
+/// `Tiles::block_32x32` on AMX.
+///
+/// # Safety
+/// As `block_32x32`'s, with the tiles configured on this thread.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn amx_block(
+    a0: *const u16,
+    a1: *const u16,
+    a_stride: usize,
+    steps: &[[usize; 2]],
+    b: *const u16,
+    b_group: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "mov {t}, [{s}]",
+            "mov {u}, [{s} + 8]",
+            "add {u}, {b}",
+            "tileloadd tmm6, [{u} + {bs}*1]",
+            "add {u}, {bg}",
+            "tileloadd tmm7, [{u} + {bs}*1]",
+            "lea {u}, [{a0} + {t}]",
+            "tileloadd tmm4, [{u} + {ast}*1]",
+            "add {t}, {a1}",
+            "tileloadd tmm5, [{t} + {ast}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {s}, 16",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {cs}*1], tmm0",
+            "tilestored [{c} + {cs}*1 + 64], tmm1",
+            "mov {t}, {cs}",
+            "shl {t}, 4",
+            "add {t}, {c}",
+            "tilestored [{t} + {cs}*1], tmm2",
+            "tilestored [{t} + {cs}*1 + 64], tmm3",
+            s = inout(reg) steps.as_ptr() => _,
+            n = inout(reg) steps.len() => _,
+            t = out(reg) _,
+            u = out(reg) _,
+            a0 = in(reg) a0,
+            a1 = in(reg) a1,
+            b = in(reg) b,
+            bg = in(reg) 2 * b_group,
+            ast = in(reg) a_stride,
+            bs = in(reg) 64usize,
+            c = in(reg) c,
+            cs = in(reg) c_stride,
+            options(nostack),
+        );
+    }
+}
+
+/// A rows `Tiles::block_32x32` multiplies at a time in AVX-512 registers: their 32 columns' sums
+/// are 2 x `REGISTER_ROWS` registers, with the step's 2 B rows and a broadcast A pair beside them
+/// (19 of the 32), and each B row loaded serves `REGISTER_ROWS` products.
+const REGISTER_ROWS: usize = 8;
+
+/// `REGISTER_ROWS` rows of `Tiles::block_32x32`'s C (A's rows from `a`, written to `c`) in
+/// AVX512-BF16: per step and pair p of depths, C[r][n] += A[r][2p..2p + 2] . B[p][n] for the two
+/// B tiles' 16 columns, one VDPBF16PS each with A's pair broadcast.
+///
+/// # Safety
+/// As `block_32x32`'s for these rows, and the CPU must support AVX-512F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn registers_block(
+    a: *const u16,
+    a_stride: usize,
+    steps: &[[usize; 2]],
+    b: *const u16,
+    b_group: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut sums = [[_mm512_setzero_ps(); 2]; REGISTER_ROWS];
+    for &[sa, sb] in steps {
+        // SAFETY: every address below is inside a tile the step names (the caller's contract).
+        unsafe {
+            let (a, b) = (a.byte_add(sa), b.byte_add(sb));
+            for p in 0..TILE_K / 2 {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(p * 2 * TILE_ROWS).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(b_group + p * 2 * TILE_ROWS).cast()));
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    let pair = a.byte_add(r * a_stride).add(2 * p).cast::<i32>().read_unaligned();
+                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    sum[0] = _mm512_dpbf16_ps(sum[0], pair, b0);
+                    sum[1] = _mm512_dpbf16_ps(sum[1], pair, b1);
+                }
+            }
+        }
+    }
+    for (r, sum) in sums.iter().enumerate() {
+        // SAFETY: row r of C, 32 f32 (the caller's contract).
+        unsafe {
+            let row = c.byte_add(r * c_stride);
+            _mm512_storeu_ps(row, sum[0]);
+            _mm512_storeu_ps(row.add(TILE_ROWS), sum[1]);
+        }
+    }
+}
+
 impl Drop for Tiles {
     fn drop(&mut self) {
-        // SAFETY: the tiles were configured by `configure`; TILERELEASE returns them to init state.
+        // SAFETY: the tiles were configured by `on`; TILERELEASE returns them to init state.
         #[cfg(target_arch = "x86_64")]
-        unsafe {
-            std::arch::asm!("tilerelease", options(nostack, nomem));
+        if self.engine == Engine::Amx {
+            unsafe {
+                std::arch::asm!("tilerelease", options(nostack, nomem));
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{to_bf16, TileBuf};
+    use super::{amx_reason, avx512_bf16_reason, from_bf16, in_order, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN};
+    use super::{TILE_K, TILE_ROWS};
+
+    /// Both engines against float64 on one product with A rows strided and read in pieces (as the
+    /// convolutions read pixels), B over two tile groups and C inside a wider array: each result
+    /// within f32's rounding of a sum of `depth` exact products (gamma_depth sum |a||b|).
+    #[test]
+    fn both_engines_multiply_tiles_as_float64_within_the_sums_rounding() {
+        let engines = [(Engine::Amx, amx_reason()), (Engine::Avx512Bf16, avx512_bf16_reason())];
+        let mut rng = crate::rng::SplitMix64::new(21);
+        let mut value = || to_bf16((rng.next_u64() % 20001) as f32 / 1000.0 - 10.0);
+        let tiles = 5;
+        let (a_stride, c_stride, b_group) = (tiles * TILE_K + 16, 40, tiles * B_TILE_LEN + 64);
+        let a: Vec<u16> = (0..2 * TILE_ROWS * a_stride).map(|_| value()).collect();
+        let b: Vec<u16> = (0..2 * b_group).map(|_| value()).collect();
+        // Steps in reverse order, so that neither engine may assume them consecutive.
+        let steps: Vec<[usize; 2]> = in_order(tiles).into_iter().rev().collect();
+        let depth = tiles * TILE_K;
+        for (engine, unavailable) in engines {
+            if let Some(reason) = unavailable {
+                println!("{engine:?} skipped: {reason}");
+                continue;
+            }
+            let mut c = vec![f32::NAN; 2 * TILE_ROWS * c_stride];
+            // SAFETY: the engine is available; A holds 32 rows of a_stride >= depth values (rows
+            // 16.. from a1), B two groups of `tiles` tiles, C 32 rows of c_stride >= 32 f32.
+            unsafe {
+                let t = Tiles::on(engine);
+                t.block_32x32(a.as_ptr(), a.as_ptr().add(TILE_ROWS * a_stride), 2 * a_stride, &steps, b.as_ptr(), b_group, c.as_mut_ptr(), 4 * c_stride);
+            }
+            for r in 0..2 * TILE_ROWS {
+                for n in 0..2 * TILE_ROWS {
+                    let (group, col) = (n / TILE_ROWS, n % TILE_ROWS);
+                    let (mut exact, mut magnitude) = (0f64, 0f64);
+                    for k in 0..depth {
+                        let (tile, pair, odd) = (k / TILE_K, k % TILE_K / 2, k % 2);
+                        let x = from_bf16(a[r * a_stride + k]) as f64;
+                        let y = from_bf16(b[group * b_group + tile * B_TILE_LEN + pair * 2 * TILE_ROWS + col * 2 + odd]) as f64;
+                        (exact, magnitude) = (exact + x * y, magnitude + (x * y).abs());
+                    }
+                    let u = f32::EPSILON as f64 / 2.0;
+                    let gamma = depth as f64 * u / (1.0 - depth as f64 * u);
+                    let got = c[r * c_stride + n] as f64;
+                    assert!((got - exact).abs() <= gamma * magnitude, "{engine:?} C[{r}][{n}] = {got}, exact {exact}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn bf16_rounding_is_the_half_crates_with_subnormals_flushed() {

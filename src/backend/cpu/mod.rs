@@ -16,7 +16,7 @@ mod pool;
 mod score;
 mod transpose;
 
-pub use amx::unavailable_reason as amx_unavailable;
+pub use amx::unavailable_reason as bf16_unavailable;
 pub use blur::gaussian_taps;
 pub use coreset::{bound_tolerance, distance_eps, l2_distance, prune_factor, Subspace, PROJ};
 pub use knn::{knn_topk, squared_norms};
@@ -31,26 +31,32 @@ use crate::tensor::Tensor;
 use conv::CpuConv;
 use conv_amx::Arithmetic;
 use image::RgbImage;
+use amx::Engine;
 use knn_screen::ScreenBank;
 
-/// The CPU backend. Where the CPU has AMX-BF16 its convolutions are tile products (`conv_amx`)
-/// in `Arithmetic::Split` by default (within a few f32 roundings of f32) or `Bf16` when asked;
-/// elsewhere, and for `CpuBackend::portable`, f32 im2col + sgemm. The kNN is exact either way.
+/// The CPU backend. Where the CPU multiplies bf16 tiles (`amx::engine`: AMX, or AVX512-BF16) its
+/// convolutions are tile products (`conv_amx`) in `Arithmetic::Split` by default (within a few
+/// f32 roundings of f32) or `Bf16` when asked; elsewhere, and for `CpuBackend::portable`, f32
+/// im2col + sgemm. The kNN is exact either way.
 #[derive(Clone, Debug)]
 pub struct CpuBackend {
     tiles: Option<Arithmetic>,
 }
 
 impl Default for CpuBackend {
-    /// The fastest exact arithmetic this CPU has: split bf16 tiles on AMX, else f32.
+    /// The fastest exact arithmetic this CPU has: split bf16 tiles on AMX, else f32. Split
+    /// products in AVX512-BF16 registers lose to f32: VDPBF16PS (32 products) issues at half the
+    /// rate of an f32 FMA (16) on the 2-core Xeon, and the split takes three, so ResNet-18's
+    /// layer1 convolutions took 8.2 ms an image against f32 im2col + sgemm's 5.2
+    /// (docs/PERFORMANCE.md, round 8).
     fn default() -> Self {
-        let tiles = amx::unavailable_reason().is_none().then_some(Arithmetic::Split);
+        let tiles = (amx::engine() == Ok(Engine::Amx)).then_some(Arithmetic::Split);
         CpuBackend { tiles }
     }
 }
 
 impl CpuBackend {
-    /// The backend for `--precision`: `F32` is `default()`, `Bf16` needs AMX-BF16 (an error naming
+    /// The backend for `--precision`: `F32` is `default()`, `Bf16` needs bf16 tiles (an error naming
     /// why it is unusable otherwise); `Tf32` and `F16` are the GPU's and change nothing here.
     pub fn new(precision: Precision) -> Result<CpuBackend> {
         if precision != Precision::Bf16 {
@@ -58,7 +64,9 @@ impl CpuBackend {
         }
         match amx::unavailable_reason() {
             None => Ok(CpuBackend { tiles: Some(Arithmetic::Bf16) }),
-            Some(reason) => Err(Error::option("--precision", format!("bf16 needs AMX on the CPU: {reason}"))),
+            Some(reason) => {
+                Err(Error::option("--precision", format!("bf16 needs AMX or AVX512-BF16 on the CPU: {reason}")))
+            }
         }
     }
 
@@ -69,7 +77,7 @@ impl CpuBackend {
 }
 
 /// A memory bank on the CPU: the rows and their squared norms, computed once, and where the CPU
-/// has AMX, the bf16 form the kNN screens it with.
+/// multiplies bf16 tiles, the form the kNN screens it with.
 pub struct CpuBank {
     rows: Tensor,
     sq_norms: Vec<f32>,
@@ -82,10 +90,11 @@ impl Backend for CpuBackend {
     type Bank = CpuBank;
 
     fn describe(&self) -> String {
+        let on = amx::engine().map_or("", |e| e.name());
         let convs = match self.tiles {
-            Some(Arithmetic::Split) => "convolutions: split bf16 on AMX",
-            Some(Arithmetic::Bf16) => "convolutions: bf16 on AMX",
-            None => "convolutions: f32",
+            Some(Arithmetic::Split) => format!("convolutions: split bf16 on {on}"),
+            Some(Arithmetic::Bf16) => format!("convolutions: bf16 on {on}"),
+            None => "convolutions: f32".to_string(),
         };
         format!("cpu ({} threads, {convs})", rayon::current_num_threads())
     }
