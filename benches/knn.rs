@@ -6,7 +6,7 @@
 //! - Predict's shape (issue 13): ResNet-18 (hashed weights) layer2+3 embeddings of synthetic
 //!   256 px images, 1,024 patches and 384 dims each; a 10,240-row bank (10 images) and the
 //!   queries of 1 or 8 other images, k = 1 as predict's patch scores. `f32` is `knn_topk`, the
-//!   reference; `dispatched` is `CpuBackend::knn`, which screens with AMX bf16 where the CPU has
+//!   reference; `dispatched` is `CpuBackend::knn`, which screens with bf16 products where the CPU has
 //!   it (the line printed first says which path it takes here).
 //!
 //! Run: `cargo bench --bench knn` (`-- predict` for the second group only).

@@ -76,15 +76,17 @@ fn main() {
     }
 }
 
-/// The CPU's convolution arithmetics this machine has: f32 im2col + sgemm always; where it has
-/// AMX, split bf16 tiles (the default there) and bf16 tiles (`--precision bf16`).
+/// The CPU's convolution arithmetics this machine has: f32 im2col + sgemm always; the default
+/// where it differs (split bf16 tiles on AMX, f32 tiles with AVX-512F); bf16 tiles (`--precision
+/// bf16`) where the CPU multiplies bf16.
 fn arithmetics() -> Vec<(&'static str, CpuBackend)> {
-    let mut all = vec![("f32", CpuBackend::portable())];
+    let mut all = vec![CpuBackend::portable(), CpuBackend::default()];
     match CpuBackend::new(Precision::Bf16) {
-        Ok(bf16) => all.extend([("split bf16", CpuBackend::default()), ("bf16", bf16)]),
-        Err(e) => println!("tile convolutions skipped: {e}"),
+        Ok(bf16) => all.push(bf16),
+        Err(e) => println!("bf16 tiles skipped: {e}"),
     }
-    all
+    all.dedup_by_key(|backend| backend.convolutions());
+    all.into_iter().map(|backend| (backend.convolutions(), backend)).collect()
 }
 
 /// ResNet-18's convolution shapes at 512 px, batch 1: our conv2d (im2col + product + epilogue,

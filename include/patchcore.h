@@ -260,7 +260,7 @@ enum PatchcoreStatus patchcore_load(const char *path,
 
 /**
  * `patchcore_load` with a choice of arithmetic, as the CLI's `--precision`: "f32" (what
- * `patchcore_load` does); "bf16" on a CPU with AMX (convolutions in bf16: faster, scores
+ * `patchcore_load` does); "bf16" on a CPU with AMX-BF16 or AVX512-BF16 (convolutions in bf16: faster, scores
  * within about 2%; the nearest-neighbour search stays exact), refused with
  * PATCHCORE_INVALID_ARGUMENT and the reason on a CPU without; "tf32" or "f16" on the GPU
  * (tensor cores: faster, looser), which a CPU computes in f32.

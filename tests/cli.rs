@@ -233,7 +233,7 @@ fn an_unusable_gpu_is_explained_and_auto_falls_back_to_the_cpu() {
     assert!(stderr(&o).contains("expected f32, tf32, f16 or bf16"), "{}", stderr(&o));
 }
 
-/// `--precision bf16` runs on a CPU with AMX and is refused elsewhere, saying why.
+/// `--precision bf16` runs on a CPU with AMX-BF16 or AVX512-BF16 and is refused elsewhere, saying why.
 #[test]
 fn bf16_predicts_where_the_cpu_has_amx_and_is_refused_elsewhere() {
     let dir = TempDir::new("cli-bf16");
@@ -246,7 +246,11 @@ fn bf16_predicts_where_the_cpu_has_amx_and_is_refused_elsewhere() {
         }
         Some(reason) => {
             assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-            assert!(stderr(&o).contains(&format!("bf16 needs AMX or AVX512-BF16 on the CPU: {reason}")), "{}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&format!("bf16 needs AMX or AVX512-BF16 on the CPU: {reason}")),
+                "{}",
+                stderr(&o)
+            );
         }
     }
 }

@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// The GPU: f32 FMA (cuDNN without tensor-core math, the SIMT distance kernel), matching the
-    /// CPU backend to 1e-4. The CPU: f32, or where it has AMX, convolutions of split bf16 products
-    /// within a few f32 roundings of f32's (`cpu::conv_amx`).
+    /// CPU backend to 1e-4. The CPU: f32 (tile products with AVX-512F), or where it has AMX,
+    /// convolutions of split bf16 products within a few f32 roundings of f32's (`cpu::conv_amx`).
     #[default]
     F32,
     /// GPU only: TF32 tensor cores (10-bit mantissa, f32 accumulation) for convolutions and
@@ -16,7 +16,7 @@ pub enum Precision {
     /// GPU only: TF32 convolutions; the memory bank, queries and coreset rows in f16, accumulated
     /// in f32.
     F16,
-    /// CPU only, where it has AMX-BF16: the convolutions' products in bf16 (8-bit mantissa, f32
+    /// CPU only, where it has AMX-BF16 or AVX512-BF16: the convolutions' products in bf16 (8-bit mantissa, f32
     /// accumulation); the kNN stays exact.
     Bf16,
 }

@@ -43,8 +43,9 @@ pub struct DeviceArgs {
     pub device: DeviceChoice,
     /// Arithmetic: f32 (the default: exact on the GPU, matching the CPU to 1e-4; on a CPU with
     /// AMX, convolutions of split bf16 products within a few f32 roundings); on the GPU tf32 or
-    /// f16 (tensor cores, faster, looser); on a CPU with AMX bf16 (convolutions in bf16, about
-    /// 1.5x faster again, scores within about 2%; the kNN stays exact).
+    /// f16 (tensor cores, faster, looser); on a CPU with AMX-BF16 or AVX512-BF16 bf16
+    /// (convolutions in bf16, about 1.5x faster again on AMX, scores within about 2%; the kNN
+    /// stays exact).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
 }

@@ -18,6 +18,10 @@ pub enum Engine {
     Amx,
     /// VDPBF16PS on AVX-512 registers.
     Avx512Bf16,
+    /// VFMADD231PS on AVX-512 registers, for tiles that hold f32 where the others hold bf16 pairs
+    /// (`conv_amx`'s `Arithmetic::F32`): a 64-byte A row is 16 f32 depths, a B tile row one
+    /// depth's 16 columns. Any CPU with AVX-512F; never `engine()`'s, which multiplies bf16.
+    Avx512F32,
 }
 
 impl Engine {
@@ -25,6 +29,7 @@ impl Engine {
         match self {
             Engine::Amx => "AMX",
             Engine::Avx512Bf16 => "AVX512-BF16",
+            Engine::Avx512F32 => "AVX-512",
         }
     }
 }
@@ -226,11 +231,11 @@ impl Tiles {
         unsafe { Tiles::on(engine().expect("Tiles::configure: no bf16 products here")) }
     }
 
-    /// Tiles on `engine`, whichever `engine()` chose (the tests compare the two).
+    /// Tiles on `engine`, whichever `engine()` chose (the tests compare the bf16 engines).
     ///
     /// # Safety
-    /// The CPU must have `engine`: AMX with the kernel's permission (`amx_reason` is `None`), or
-    /// AVX-512F and AVX512-BF16.
+    /// The CPU must have `engine`: AMX with the kernel's permission (`amx_reason` is `None`),
+    /// AVX-512F and AVX512-BF16, or AVX-512F.
     pub unsafe fn on(engine: Engine) -> Tiles {
         if engine == Engine::Amx {
             // Palette 1; tiles 0..8 all 16 rows of 64 bytes: C in tmm0-3, A in tmm4-5, B in tmm6-7.
@@ -253,7 +258,8 @@ impl Tiles {
     /// accumulation (TDPBF16PS or VDPBF16PS: products exact, sums rounded to nearest, denormal
     /// inputs and results flushed to zero); row r column n of C = A row r . B column n. The two
     /// engines add a row's products in different orders: the same value within f32's rounding
-    /// of the sum (the bounds of `knn_screen` and `conv_amx` hold for any order).
+    /// of the sum (the bounds of `knn_screen` and `conv_amx` hold for any order). On
+    /// `Avx512F32` the same with 16 f32 depths a step (an FMA each).
     ///
     /// Step s = [a, b] (bytes) takes its A tile's rows 0..16 from `a0 + a` and rows 16..32 from
     /// `a1 + a`, each row `a_stride` bytes after the previous one, and its two B tiles (16
@@ -283,11 +289,15 @@ impl Tiles {
         unsafe {
             match self.engine {
                 Engine::Amx => amx_block(a0, a1, a_stride, steps, b, b_group, c, c_stride),
-                Engine::Avx512Bf16 => {
+                Engine::Avx512Bf16 | Engine::Avx512F32 => {
+                    let rows_block = match self.engine {
+                        Engine::Avx512Bf16 => registers_bf16,
+                        _ => registers_f32,
+                    };
                     for (half, a) in [a0, a1].into_iter().enumerate() {
                         for rows in (0..TILE_ROWS).step_by(REGISTER_ROWS) {
                             let c = c.byte_add((half * TILE_ROWS + rows) * c_stride);
-                            registers_block(a.byte_add(rows * a_stride), a_stride, steps, b, b_group, c, c_stride);
+                            rows_block(a.byte_add(rows * a_stride), a_stride, steps, b, b_group, c, c_stride);
                         }
                     }
                 }
@@ -369,14 +379,13 @@ unsafe fn amx_block(
 const REGISTER_ROWS: usize = 8;
 
 /// `REGISTER_ROWS` rows of `Tiles::block_32x32`'s C (A's rows from `a`, written to `c`) in
-/// AVX512-BF16: per step and pair p of depths, C[r][n] += A[r][2p..2p + 2] . B[p][n] for the two
-/// B tiles' 16 columns, one VDPBF16PS each with A's pair broadcast.
+/// AVX512-BF16: `registers_block` with VDPBF16PS, C[r][n] += A[r][2p..2p + 2] . B[p][n].
 ///
 /// # Safety
-/// As `block_32x32`'s for these rows, and the CPU must support AVX-512F and AVX512-BF16.
+/// As `registers_block`'s, and the CPU must support AVX-512F and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn registers_block(
+unsafe fn registers_bf16(
     a: *const u16,
     a_stride: usize,
     steps: &[[usize; 2]],
@@ -386,19 +395,75 @@ unsafe fn registers_block(
     c_stride: usize,
 ) {
     use std::arch::x86_64::*;
+    // SAFETY: a bf16 pair and an f32 are both 32 bits; the caller's contract for the rest.
+    unsafe {
+        registers_block(a, a_stride, steps, b, b_group, c, c_stride, |sum, a, b| {
+            _mm512_dpbf16_ps(
+                sum,
+                std::mem::transmute::<__m512, __m512bh>(a),
+                std::mem::transmute::<__m512, __m512bh>(b),
+            )
+        })
+    }
+}
+
+/// `registers_block` with VFMADD231PS on f32 tiles, C[r][n] += A[r][p] B[p][n].
+///
+/// # Safety
+/// As `registers_block`'s, and the CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn registers_f32(
+    a: *const u16,
+    a_stride: usize,
+    steps: &[[usize; 2]],
+    b: *const u16,
+    b_group: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe { registers_block(a, a_stride, steps, b, b_group, c, c_stride, |sum, a, b| _mm512_fmadd_ps(a, b, sum)) }
+}
+
+/// `REGISTER_ROWS` rows of `Tiles::block_32x32`'s C (A's rows from `a`, written to `c`): per
+/// step and 32-bit unit p of an A row (a bf16 pair or an f32), the two B tiles' row p (16
+/// columns each) multiplied into the sums by `product(sum, A[r][p] broadcast, B row)`.
+/// Inlined into the callers, whose target features its intrinsics need.
+///
+/// # Safety
+/// As `block_32x32`'s for these rows, and the CPU must support AVX-512F and what `product` uses.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn registers_block(
+    a: *const u16,
+    a_stride: usize,
+    steps: &[[usize; 2]],
+    b: *const u16,
+    b_group: usize,
+    c: *mut f32,
+    c_stride: usize,
+    product: impl Fn(
+        std::arch::x86_64::__m512,
+        std::arch::x86_64::__m512,
+        std::arch::x86_64::__m512,
+    ) -> std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
     let mut sums = [[_mm512_setzero_ps(); 2]; REGISTER_ROWS];
     for &[sa, sb] in steps {
         // SAFETY: every address below is inside a tile the step names (the caller's contract).
         unsafe {
             let (a, b) = (a.byte_add(sa), b.byte_add(sb));
             for p in 0..TILE_K / 2 {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(p * 2 * TILE_ROWS).cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(b_group + p * 2 * TILE_ROWS).cast()));
+                let b0 = _mm512_loadu_ps(b.add(p * 2 * TILE_ROWS).cast());
+                let b1 = _mm512_loadu_ps(b.add(b_group + p * 2 * TILE_ROWS).cast());
                 for (r, sum) in sums.iter_mut().enumerate() {
-                    let pair = a.byte_add(r * a_stride).add(2 * p).cast::<i32>().read_unaligned();
-                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                    sum[0] = _mm512_dpbf16_ps(sum[0], pair, b0);
-                    sum[1] = _mm512_dpbf16_ps(sum[1], pair, b1);
+                    let unit = _mm512_set1_ps(a.byte_add(r * a_stride).add(2 * p).cast::<f32>().read_unaligned());
+                    sum[0] = product(sum[0], unit, b0);
+                    sum[1] = product(sum[1], unit, b1);
                 }
             }
         }
@@ -455,7 +520,16 @@ mod tests {
             // 16.. from a1), B two groups of `tiles` tiles, C 32 rows of c_stride >= 32 f32.
             unsafe {
                 let t = Tiles::on(engine);
-                t.block_32x32(a.as_ptr(), a.as_ptr().add(TILE_ROWS * a_stride), 2 * a_stride, &steps, b.as_ptr(), b_group, c.as_mut_ptr(), 4 * c_stride);
+                t.block_32x32(
+                    a.as_ptr(),
+                    a.as_ptr().add(TILE_ROWS * a_stride),
+                    2 * a_stride,
+                    &steps,
+                    b.as_ptr(),
+                    b_group,
+                    c.as_mut_ptr(),
+                    4 * c_stride,
+                );
             }
             for r in 0..2 * TILE_ROWS {
                 for n in 0..2 * TILE_ROWS {
@@ -464,7 +538,8 @@ mod tests {
                     for k in 0..depth {
                         let (tile, pair, odd) = (k / TILE_K, k % TILE_K / 2, k % 2);
                         let x = from_bf16(a[r * a_stride + k]) as f64;
-                        let y = from_bf16(b[group * b_group + tile * B_TILE_LEN + pair * 2 * TILE_ROWS + col * 2 + odd]) as f64;
+                        let y = from_bf16(b[group * b_group + tile * B_TILE_LEN + pair * 2 * TILE_ROWS + col * 2 + odd])
+                            as f64;
                         (exact, magnitude) = (exact + x * y, magnitude + (x * y).abs());
                     }
                     let u = f32::EPSILON as f64 / 2.0;

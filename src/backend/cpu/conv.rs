@@ -1,5 +1,5 @@
 //! Convolution as im2col + one matrix product per image and group, with bias, residual and
-//! activation applied in the same pass over the output, or where the CPU has AMX, as tile
+//! activation applied in the same pass over the output, or where the CPU has AVX-512, as tile
 //! products (`conv_amx`). Depthwise convolutions (one input channel per group) skip im2col: a
 //! direct loop is cheaper than a product with one row.
 
@@ -19,8 +19,8 @@ pub struct CpuConv {
 }
 
 impl CpuConv {
-    pub fn new(weights: &ConvWeights, tiles: bool) -> CpuConv {
-        let packed = if tiles { PackedConv::new(weights) } else { None };
+    pub fn new(weights: &ConvWeights, tiles: Option<Arithmetic>) -> CpuConv {
+        let packed = tiles.and_then(|arithmetic| PackedConv::new(weights, arithmetic));
         CpuConv { weights: weights.clone(), packed }
     }
 }

@@ -1,26 +1,32 @@
-//! Convolutions as AMX bf16 tile products, where the CPU has AMX-BF16 (see `amx`).
+//! Convolutions as tile products (`amx::Tiles`): bf16 on AMX or AVX512-BF16, or f32 on any CPU
+//! with AVX-512F.
 //!
-//! The input is converted once per convolution to channels-last (NHWC) bf16 with its zero padding
-//! around each image. Where a kernel row's depth (`kernel * channels` values) is a multiple of 32
-//! or fits one tile row (all of ResNet's convolutions, the stem's 7 x 3 included), the tiles read
-//! it in place: an A tile is 16 output positions of one row at one kernel tap and 32 channels (or
-//! one whole kernel row), its rows `stride` pixels apart (`Job::by_taps`, no im2col). Otherwise
-//! (EfficientNet's 16 and 24 channels at 3 x 3 and 5 x 5) the patch of an output position is
-//! `kernel` runs of `kernel * channels` contiguous values, copied for 64 to 256 positions at a
-//! time into a task's own buffer (`Job::by_patches`). The weights are packed as B tiles once, when the model loads
-//! (`PackedConv`). The products come out position-major; the epilogue gathers each channel's from
-//! them into the NCHW output.
+//! The input is converted once per convolution to channels-last (NHWC) bf16 (or f32) with its
+//! zero padding around each image. Where a kernel row's depth (`kernel * channels` values) is a
+//! multiple of a tile row (32 bf16 or 16 f32) or fits one (all of ResNet's convolutions, the
+//! stem's 7 x 3 in bf16 included), the tiles read it in place: an A tile is 16 output positions
+//! of one row at one kernel tap and one tile row's channels (or one whole kernel row), its rows
+//! `stride` pixels apart (`Job::by_taps`, no im2col). Otherwise (EfficientNet's 16 and 24
+//! channels at 3 x 3 and 5 x 5, the stem in f32) the patch of an output position is `kernel` runs
+//! of `kernel * channels` contiguous values, copied for 64 to 256 positions at a time into a
+//! task's own buffer (`Job::by_patches`). The weights are packed as B tiles once, when the model
+//! loads (`PackedConv`). The products come out position-major; the epilogue gathers each
+//! channel's from them into the NCHW output.
 //!
-//! Two precisions (`Arithmetic`):
-//! - `Split`, the default: each value is split as x = hi + lo + r with hi, lo bf16 and
+//! Three arithmetics (`Arithmetic`):
+//! - `Split`, the default on AMX: each value is split as x = hi + lo + r with hi, lo bf16 and
 //!   |r| <= 2^-17 |x|, and a.w is taken as a_hi.w_hi + a_hi.w_lo + a_lo.w_hi, one product three
-//!   times as deep ([a_hi | a_hi | a_lo] against [w_hi | w_lo | w_hi]). Dropping a_lo.w_lo and the residuals leaves each product within 3 2^-18 |a||w|, and
-//!   AMX sums in f32: the output is within (3 2^-18 + gamma_3kk) sum |a||w| of the exact value,
-//!   where the f32 im2col + sgemm is within gamma_kk of it (`tests::split_products_stay_within_the_bound`).
-//! - `Bf16` (opt-in, `--precision bf16`): a_hi.w_hi only, one third of the work, each product within
-//!   about 2^-7 |a||w|.
+//!   times as deep ([a_hi | a_hi | a_lo] against [w_hi | w_lo | w_hi]). Dropping a_lo.w_lo and
+//!   the residuals leaves each product within 3 2^-18 |a||w|, and the tiles sum in f32: the
+//!   output is within (3 2^-18 + gamma_3kk) sum |a||w| of the exact value, where the f32 im2col +
+//!   sgemm is within gamma_kk of it (`tests::split_products_stay_within_the_bound`).
+//! - `Bf16` (opt-in, `--precision bf16`): a_hi.w_hi only, one third of the work, each product
+//!   within about 2^-7 |a||w|.
+//! - `F32`, the default with AVX-512F but no AMX: the f32 values, one FMA per product, within
+//!   gamma_kk as im2col + sgemm (`tests::f32_tiles_stay_within_the_bound`). Each f32 is stored
+//!   as two 16-bit units, so that the bf16 layouts, steps and packing serve it unchanged.
 
-use super::amx::{self, split, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, split, Engine, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::conv::{finish, Geometry};
 #[cfg(target_arch = "x86_64")]
 use super::transpose::transpose16;
@@ -51,25 +57,68 @@ pub enum Arithmetic {
     Split,
     /// hi.hi: bf16's 8 significant bits.
     Bf16,
+    /// The f32 values themselves, with FMA (`amx::Engine::Avx512F32`), as exact as im2col +
+    /// sgemm: a value takes two 16-bit units where a bf16 takes one, so that the layouts,
+    /// steps and packing of the bf16 tiles serve unchanged (16 f32 to a tile row, not 32 bf16).
+    F32,
 }
 
 impl Arithmetic {
-    /// Segments of the A rows: [hi | hi | lo] or [hi].
+    /// Segments of the A rows: [hi | hi | lo] or [hi] (or the f32 values).
     fn segments(self) -> usize {
         match self {
             Arithmetic::Split => 3,
-            Arithmetic::Bf16 => 1,
+            Arithmetic::Bf16 | Arithmetic::F32 => 1,
+        }
+    }
+
+    /// 16-bit units a value takes in the A rows and B tiles.
+    fn units(self) -> usize {
+        match self {
+            Arithmetic::F32 => 2,
+            Arithmetic::Split | Arithmetic::Bf16 => 1,
+        }
+    }
+
+    /// Why this CPU cannot multiply tiles in this arithmetic, or `None` where it can.
+    pub fn unavailable_reason(self) -> Option<&'static str> {
+        match self {
+            Arithmetic::F32 => {
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return None;
+                }
+                Some("the CPU has no AVX-512F")
+            }
+            Arithmetic::Split | Arithmetic::Bf16 => amx::unavailable_reason(),
+        }
+    }
+
+    /// The products on this thread.
+    ///
+    /// # Safety
+    /// `unavailable_reason()` must be `None`.
+    unsafe fn tiles(self) -> Tiles {
+        // SAFETY: the caller's contract (`amx::engine` decides for bf16).
+        unsafe {
+            match self {
+                Arithmetic::F32 => Tiles::on(Engine::Avx512F32),
+                Arithmetic::Split | Arithmetic::Bf16 => Tiles::configure(),
+            }
         }
     }
 }
 
-/// A convolution's weights as AMX's B operand: per group of 16 output channels, three segments
-/// [hi | lo | hi] of `kcs` packed tiles each over the depth ky * row + kx * channels + c
-/// (channels-last, as the A rows are), zero-padded to whole tiles and to a multiple of 32 output
-/// channels. `Bf16` reads the first segment only.
+/// A convolution's weights as the tiles' B operand: per group of 16 output channels, three
+/// segments [hi | lo | hi] (one of f32 values for `F32`) of `kcs` packed tiles each over the
+/// depth ky * row + (kx * channels + c) * units (channels-last, as the A rows are),
+/// zero-padded to whole tiles and to a multiple of 32 output channels. `Bf16` reads the first
+/// segment only.
 pub struct PackedConv {
     packed: TileBuf<u16>,
     kcs: usize,
+    /// Segments packed: 3, or 1 for `F32`.
+    segments: usize,
     out_pad: usize,
     /// The depth of one kernel row: `kernel * channels`, or a whole tile's 32 where that holds
     /// more than one row (the stem's 7 x 3), so that `Job::by_taps` can read each kernel row's
@@ -78,28 +127,40 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// The packed form of `conv`, or `None` where the tile path does not apply: no usable AMX,
-    /// a grouped convolution, or weights that are not finite or beyond `amx::suitable`'s limit.
-    pub fn new(conv: &ConvWeights) -> Option<PackedConv> {
+    /// The packed form of `conv` for `arithmetic` (`Split` and `Bf16` share theirs), or `None`
+    /// where the tile path does not apply: the CPU lacks the arithmetic, a grouped convolution,
+    /// or bf16 of weights that are not finite or beyond `amx::suitable`'s limit.
+    pub fn new(conv: &ConvWeights, arithmetic: Arithmetic) -> Option<PackedConv> {
         let s = &conv.spec;
-        if amx::unavailable_reason().is_some() || s.groups != 1 || !amx::suitable(&conv.weight) {
+        let f32 = arithmetic == Arithmetic::F32;
+        if arithmetic.unavailable_reason().is_some() || s.groups != 1 || !(f32 || amx::suitable(&conv.weight)) {
             return None;
         }
-        let (c, k, taps) = (s.in_channels, s.kernel, s.kernel * s.kernel);
-        let row = if k * c < TILE_K { TILE_K } else { k * c };
+        let (c, k, taps, units) = (s.in_channels, s.kernel, s.kernel * s.kernel, arithmetic.units());
+        let row = if k * c * units < TILE_K { TILE_K } else { k * c * units };
         let kcs = (k * row).div_ceil(TILE_K);
         let out_pad = s.out_channels.div_ceil(BLOCK) * BLOCK;
-        let width = kcs * TILE_K;
-        let packed = amx::pack_b(s.out_channels, out_pad / TILE_ROWS, 3 * kcs, |o, depth| {
+        let (width, segments) = (kcs * TILE_K, if f32 { 1 } else { 3 });
+        let packed = amx::pack_b(s.out_channels, out_pad / TILE_ROWS, segments * kcs, |o, depth| {
             for (i, &w) in conv.weight[o * c * taps..][..c * taps].iter().enumerate() {
                 // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c).
                 let (ci, ky, kx) = (i / taps, i % taps / k, i % k);
-                let at = ky * row + kx * c + ci;
-                let (hi, lo) = split(w);
-                (depth[at], depth[width + at], depth[2 * width + at]) = (hi, lo, hi);
+                let at = ky * row + (kx * c + ci) * units;
+                if f32 {
+                    // Low half first, as an f32 lies in memory.
+                    (depth[at], depth[at + 1]) = (w.to_bits() as u16, (w.to_bits() >> 16) as u16);
+                } else {
+                    let (hi, lo) = split(w);
+                    (depth[at], depth[width + at], depth[2 * width + at]) = (hi, lo, hi);
+                }
             }
         });
-        Some(PackedConv { packed, kcs, out_pad, row })
+        Some(PackedConv { packed, kcs, segments, out_pad, row })
+    }
+
+    /// bf16 values from one group of 16 output channels to the next.
+    fn group_len(&self) -> usize {
+        self.segments * self.kcs * B_TILE_LEN
     }
 }
 
@@ -220,8 +281,8 @@ impl Job<'_> {
                 for (r, row) in rows.chunks_exact_mut(width).take(n).enumerate() {
                     self.input.patch(start + r, g, packed, row);
                 }
-                // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
-                let tiles = unsafe { Tiles::configure() };
+                // SAFETY: `packed` exists, so the CPU has the arithmetic.
+                let tiles = unsafe { self.input.layout.arithmetic.tiles() };
                 multiply(&tiles, rows, packed, self.input.layout.arithmetic.segments(), n, products);
                 drop(tiles);
                 self.write(products, start, n);
@@ -242,8 +303,8 @@ impl Job<'_> {
         let tasks = out_rows.div_ceil(rows_per_task);
         let steps = self.input.steps(g, packed);
         let pairs = (rows_per_task * row_tiles).div_ceil(2);
-        let group_len = 3 * packed.kcs * B_TILE_LEN;
-        let a_stride = 2 * g.stride * g.c;
+        let group_len = packed.group_len();
+        let a_stride = 2 * g.stride * self.input.layout.c;
         (0..tasks).into_par_iter().with_min_len(runs_of(tasks)).for_each_init(
             || (TileBuf::<f32>::zeroed(pairs * BLOCK * packed.out_pad), Vec::with_capacity(2 * pairs)),
             |(products, tile_starts), task| {
@@ -259,13 +320,13 @@ impl Job<'_> {
                     tile_starts.push(tile_starts[tile_starts.len() - 1]);
                 }
                 let data = self.input.data.as_ptr();
-                // SAFETY: `packed` exists, so `amx::unavailable_reason()` returned `None`.
-                let tiles = unsafe { Tiles::configure() };
+                // SAFETY: `packed` exists, so the CPU has the arithmetic.
+                let tiles = unsafe { self.input.layout.arithmetic.tiles() };
                 for cb in (0..packed.out_pad).step_by(BLOCK) {
                     for (p, pair) in tile_starts.chunks_exact(2).enumerate() {
                         // SAFETY: the A rows a step reads lie in `data` (`ChannelsLast::steps`);
-                        // the B tiles are group cb/16's and the next's (3 kcs tiles each, of which
-                        // the steps name the first 2 kcs); the products' rows 32p..32p + 32,
+                        // the B tiles are group cb/16's and the next's (`segments` kcs tiles
+                        // each, which the steps name); the products' rows 32p..32p + 32,
                         // columns cb..cb + 32, lie inside `products`.
                         unsafe {
                             tiles.block_32x32(
@@ -482,9 +543,9 @@ fn split16(v: std::arch::x86_64::__m512) -> (std::arch::x86_64::__m512i, std::ar
 
 /// finish(products + bias) of the positions `range` (`products`: a row of `stride` f32 per
 /// position, from range.start) written into the next convolution's input, of `layout`: each
-/// position's channels, hi and for `Split` lo, at its pixel, as `ChannelsLast::padded` converts
-/// them from the NCHW output (the same bits: `conv_chain::tests`).
-/// False where a value is beyond `amx::LIMIT`.
+/// position's channels, hi and for `Split` lo (or the f32 values), at its pixel, as
+/// `ChannelsLast::padded` converts them from the NCHW output (the same bits: `conv_chain::tests`).
+/// False where a value is beyond `amx::LIMIT` and the arithmetic is bf16.
 ///
 /// # Safety
 /// No other thread may access these positions' values while this runs, and `dst` must be the
@@ -499,32 +560,31 @@ unsafe fn stage_outputs(
     layout: Layout,
 ) -> bool {
     let (c, plane, act) = (conv.spec.out_channels, g.ho * g.wo, conv.spec.activation);
-    assert!(c == layout.c && conv.bias.len() == c && products.len() >= range.len() * stride && c <= stride);
+    let (arithmetic, units) = (layout.arithmetic, layout.arithmetic.units() * c);
+    assert!(units == layout.c && conv.bias.len() == c && products.len() >= range.len() * stride && c <= stride);
+    // SAFETY: the units lie in the buffer and are this call's (the caller's contract); a
+    // `ChannelsLast`'s buffer is initialised (a `TileBuf`).
+    let run = |at: usize| unsafe { &mut *(dst.run(at, units) as *mut [MaybeUninit<u16>] as *mut [u16]) };
     let mut ok = true;
     for (r, pos) in range.enumerate() {
         let (image, oy, ox) = (pos / plane, pos % plane / g.wo, pos % g.wo);
         let at = layout.at(image, layout.top + oy, layout.left + ox);
         let row = &products[r * stride..][..c];
-        // SAFETY: a pixel's c values in each part lie in the buffer, and are this call's (above).
-        let hi = unsafe { dst.run(at, c) };
-        let mut lo = (layout.arithmetic == Arithmetic::Split).then(|| unsafe { dst.run(layout.part + at, c) });
+        let lo = (arithmetic == Arithmetic::Split).then(|| run(layout.part + at));
+        let mut values = Values::new(arithmetic, run(at), lo);
         #[cfg(target_arch = "x86_64")]
         if c % 16 == 0 {
-            // SAFETY: this runs only where AMX is usable, and `amx` requires AVX-512F with it.
-            ok &= unsafe { stage_pixel_avx512(row, &conv.bias, act, hi, lo) };
+            // SAFETY: the tiles run only where the CPU has AVX-512F (`amx` and `F32` require it).
+            ok &= unsafe { stage_pixel_avx512(row, &conv.bias, act, values) };
             continue;
         }
         for (j, (&p, &b)) in row.iter().zip(&conv.bias).enumerate() {
             let v = finish(p, b, 0.0, act);
             ok &= v.abs() <= amx::LIMIT;
-            let (h, l) = split(v);
-            hi[j].write(h);
-            if let Some(lo) = lo.as_deref_mut() {
-                lo[j].write(l);
-            }
+            values.put(j, v);
         }
     }
-    ok
+    ok || arithmetic == Arithmetic::F32
 }
 
 /// One pixel of `stage_outputs`, 16 channels at a time.
@@ -533,30 +593,20 @@ unsafe fn stage_outputs(
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn stage_pixel_avx512(
-    row: &[f32],
-    bias: &[f32],
-    act: Activation,
-    hi: &mut [MaybeUninit<u16>],
-    mut lo: Option<&mut [MaybeUninit<u16>]>,
-) -> bool {
+unsafe fn stage_pixel_avx512(row: &[f32], bias: &[f32], act: Activation, mut values: Values) -> bool {
     use std::arch::x86_64::*;
     let c = row.len();
-    assert!(c.is_multiple_of(16) && bias.len() == c && hi.len() == c && lo.as_ref().is_none_or(|lo| lo.len() == c));
+    assert!(c.is_multiple_of(16) && bias.len() == c && values.len() == c);
     let (zero, limit) = (_mm512_setzero_ps(), _mm512_set1_ps(amx::LIMIT));
     let mut within: __mmask16 = 0xffff;
     for c0 in (0..c).step_by(16) {
-        // SAFETY: c0 + 16 <= c, the length of row, bias, hi and lo (the assert).
+        // SAFETY: c0 + 16 <= c, the length of row, bias and values (the assert).
         unsafe {
             let v = _mm512_loadu_ps(row.as_ptr().add(c0));
             let y = finish16(v, _mm512_loadu_ps(bias.as_ptr().add(c0)), zero, act);
             // |y| <= LIMIT, false for a NaN.
             within &= _mm512_cmp_ps_mask::<_CMP_LE_OQ>(_mm512_abs_ps(y), limit);
-            let (h, l) = split16(y);
-            _mm256_storeu_si256(hi.as_mut_ptr().add(c0).cast(), _mm512_cvtepi32_epi16(h));
-            if let Some(lo) = lo.as_deref_mut() {
-                _mm256_storeu_si256(lo.as_mut_ptr().add(c0).cast(), _mm512_cvtepi32_epi16(l));
-            }
+            values.put16(c0, y);
         }
     }
     within == 0xffff
@@ -566,14 +616,14 @@ unsafe fn stage_pixel_avx512(
 /// `BLOCK`) and every padded output channel.
 fn multiply(tiles: &Tiles, rows: &[u16], packed: &PackedConv, segments: usize, n: usize, products: &mut [f32]) {
     let width = segments * packed.kcs * TILE_K;
-    let group_len = 3 * packed.kcs * B_TILE_LEN;
+    let group_len = packed.group_len();
     let steps = amx::in_order(segments * packed.kcs);
     assert!(rows.len() >= n.div_ceil(BLOCK) * BLOCK * width && products.len() >= rows.len() / width * packed.out_pad);
     for cb in (0..packed.out_pad).step_by(BLOCK) {
         for rb in (0..n).step_by(BLOCK) {
-            // SAFETY: rows rb..rb+32 of `rows` (width bf16 each, 64-byte aligned as width is a
+            // SAFETY: rows rb..rb+32 of `rows` (width units each, 64-byte aligned as width is a
             // multiple of 32) exist by the assert; groups cb/16 and cb/16 + 1 of the packed weights
-            // hold 3 kcs tiles each, of which the first `segments * kcs` are read; products rows
+            // hold `packed.segments` kcs tiles each, of which the first `segments * kcs` are read; products rows
             // rb..rb+32, columns cb..cb+32 lie inside its rows of out_pad f32.
             unsafe {
                 let a = rows.as_ptr().add(rb * width);
@@ -605,8 +655,9 @@ pub struct ChannelsLast {
 #[derive(Clone, Copy)]
 struct Layout {
     arithmetic: Arithmetic,
-    /// Values in the hi part (and in the lo part for `Split`).
+    /// Units in the hi part (and in the lo part for `Split`).
     part: usize,
+    /// A pixel's units: its channels times `Arithmetic::units`.
     c: usize,
     /// The padded height and width.
     hp: usize,
@@ -656,11 +707,13 @@ impl ChannelsLast {
         x: Option<&Tensor>,
     ) -> Option<ChannelsLast> {
         let [b, c, h, w] = shape;
+        // A pixel's units.
+        let cu = c * arithmetic.units();
         let (hs, ws) = (h.div_ceil(step), w.div_ceil(step));
         let hp = (g.pad_top + hs).max((g.ho - 1) * g.stride + g.k);
         let wp = (g.pad_left + ws).max((g.wo - 1) * g.stride + g.k);
-        let part = b * hp * wp * c;
-        let slack = TILE_ROWS * g.stride * c + TILE_K;
+        let part = b * hp * wp * cu;
+        let slack = TILE_ROWS * g.stride * cu + TILE_K;
         let segments = if arithmetic == Arithmetic::Split { 2 } else { 1 };
         let len = segments * part + slack;
         // Every value is written (here or by the caller): reusing an earlier convolution's buffer
@@ -679,7 +732,7 @@ impl ChannelsLast {
         let convert = |row: usize, mut parts: [Option<&mut [u16]>; 2]| {
             let (image, y) = (row / hp, row % hp);
             let inside = y.checked_sub(g.pad_top).filter(|&y| y < hs);
-            let pixels = g.pad_left * c..(g.pad_left + ws) * c;
+            let pixels = g.pad_left * cu..(g.pad_left + ws) * cu;
             for part in parts.iter_mut().flatten() {
                 if inside.is_none() {
                     part.fill(0);
@@ -693,28 +746,31 @@ impl ChannelsLast {
             let [Some(hi), lo] = parts.map(|p| p.map(|p| &mut p[pixels.clone()])) else {
                 unreachable!("hi is always given")
             };
+            let values = Values::new(arithmetic, hi, lo);
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: AVX-512F was detected.
-                return unsafe { gather_pixels(source, c, h * w, step, hi, lo) };
+                return unsafe { gather_pixels(source, c, h * w, step, values) } || arithmetic == Arithmetic::F32;
             }
-            gather_row(source, c, h * w, step, hi, lo)
+            gather_row(source, c, h * w, step, values) || arithmetic == Arithmetic::F32
         };
         let within = match arithmetic {
             Arithmetic::Split => hi
-                .par_chunks_mut(wp * c)
-                .zip(lo.par_chunks_mut(wp * c))
+                .par_chunks_mut(wp * cu)
+                .zip(lo.par_chunks_mut(wp * cu))
                 .enumerate()
                 .all(|(row, (hi, lo))| convert(row, [Some(hi), Some(lo)])),
-            Arithmetic::Bf16 => hi.par_chunks_mut(wp * c).enumerate().all(|(row, hi)| convert(row, [Some(hi), None])),
+            Arithmetic::Bf16 | Arithmetic::F32 => {
+                hi.par_chunks_mut(wp * cu).enumerate().all(|(row, hi)| convert(row, [Some(hi), None]))
+            }
         };
-        let layout = Layout { arithmetic, part, c, hp, wp, top: g.pad_top, left: g.pad_left };
+        let layout = Layout { arithmetic, part, c: cu, hp, wp, top: g.pad_top, left: g.pad_left };
         within.then_some(ChannelsLast { data, layout, batch: b })
     }
 
     /// The A row of output position `pos` (image * ho * wo + oy * wo + ox): per kernel row its
     /// `kernel * c` values at `packed.row` intervals, in each segment of the packed depth: [hi |
-    /// hi | lo] for `Split`, [hi] for `Bf16`. Values between and past the runs (the padding to
+    /// hi | lo] for `Split`, [hi] for `Bf16` (the f32 values for `F32`). Values between and past the runs (the padding to
     /// whole tiles) are never written and stay zero.
     fn patch(&self, pos: usize, g: &Geometry, packed: &PackedConv, row: &mut [u16]) {
         let (image, oy, ox) = (pos / (g.ho * g.wo), pos % (g.ho * g.wo) / g.wo, pos % g.wo);
@@ -723,7 +779,7 @@ impl ChannelsLast {
         // Segment 1 (hi again, for `Split`) is copied from segment 0 at the end, in one piece.
         let segments: &[(usize, usize)] = match l.arithmetic {
             Arithmetic::Split => &[(0, 0), (l.part, 2)],
-            Arithmetic::Bf16 => &[(0, 0)],
+            Arithmetic::Bf16 | Arithmetic::F32 => &[(0, 0)],
         };
         for ky in 0..g.k {
             let at = l.at(image, oy * g.stride + ky, ox * g.stride);
@@ -791,34 +847,99 @@ fn copy_block(dst: &mut [u16], src: &[u16], len: usize) {
     }
 }
 
+/// A run of pixels' values in a `ChannelsLast`, in the form of its `Arithmetic`.
+enum Values<'a> {
+    /// bf16: hi, and lo (the same run in the lo part) for `Split`.
+    Bf16 { hi: &'a mut [u16], lo: Option<&'a mut [u16]> },
+    /// The f32 values, two units each.
+    F32(&'a mut [f32]),
+}
+
+impl<'a> Values<'a> {
+    /// The values of `arithmetic` in the units `hi` (and `lo` for `Split`).
+    fn new(arithmetic: Arithmetic, hi: &'a mut [u16], lo: Option<&'a mut [u16]>) -> Values<'a> {
+        assert!(lo.as_ref().is_none_or(|lo| lo.len() == hi.len()), "Values: hi and lo of one run");
+        if arithmetic != Arithmetic::F32 {
+            return Values::Bf16 { hi, lo };
+        }
+        // SAFETY: any bits are a valid f32; the assert keeps the view inside `hi`.
+        let (before, values, after) = unsafe { hi.align_to_mut::<f32>() };
+        assert!(before.is_empty() && after.is_empty(), "Values: f32 units must start an f32 and pair up");
+        Values::F32(values)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Values::Bf16 { hi, .. } => hi.len(),
+            Values::F32(values) => values.len(),
+        }
+    }
+
+    /// Value i = v.
+    #[inline(always)]
+    fn put(&mut self, i: usize, v: f32) {
+        match self {
+            Values::Bf16 { hi, lo } => {
+                let (h, l) = split(v);
+                hi[i] = h;
+                if let Some(lo) = lo {
+                    lo[i] = l;
+                }
+            }
+            Values::F32(values) => values[i] = v,
+        }
+    }
+
+    /// Values i..i + 16 = v, as `put` does one by one (`split16` for bf16).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn put16(&mut self, i: usize, v: std::arch::x86_64::__m512) {
+        use std::arch::x86_64::*;
+        assert!(i + 16 <= self.len(), "put16: past the run");
+        // SAFETY: i + 16 values lie in each slice (the assert, and `new`'s for lo).
+        unsafe {
+            match self {
+                Values::Bf16 { hi, lo } => {
+                    let (h, l) = split16(v);
+                    _mm256_storeu_si256(hi.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(h));
+                    if let Some(lo) = lo {
+                        _mm256_storeu_si256(lo.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(l));
+                    }
+                }
+                Values::F32(values) => _mm512_storeu_ps(values.as_mut_ptr().add(i), v),
+            }
+        }
+    }
+}
+
 /// Writes every `step`th pixel of one image row of an NCHW tensor (`src` from the row's first
-/// value in channel 0, channels `plane` apart) to `hi` and `lo` as [x][c], split as `split`
-/// splits; whether every value written is within `amx::LIMIT` (so finite). In blocks of 16
-/// pixels x 16 channels: every cache line read is used at once (a pixel's channels, 64 KiB apart
-/// at 128 px, would all fall in one set of L1).
-fn gather_row(src: &[f32], c: usize, plane: usize, step: usize, hi: &mut [u16], mut lo: Option<&mut [u16]>) -> bool {
+/// value in channel 0, channels `plane` apart) to `out` as [x][c]; whether every value written
+/// is within `amx::LIMIT` (so finite). In blocks of 16 pixels x 16 channels: every cache line
+/// read is used at once (a pixel's channels, 64 KiB apart at 128 px, would all fall in one set
+/// of L1).
+fn gather_row(src: &[f32], c: usize, plane: usize, step: usize, mut out: Values) -> bool {
     const B: usize = 16;
-    let w = hi.len() / c;
+    let w = out.len() / c;
     let mut within = true;
     for x0 in (0..w).step_by(B) {
         let nx = B.min(w - x0);
         for c0 in (0..c).step_by(B) {
             let nc = B.min(c - c0);
-            let mut block = [[(0u16, 0u16); B]; B];
+            let mut block = [[0f32; B]; B];
             for (j, line) in block.iter_mut().enumerate().take(nc) {
                 let values = src[(c0 + j) * plane + x0 * step..].iter().step_by(step).take(nx);
                 for (v, &x) in line.iter_mut().zip(values) {
                     within &= x.abs() <= amx::LIMIT;
-                    *v = split(x);
+                    *v = x;
                 }
             }
             for i in 0..nx {
-                let at = (x0 + i) * c + c0;
                 for (j, line) in block.iter().enumerate().take(nc) {
-                    hi[at + j] = line[i].0;
-                    if let Some(lo) = lo.as_deref_mut() {
-                        lo[at + j] = line[i].1;
-                    }
+                    out.put((x0 + i) * c + c0 + j, line[i]);
                 }
             }
         }
@@ -838,17 +959,10 @@ fn gather_row(src: &[f32], c: usize, plane: usize, step: usize, hi: &mut [u16], 
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_pixels(
-    src: &[f32],
-    c: usize,
-    plane: usize,
-    step: usize,
-    hi: &mut [u16],
-    mut lo: Option<&mut [u16]>,
-) -> bool {
+unsafe fn gather_pixels(src: &[f32], c: usize, plane: usize, step: usize, mut out: Values) -> bool {
     use std::arch::x86_64::*;
-    let w = hi.len() / c;
-    assert!(hi.len() == w * c && lo.as_ref().is_none_or(|lo| lo.len() == hi.len()));
+    let w = out.len() / c;
+    assert!(out.len() == w * c);
     assert!(w == 0 || (c - 1) * plane + (w - 1) * step < src.len(), "gather_pixels: source too short");
     assert!(16 * step <= i32::MAX as usize, "gather_pixels: steps too large for 32-bit offsets");
     let offsets = _mm512_mullo_epi32(
@@ -877,23 +991,40 @@ unsafe fn gather_pixels(
                 // |v| <= LIMIT, false for a NaN; the zeros past n pass.
                 within &= _mm512_cmp_ps_mask::<_CMP_LE_OQ>(_mm512_abs_ps(*row), limit) == 0xffff;
             }
+            // Fewer than 16 channels: through a block of lines, each a channel's n pixels.
             if nc < 16 {
-                let mut block = [[0u16; 16]; 2 * 16];
-                for (j, &row) in rows.iter().enumerate().take(nc) {
-                    let (high, low) = split16(row);
-                    // SAFETY: each store writes one of the block's lines of 16 values.
-                    unsafe {
-                        _mm256_storeu_si256(block[j].as_mut_ptr().cast(), _mm512_cvtepi32_epi16(high));
-                        _mm256_storeu_si256(block[16 + j].as_mut_ptr().cast(), _mm512_cvtepi32_epi16(low));
+                match &mut out {
+                    Values::F32(values) => {
+                        let mut block = [[0f32; 16]; 16];
+                        for (j, &row) in rows.iter().enumerate().take(nc) {
+                            // SAFETY: the store writes one of the block's lines of 16 values.
+                            unsafe { _mm512_storeu_ps(block[j].as_mut_ptr(), row) };
+                        }
+                        for i in 0..n {
+                            for (j, line) in block.iter().enumerate().take(nc) {
+                                values[(x0 + i) * c + c0 + j] = line[i];
+                            }
+                        }
                     }
-                }
-                let (highs, lows) = block.split_at(16);
-                for i in 0..n {
-                    let at = (x0 + i) * c + c0;
-                    for (j, (high, low)) in highs.iter().zip(lows).enumerate().take(nc) {
-                        hi[at + j] = high[i];
-                        if let Some(lo) = lo.as_deref_mut() {
-                            lo[at + j] = low[i];
+                    Values::Bf16 { hi, lo } => {
+                        let mut block = [[0u16; 16]; 2 * 16];
+                        for (j, &row) in rows.iter().enumerate().take(nc) {
+                            let (high, low) = split16(row);
+                            // SAFETY: each store writes one of the block's lines of 16 values.
+                            unsafe {
+                                _mm256_storeu_si256(block[j].as_mut_ptr().cast(), _mm512_cvtepi32_epi16(high));
+                                _mm256_storeu_si256(block[16 + j].as_mut_ptr().cast(), _mm512_cvtepi32_epi16(low));
+                            }
+                        }
+                        let (highs, lows) = block.split_at(16);
+                        for i in 0..n {
+                            let at = (x0 + i) * c + c0;
+                            for (j, (high, low)) in highs.iter().zip(lows).enumerate().take(nc) {
+                                hi[at + j] = high[i];
+                                if let Some(lo) = lo.as_deref_mut() {
+                                    lo[at + j] = low[i];
+                                }
+                            }
                         }
                     }
                 }
@@ -902,14 +1033,7 @@ unsafe fn gather_pixels(
             // Transposed, row i: pixel x0 + i's 16 channels.
             transpose16(&mut rows);
             for (i, &v) in rows.iter().enumerate().take(n) {
-                let (high, low) = split16(v);
-                let at = (x0 + i) * c + c0;
-                // SAFETY: at + 16 <= hi.len(), as c0 + 16 <= c and x0 + i < w.
-                unsafe { _mm256_storeu_si256(hi.as_mut_ptr().add(at).cast(), _mm512_cvtepi32_epi16(high)) };
-                if let Some(lo) = lo.as_deref_mut() {
-                    // SAFETY: as for hi, lo having hi's length.
-                    unsafe { _mm256_storeu_si256(lo.as_mut_ptr().add(at).cast(), _mm512_cvtepi32_epi16(low)) };
-                }
+                out.put16((x0 + i) * c + c0, v);
             }
         }
     }
@@ -1027,7 +1151,7 @@ mod tests {
             let x = Tensor::new(vec![3, c, side, side], random(3 * c * side * side, 1.0, &mut rng));
             let (ho, _) = padding.resolve(side, k, stride);
             let residual = Tensor::new(vec![3, out, ho, ho], random(3 * out * ho * ho, 1.0, &mut rng));
-            let prepared = CpuConv::new(&conv, arithmetic.is_some());
+            let prepared = CpuConv::new(&conv, arithmetic);
             assert_eq!(prepared.packed.is_some(), arithmetic.is_some(), "the tile path must be the one tested");
             let got = conv2d(&x, &prepared, arithmetic, Some(&residual)).unwrap();
             let (exact, scale) = float64(&x, &conv, &residual);
@@ -1035,7 +1159,7 @@ mod tests {
             let kk = (c * k * k) as f64;
             let gamma = |n: f64| n * u / (1.0 - n * u);
             let per_product = match arithmetic {
-                None => gamma(kk),
+                None | Some(Arithmetic::F32) => gamma(kk),
                 Some(Arithmetic::Split) => 3.0 * 2f64.powi(-18) + gamma(3.0 * kk),
                 // hi within 2^-9 |x| of x: each product within (2^-8 + 2^-18) |a||w|.
                 Some(Arithmetic::Bf16) => 2f64.powi(-8) + 2f64.powi(-18) + gamma(kk),
@@ -1069,7 +1193,7 @@ mod tests {
     /// pixels read is refused, one in a pixel that a step skips is not.
     #[test]
     fn gathered_pixels_round_and_check_as_the_scalar_split() {
-        use super::{gather_pixels, gather_row};
+        use super::{gather_pixels, gather_row, Arithmetic, TileBuf, Values};
         if !std::arch::is_x86_feature_detected!("avx512f") {
             println!("skipped: the CPU has no AVX-512F");
             return;
@@ -1093,12 +1217,23 @@ mod tests {
                     let ws = w.div_ceil(step);
                     let src = &data[w..]; // image row 1
                     let (mut hi, mut lo) = (vec![0u16; ws * c], vec![0u16; ws * c]);
+                    let split = Arithmetic::Split;
                     // SAFETY: AVX-512F was detected above.
-                    let got = unsafe { gather_pixels(src, c, h * w, step, &mut hi, Some(&mut lo)) };
+                    let got = unsafe { gather_pixels(src, c, h * w, step, Values::new(split, &mut hi, Some(&mut lo))) };
                     let (mut want_hi, mut want_lo) = (vec![1u16; ws * c], vec![1u16; ws * c]);
-                    let want = gather_row(src, c, h * w, step, &mut want_hi, Some(&mut want_lo));
+                    let want = gather_row(src, c, h * w, step, Values::new(split, &mut want_hi, Some(&mut want_lo)));
                     assert_eq!((got, want), (within, within), "{c} channels, step {step}, {bad:?}");
                     assert_eq!((hi, lo), (want_hi, want_lo), "{c} channels, step {step}");
+                    // F32: the values themselves, in either order of the units' halves.
+                    let mut units = vec![TileBuf::<u16>::zeroed(2 * ws * c), TileBuf::<u16>::zeroed(2 * ws * c)];
+                    // SAFETY: AVX-512F was detected above.
+                    unsafe { gather_pixels(src, c, h * w, step, Values::new(Arithmetic::F32, &mut units[0], None)) };
+                    gather_row(src, c, h * w, step, Values::new(Arithmetic::F32, &mut units[1], None));
+                    let values: Vec<u32> = (0..ws * c).map(|i| src[i % c * h * w + i / c * step].to_bits()).collect();
+                    for got in &units {
+                        let got: Vec<u32> = got.chunks(2).map(|u| u[0] as u32 | (u[1] as u32) << 16).collect();
+                        assert_eq!(got, values, "f32, {c} channels, step {step}");
+                    }
                 }
             }
         }
@@ -1149,6 +1284,14 @@ mod tests {
     #[test]
     fn f32_products_stay_within_the_bound() {
         check(None);
+    }
+
+    #[test]
+    fn f32_tiles_stay_within_the_bound() {
+        match Arithmetic::F32.unavailable_reason() {
+            Some(reason) => println!("skipped: {reason}"),
+            None => check(Some(Arithmetic::F32)),
+        }
     }
 
     #[test]

@@ -101,7 +101,7 @@ mod tests {
     /// ResNet's chains (3x3 stride 2 then 3x3; a bottleneck's 1x1, strided 3x3, 1x1), with
     /// channels that are not a multiple of 16 (the scalar epilogue), a grid that ends mid-tile,
     /// every activation, and a chain whose values between links grow past `amx::LIMIT`: each
-    /// gives the same bits as its links run one by one, in both arithmetics.
+    /// gives the same bits as its links run one by one, in every arithmetic.
     fn check(arithmetic: Arithmetic) {
         let backend = CpuBackend { tiles: Some(arithmetic) };
         let mut rng = SplitMix64::new(21);
@@ -149,11 +149,10 @@ mod tests {
 
     #[test]
     fn chains_equal_their_links_one_by_one() {
-        match amx::unavailable_reason() {
-            Some(reason) => println!("skipped: {reason}"),
-            None => {
-                check(Arithmetic::Split);
-                check(Arithmetic::Bf16);
+        for arithmetic in [Arithmetic::Split, Arithmetic::Bf16, Arithmetic::F32] {
+            match arithmetic.unavailable_reason() {
+                Some(reason) => println!("{arithmetic:?} skipped: {reason}"),
+                None => check(arithmetic),
             }
         }
     }

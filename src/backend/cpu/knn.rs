@@ -48,7 +48,7 @@ fn squared_norm(row: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The search `CpuBackend::knn` and predict's scoring run: through the AMX screening pass
+/// The search `CpuBackend::knn` and predict's scoring run: through the bf16 screening pass
 /// (`knn_screen`, the float64 neighbours and distances rounded to f32, so `knn_topk`'s up to its
 /// f32 rounding) where the bank has its screening form and the queries suit it, else `knn_topk`.
 pub fn nearest(queries: &[f32], bank: &CpuBank, d: usize, k: usize) -> (Vec<f32>, Vec<u32>) {

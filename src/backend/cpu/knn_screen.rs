@@ -1,4 +1,5 @@
-//! The exact kNN through a bf16 screening pass on AMX, then a float64 re-ranking of the survivors.
+//! The exact kNN through a bf16 screening pass on the tiles (`amx::Tiles`: AMX, or VDPBF16PS in
+//! AVX-512 registers), then a float64 re-ranking of the survivors.
 //!
 //! `knn_topk`'s f32 products are nearly all of predict's scoring. AMX multiplies bf16 tiles about
 //! 16x faster than AVX-512 multiplies f32, but bf16 keeps 8 significant bits. The rows and queries
@@ -158,7 +159,7 @@ unsafe fn shifted_bf16_avx512(row: &[f32], shift: &[f32], out: &mut [u16]) -> ([
 }
 
 impl ScreenBank {
-    /// The screening form of `rows` (m x d), or why there is none: no AMX here, or values that are
+    /// The screening form of `rows` (m x d), or why there is none: no bf16 products here, or values that are
     /// not finite or too large for the bound (the f32 search takes those).
     pub fn new(rows: &[f32], d: usize) -> Result<ScreenBank, &'static str> {
         if let Some(reason) = amx::unavailable_reason() {
@@ -277,7 +278,7 @@ impl Running {
     }
 }
 
-/// `knn_topk`'s result (same contract) through AMX screening, with the distances and ranking of
+/// `knn_topk`'s result (same contract) through bf16 screening, with the distances and ranking of
 /// float64 (so within `knn_topk`'s f32 rounding of its result, and the same rows up to ties
 /// within it), or `None` when the queries hold values the bound does not cover (not finite, or
 /// beyond 1e15): the caller then runs `knn_topk`.
@@ -317,7 +318,7 @@ pub fn knn_screened(
                 qs.extend_from_slice(&queries[q * d..][..d]);
                 task_lower.extend_from_slice(&lower[q / TILE_Q][q % TILE_Q * chunks..][..chunks]);
             }
-            // SAFETY: `screen` exists, so `amx::unavailable_reason()` returned `None`.
+            // SAFETY: `screen` exists, so `amx::engine()` returned `Ok`.
             let tiles = unsafe { Tiles::configure() };
             search_tile(&tiles, &qs, &task_lower, bank, screen, d, k)
         })
@@ -563,10 +564,10 @@ unsafe fn fold_chunk(dots: &[f32], q: &QueryBound, chunk: &BankChunk, state: &mu
     }
 }
 
-/// The screening bank is built only where AMX is usable, on x86_64: elsewhere nothing folds.
+/// The screening bank is built only where bf16 tiles are usable, on x86_64: elsewhere nothing folds.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn fold_chunk(_: &[f32], _: &QueryBound, _: &BankChunk, _: &mut Running) {
-    unreachable!("the screening pass runs only on x86_64 with AMX")
+    unreachable!("the screening pass runs only on x86_64 with bf16 tiles")
 }
 
 /// The k nearest of a query's candidates by the squared distance in float64, as (squared, row),

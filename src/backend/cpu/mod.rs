@@ -28,29 +28,34 @@ use super::{conv2d_by_links, Backend, BatchScores, ConvWeights, Link, Precision}
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use amx::Engine;
 use conv::CpuConv;
 use conv_amx::Arithmetic;
 use image::RgbImage;
-use amx::Engine;
 use knn_screen::ScreenBank;
 
-/// The CPU backend. Where the CPU multiplies bf16 tiles (`amx::engine`: AMX, or AVX512-BF16) its
-/// convolutions are tile products (`conv_amx`) in `Arithmetic::Split` by default (within a few
-/// f32 roundings of f32) or `Bf16` when asked; elsewhere, and for `CpuBackend::portable`, f32
-/// im2col + sgemm. The kNN is exact either way.
+/// The CPU backend. Its convolutions are tile products (`conv_amx`): on AMX in `Arithmetic::
+/// Split` by default (within a few f32 roundings of f32), elsewhere with AVX-512F in `F32`, and
+/// `Bf16` when asked where the CPU multiplies bf16 (`amx::engine`: AMX or AVX512-BF16); without
+/// AVX-512, and for `CpuBackend::portable`, f32 im2col + sgemm. The kNN is exact either way.
 #[derive(Clone, Debug)]
 pub struct CpuBackend {
     tiles: Option<Arithmetic>,
 }
 
 impl Default for CpuBackend {
-    /// The fastest exact arithmetic this CPU has: split bf16 tiles on AMX, else f32. Split
-    /// products in AVX512-BF16 registers lose to f32: VDPBF16PS (32 products) issues at half the
-    /// rate of an f32 FMA (16) on the 2-core Xeon, and the split takes three, so ResNet-18's
-    /// layer1 convolutions took 8.2 ms an image against f32 im2col + sgemm's 5.2
-    /// (docs/PERFORMANCE.md, round 8).
+    /// The fastest exact arithmetic this CPU has: split bf16 tiles on AMX, else f32 tiles with
+    /// AVX-512F, else im2col + sgemm. Split products in AVX512-BF16 registers lose to f32: on the
+    /// 2-core Xeon VDPBF16PS (32 products) issues at a quarter of an f32 FMA's rate (16), 1.2
+    /// against 4.9 G instructions a second on a core, and the split takes three, so ResNet-18's
+    /// layer1 convolutions took 8.2 ms an image against f32 tiles' 1.2 (docs/PERFORMANCE.md,
+    /// round 8).
     fn default() -> Self {
-        let tiles = (amx::engine() == Ok(Engine::Amx)).then_some(Arithmetic::Split);
+        let tiles = if amx::engine() == Ok(Engine::Amx) {
+            Some(Arithmetic::Split)
+        } else {
+            Arithmetic::F32.unavailable_reason().is_none().then_some(Arithmetic::F32)
+        };
         CpuBackend { tiles }
     }
 }
@@ -74,6 +79,16 @@ impl CpuBackend {
     pub fn portable() -> CpuBackend {
         CpuBackend { tiles: None }
     }
+
+    /// The convolutions' arithmetic, in a word or two: "f32", "f32 tiles", "split bf16" or "bf16".
+    pub fn convolutions(&self) -> &'static str {
+        match self.tiles {
+            None => "f32",
+            Some(Arithmetic::F32) => "f32 tiles",
+            Some(Arithmetic::Split) => "split bf16",
+            Some(Arithmetic::Bf16) => "bf16",
+        }
+    }
 }
 
 /// A memory bank on the CPU: the rows and their squared norms, computed once, and where the CPU
@@ -90,13 +105,12 @@ impl Backend for CpuBackend {
     type Bank = CpuBank;
 
     fn describe(&self) -> String {
-        let on = amx::engine().map_or("", |e| e.name());
-        let convs = match self.tiles {
-            Some(Arithmetic::Split) => format!("convolutions: split bf16 on {on}"),
-            Some(Arithmetic::Bf16) => format!("convolutions: bf16 on {on}"),
-            None => "convolutions: f32".to_string(),
+        let on = match self.tiles {
+            Some(Arithmetic::Split | Arithmetic::Bf16) => amx::engine().map_or("", |e| e.name()),
+            Some(Arithmetic::F32) => Engine::Avx512F32.name(),
+            None => "im2col + sgemm",
         };
-        format!("cpu ({} threads, {convs})", rayon::current_num_threads())
+        format!("cpu ({} threads, convolutions: {} on {on})", rayon::current_num_threads(), self.convolutions())
     }
 
     fn upload(&self, tensor: &Tensor) -> Result<Tensor> {
@@ -122,7 +136,7 @@ impl Backend for CpuBackend {
     }
 
     fn prepare_conv(&self, weights: &ConvWeights) -> Result<CpuConv> {
-        Ok(CpuConv::new(weights, self.tiles.is_some()))
+        Ok(CpuConv::new(weights, self.tiles))
     }
 
     fn conv2d(&self, x: &Tensor, conv: &CpuConv, residual: Option<&Tensor>) -> Result<Tensor> {

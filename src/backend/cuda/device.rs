@@ -196,7 +196,10 @@ impl CudaBackend {
 
     fn open(ordinal: usize, precision: Precision) -> Result<Self> {
         if precision == Precision::Bf16 {
-            return Err(Error::option("--precision", "bf16 is the CPU's (AMX); the GPU takes f32, tf32 or f16"));
+            return Err(Error::option(
+                "--precision",
+                "bf16 is the CPU's (AMX or AVX512-BF16); the GPU takes f32, tf32 or f16",
+            ));
         }
         probe(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(driver_error("context"))?;
