@@ -54,6 +54,15 @@ pub fn unavailable_reason() -> Option<&'static str> {
     engine().err()
 }
 
+/// Why `Engine::Avx512F32` cannot multiply f32 tiles here, or `None` when it can.
+pub fn f32_unavailable_reason() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return None;
+    }
+    Some("the CPU has no AVX-512F")
+}
+
 /// Why AVX512-BF16 cannot multiply the tiles here, or `None` when it can.
 fn avx512_bf16_reason() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]

@@ -83,13 +83,7 @@ impl Arithmetic {
     /// Why this CPU cannot multiply tiles in this arithmetic, or `None` where it can.
     pub fn unavailable_reason(self) -> Option<&'static str> {
         match self {
-            Arithmetic::F32 => {
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    return None;
-                }
-                Some("the CPU has no AVX-512F")
-            }
+            Arithmetic::F32 => amx::f32_unavailable_reason(),
             Arithmetic::Split | Arithmetic::Bf16 => amx::unavailable_reason(),
         }
     }

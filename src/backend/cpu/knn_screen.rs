@@ -15,6 +15,12 @@
 //! `knn_topk`'s f32 expanded form approximates within its own rounding (about 4 u (|q|^2 + |m|^2)
 //! in the squared distance).
 //!
+//! Without AMX (AVX-512F with or without AVX512-BF16, or `PATCHCORE_BF16_PRODUCTS` other than
+//! `amx`) the shifted values are rounded to f32 instead and multiplied with FMA on the same tiles
+//! (`Rounded::F32`, two 16-bit units a value): the same bound with f32's rounding in place of
+//! bf16's, about 2^-24 d |q'||m'| instead of 2^-7 |q'||m'|, so nearly no candidates beyond the
+//! neighbours.
+//!
 //! Why the shift matters: the bound scales with |q'||m'|, the neighbours lie at about 2.6e-3
 //! |m|^2 (unshifted) or 3.6e-2 |m'|^2. Unshifted, one bf16 pass left 1,800 of 10,240 rows in
 //! play per query and the screen had to be three passes deep (each value split into two bf16,
@@ -23,7 +29,7 @@
 //! nearly coincide far from the mean (no coreset, repeated patches) leave more candidates: the
 //! answer stays exact, the re-ranking does more work.
 
-use super::amx::{self, to_bf16, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
 use super::knn_chunks::{cluster_order, Balls};
 use rayon::prelude::*;
@@ -44,13 +50,43 @@ const FOLD_BLOCK: usize = 64;
 /// f32's unit roundoff.
 const U32: f32 = f32::EPSILON / 2.0;
 
+/// What the screened values are rounded to, and so what multiplies them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounded {
+    /// bf16, on `amx::engine()`'s tiles.
+    Bf16,
+    /// f32, two 16-bit units a value, with FMA (`Engine::Avx512F32`).
+    F32,
+}
+
+impl Rounded {
+    /// 16-bit units a value takes in the tiles.
+    fn units(self) -> usize {
+        match self {
+            Rounded::Bf16 => 1,
+            Rounded::F32 => 2,
+        }
+    }
+
+    /// What multiplies the tiles of these values here, or why nothing can.
+    fn engine(self) -> Result<Engine, &'static str> {
+        match self {
+            Rounded::Bf16 => amx::engine(),
+            Rounded::F32 => amx::f32_unavailable_reason().map_or(Ok(Engine::Avx512F32), Err),
+        }
+    }
+}
+
 /// The bank in the form the screening pass reads, built once per model by `ScreenBank::new`.
 pub struct ScreenBank {
+    /// What the shifted values are rounded to, and what multiplies their tiles.
+    rounded: Rounded,
+    engine: Engine,
     /// The bank's mean row, by which rows and queries are shifted.
     shift: Vec<f32>,
-    /// The shifted rows in bf16, in AMX's B layout: per group of 16 rows, `kcs` tiles of
-    /// `B_TILE_LEN`; zero rows pad the bank to a whole number of `BLOCK`s and zero columns each
-    /// row to `kcs * TILE_K`.
+    /// The shifted rows (`rounded`), in the tiles' B layout: per group of 16 rows, `kcs` tiles of
+    /// `B_TILE_LEN` units; zero rows pad the bank to a whole number of `BLOCK`s and zero units
+    /// each row to `kcs * TILE_K`.
     packed: TileBuf<u16>,
     kcs: usize,
     /// The products' steps over the `kcs` tiles of a row (`amx::in_order`).
@@ -85,44 +121,53 @@ impl Norms {
     }
 }
 
-/// Writes bf16(row - shift) to `out` and returns its `Norms` and |row - shift|^2. row - shift is
-/// exact in float64 (for exponents less than 29 apart, else within 2^-53 of itself, far inside
-/// the bound's 1% slack); its rounding to bf16 passes through f32, which stays within
-/// (2^-8 + 2^-24) of the value.
-fn shifted_bf16(row: &[f32], shift: &[f32], out: &mut [u16]) -> (Norms, f32) {
+/// Writes row - shift rounded as `rounded` says to `out` (bf16, or f32 as two units, low half
+/// first) and returns its `Norms` and |row - shift|^2. row - shift is exact in float64 (for
+/// exponents less than 29 apart, else within 2^-53 of itself, far inside the bound's 1% slack);
+/// its rounding to bf16 passes through f32, which stays within (2^-8 + 2^-24) of the value.
+fn shifted(row: &[f32], shift: &[f32], rounded: Rounded, out: &mut [u16]) -> (Norms, f32) {
     let d = row.len();
-    assert!(shift.len() >= d && out.len() >= d, "shifted_bf16: a row of {d} values");
-    // Sums of v^2, (v - h)^2 and h^2 (h = bf16(v)), 16 values at a time with AVX-512 (every CPU
+    assert!(shift.len() >= d && out.len() >= d * rounded.units(), "shifted: a row of {d} values");
+    // Sums of v^2, (v - h)^2 and h^2 (h = v rounded), 16 values at a time with AVX-512 (every CPU
     // that screens has it), the rest one by one.
     #[cfg(target_arch = "x86_64")]
     let (mut sums, done) = if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F was detected; the assert bounds the three slices.
-        unsafe { shifted_bf16_avx512(row, shift, out) }
+        unsafe { shifted_avx512(row, shift, rounded, out) }
     } else {
         ([0f64; 3], 0)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let (mut sums, done) = ([0f64; 3], 0);
-    for ((&x, &s), o) in row[done..].iter().zip(&shift[done..d]).zip(&mut out[done..d]) {
+    for (i, (&x, &s)) in row.iter().zip(shift).enumerate().skip(done) {
         let v = x as f64 - s as f64;
-        *o = to_bf16(v as f32);
-        let hv = amx::from_bf16(*o) as f64;
+        let hv = match rounded {
+            Rounded::Bf16 => {
+                out[i] = to_bf16(v as f32);
+                amx::from_bf16(out[i]) as f64
+            }
+            Rounded::F32 => {
+                let bits = (v as f32).to_bits();
+                (out[2 * i], out[2 * i + 1]) = (bits as u16, (bits >> 16) as u16);
+                v as f32 as f64
+            }
+        };
         sums = [sums[0] + v * v, sums[1] + (v - hv) * (v - hv), sums[2] + hv * hv];
     }
     let [n, t, h] = sums;
     (Norms { norm: n.sqrt() as f32, tail: t.sqrt() as f32, hi: h.sqrt() as f32 }, n as f32)
 }
 
-/// `shifted_bf16` of the first multiple of 16 values: their sums and how many. The bf16 rounding
+/// `shifted` of the first multiple of 16 values: their sums and how many. The bf16 rounding
 /// is `to_bf16`'s integer arithmetic, 16 lanes wide. Preparing predict's queries took 1.9 ns a
 /// value in f64 sums of 8 lanes that the compiler vectorised with SSE2 (0.8-0.9 ms of CPU time a
 /// batch-1 image).
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `shift` and `out` are at least as long as `row`.
+/// The CPU must support AVX-512F; `shift` is at least as long as `row`, `out` holds its units.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn shifted_bf16_avx512(row: &[f32], shift: &[f32], out: &mut [u16]) -> ([f64; 3], usize) {
+unsafe fn shifted_avx512(row: &[f32], shift: &[f32], rounded: Rounded, out: &mut [u16]) -> ([f64; 3], usize) {
     use std::arch::x86_64::*;
     let whole = row.len() / 16 * 16;
     let [mut n, mut t, mut h] = [_mm512_setzero_pd(); 3];
@@ -139,15 +184,26 @@ unsafe fn shifted_bf16_avx512(row: &[f32], shift: &[f32], out: &mut [u16]) -> ([
             _mm512_castpd256_pd512(_mm256_castps_pd(_mm512_cvtpd_ps(v[0]))),
             _mm256_castps_pd(_mm512_cvtpd_ps(v[1])),
         ));
-        // to_bf16: bits + 0x7fff + (bit 16), shifted down; a zero exponent keeps only the sign.
-        let bits = _mm512_castps_si512(v32);
-        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))));
-        let flush = _mm512_testn_epi32_mask(rounded, _mm512_set1_epi32(0x7f80));
-        let rounded = _mm512_mask_and_epi32(rounded, flush, rounded, _mm512_set1_epi32(0x8000));
-        // SAFETY: out[i..i + 16] lies inside `out` (as above).
-        unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(rounded)) };
-        let hv = halves(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(rounded)));
+        let rounded_v = match rounded {
+            Rounded::F32 => {
+                // SAFETY: units 2i..2i + 32 lie inside `out` (the caller's contract).
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(2 * i).cast(), v32) };
+                v32
+            }
+            Rounded::Bf16 => {
+                // to_bf16: bits + 0x7fff + (bit 16), shifted down; a zero exponent keeps only the sign.
+                let bits = _mm512_castps_si512(v32);
+                let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+                let sum = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+                let bf16 = _mm512_srli_epi32::<16>(sum);
+                let flush = _mm512_testn_epi32_mask(bf16, _mm512_set1_epi32(0x7f80));
+                let bf16 = _mm512_mask_and_epi32(bf16, flush, bf16, _mm512_set1_epi32(0x8000));
+                // SAFETY: out[i..i + 16] lies inside `out` (the caller's contract).
+                unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(bf16)) };
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(bf16))
+            }
+        };
+        let hv = halves(rounded_v);
         for (v, hv) in v.into_iter().zip(hv) {
             let tail = _mm512_sub_pd(v, hv);
             n = _mm512_fmadd_pd(v, v, n);
@@ -159,28 +215,35 @@ unsafe fn shifted_bf16_avx512(row: &[f32], shift: &[f32], out: &mut [u16]) -> ([
 }
 
 impl ScreenBank {
-    /// The screening form of `rows` (m x d), or why there is none: no bf16 products here, or values that are
-    /// not finite or too large for the bound (the f32 search takes those).
+    /// The screening form of `rows` (m x d) in bf16 on AMX, else in f32, or why there is none:
+    /// no AVX-512F here, or values that are not finite or too large for the bound (the f32
+    /// search takes those). Without AMX f32 beats bf16 on VDPBF16PS, which issues at a quarter
+    /// of FMA's rate on the 2-core Xeon: predict's kNN 10.1-10.5 ms an image against 15.5-20
+    /// (docs/PERFORMANCE.md, round 8).
     pub fn new(rows: &[f32], d: usize) -> Result<ScreenBank, &'static str> {
-        if let Some(reason) = amx::unavailable_reason() {
-            return Err(reason);
-        }
+        let rounded = if amx::engine() == Ok(Engine::Amx) { Rounded::Bf16 } else { Rounded::F32 };
+        ScreenBank::rounded(rows, d, rounded)
+    }
+
+    /// The screening form of `rows` with its values `rounded`, or why there is none.
+    fn rounded(rows: &[f32], d: usize, rounded: Rounded) -> Result<ScreenBank, &'static str> {
+        let engine = rounded.engine()?;
         if !amx::suitable(rows) {
             return Err("the bank holds values that are not finite or beyond 1e15");
         }
         let m = rows.len() / d;
-        let kcs = d.div_ceil(TILE_K);
+        let kcs = (d * rounded.units()).div_ceil(TILE_K);
         let shift = mean_row(rows, d);
         let order = cluster_order(rows, d, CHUNK);
         // Row i of the screened order.
         let row = |i: usize| &rows[order[i] as usize * d..][..d];
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
         let packed = amx::pack_b(m, groups, kcs, |i, depth| {
-            shifted_bf16(row(i), &shift, depth);
+            shifted(row(i), &shift, rounded, depth);
         });
         let (norms, sq_norms): (Vec<Norms>, Vec<f32>) = (0..m)
             .into_par_iter()
-            .map_init(|| vec![0u16; d], |scratch, i| shifted_bf16(row(i), &shift, scratch))
+            .map_init(|| vec![0u16; d * rounded.units()], |scratch, i| shifted(row(i), &shift, rounded, scratch))
             .unzip();
         let (norm, tail) = norms.iter().map(|n| (n.norm, n.tail)).unzip();
         let chunk_max = (0..m)
@@ -193,7 +256,7 @@ impl ScreenBank {
             .collect();
         let balls = Balls::new(rows, &order, d, CHUNK);
         let steps = amx::in_order(kcs);
-        Ok(ScreenBank { shift, packed, kcs, steps, norm, tail, chunk_max, order, sq_norms, balls })
+        Ok(ScreenBank { rounded, engine, shift, packed, kcs, steps, norm, tail, chunk_max, order, sq_norms, balls })
     }
 }
 
@@ -221,7 +284,9 @@ fn mean_row(rows: &[f32], d: usize) -> Vec<f32> {
 /// rounding to bf16 moves each value by at most (2^-8 + 2^-24) of it. The estimate's own f32
 /// arithmetic (the two norms rounded from f64, their sum, the subtraction) adds at most
 /// 4.1 u (|q'|^2 + |m'|^2). The terms are taken 1% larger and 16 u (|q'|^2 + |m'|^2) is added for
-/// the f32 rounding of the bound and the tests themselves.
+/// the f32 rounding of the bound and the tests themselves. For `Rounded::F32` the same holds with
+/// h, H rounded to f32 (moved by at most 2^-24 of each value) and FMA's one rounding a product
+/// (which flushes nothing, so the d 2^-126 term is slack).
 struct QueryBound {
     sq_norm: f32,
     a: f32,
@@ -318,8 +383,8 @@ pub fn knn_screened(
                 qs.extend_from_slice(&queries[q * d..][..d]);
                 task_lower.extend_from_slice(&lower[q / TILE_Q][q % TILE_Q * chunks..][..chunks]);
             }
-            // SAFETY: `screen` exists, so `amx::engine()` returned `Ok`.
-            let tiles = unsafe { Tiles::configure() };
+            // SAFETY: `screen` exists, so its engine is usable here.
+            let tiles = unsafe { Tiles::on(screen.engine) };
             search_tile(&tiles, &qs, &task_lower, bank, screen, d, k)
         })
         .collect();
@@ -379,7 +444,7 @@ fn search_tile(
     k: usize,
 ) -> Vec<Vec<(f64, u32)>> {
     let (tq, m, chunks) = (qs.len() / d, screen.sq_norms.len(), screen.balls.len());
-    let (q16, bounds) = shifted_queries(qs, &screen.shift, d, screen.kcs);
+    let (q16, bounds) = shifted_queries(qs, screen, d);
     let mut visit: Vec<(f32, usize)> =
         (0..chunks).map(|c| ((0..tq).map(|q| lower[q * chunks + c]).sum::<f32>(), c)).collect();
     visit.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -410,17 +475,17 @@ fn search_tile(
     running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(&state.kept(), q, bank, d, k)).collect()
 }
 
-/// The shifted queries in bf16 as AMX's A operand (rows of `kcs * TILE_K`, zero rows up to a
-/// whole number of `BLOCK`s), and each query's `QueryBound`.
-fn shifted_queries(qs: &[f32], shift: &[f32], d: usize, kcs: usize) -> (TileBuf<u16>, Vec<QueryBound>) {
-    let width = kcs * TILE_K;
+/// The shifted queries rounded as `screen`'s rows, as the tiles' A operand (rows of `kcs *
+/// TILE_K` units, zero rows up to a whole number of `BLOCK`s), and each query's `QueryBound`.
+fn shifted_queries(qs: &[f32], screen: &ScreenBank, d: usize) -> (TileBuf<u16>, Vec<QueryBound>) {
+    let width = screen.kcs * TILE_K;
     let mut q16 = TileBuf::zeroed((qs.len() / d).div_ceil(BLOCK) * BLOCK * width);
     let bounds = q16
         .chunks_exact_mut(width)
         .zip(qs.chunks_exact(d))
         .map(|(dst, q)| {
-            let (norms, sq_norm) = shifted_bf16(q, shift, dst);
-            QueryBound::new(norms, sq_norm, width)
+            let (norms, sq_norm) = shifted(q, &screen.shift, screen.rounded, dst);
+            QueryBound::new(norms, sq_norm, width / screen.rounded.units())
         })
         .collect();
     (q16, bounds)
@@ -649,14 +714,17 @@ mod tests {
             .collect()
     }
 
-    fn screen_or_skip(bank: &[f32], d: usize) -> Option<ScreenBank> {
-        match ScreenBank::new(bank, d) {
-            Ok(screen) => Some(screen),
-            Err(reason) => {
-                eprintln!("skipped: the AMX screening path cannot run here: {reason}");
-                None
-            }
-        }
+    /// The bank's screening forms this CPU has (bf16 where it multiplies bf16, f32 with
+    /// AVX-512F); each one it lacks says why.
+    fn screens(bank: &[f32], d: usize) -> Vec<ScreenBank> {
+        [Rounded::Bf16, Rounded::F32]
+            .into_iter()
+            .filter_map(|rounded| {
+                ScreenBank::rounded(bank, d, rounded)
+                    .inspect_err(|reason| eprintln!("{rounded:?} screening skipped: {reason}"))
+                    .ok()
+            })
+            .collect()
     }
 
     fn sq_distance64(x: &[f32], y: &[f32]) -> f64 {
@@ -668,9 +736,14 @@ mod tests {
     /// sums), and the rows are the float64 ranking's (ties to the lower index), except where two
     /// rows' float64 distances agree to 1e-12 (a genuine tie, up to the order of the sums).
     fn check(queries: &[f32], bank: &[f32], d: usize, k: usize) {
+        for screen in screens(bank, d) {
+            check_screen(queries, bank, &screen, d, k);
+        }
+    }
+
+    fn check_screen(queries: &[f32], bank: &[f32], screen: &ScreenBank, d: usize, k: usize) {
         const SUM_ORDER: f64 = 1e-12;
-        let Some(screen) = screen_or_skip(bank, d) else { return };
-        let (got_d, got_i) = knn_screened(queries, bank, &screen, d, k).expect("finite inputs");
+        let (got_d, got_i) = knn_screened(queries, bank, screen, d, k).expect("finite inputs");
         assert_eq!((got_d.len(), got_i.len()), (queries.len() / d * k, queries.len() / d * k));
         for (q, qr) in queries.chunks_exact(d).enumerate() {
             let exact: Vec<f64> = bank.chunks_exact(d).map(|m| sq_distance64(qr, m).sqrt()).collect();
@@ -746,16 +819,17 @@ mod tests {
         // Rows 1, 3, 4 and 6 are the same vector; the query is that vector.
         let order = [0usize, 1, 2, 1, 1, 3, 1];
         let bank: Vec<f32> = order.iter().flat_map(|&r| base[r * d..(r + 1) * d].to_vec()).collect();
-        let Some(screen) = screen_or_skip(&bank, d) else { return };
-        let (dist, idx) = knn_screened(&base[d..2 * d], &bank, &screen, d, 4).expect("finite");
-        assert_eq!(idx, [1, 3, 4, 6]);
-        assert!(dist.iter().all(|&x| x < 1e-2), "{dist:?}");
-        check(&base, &bank, d, 7);
+        for screen in screens(&bank, d) {
+            let (dist, idx) = knn_screened(&base[d..2 * d], &bank, &screen, d, 4).expect("finite");
+            assert_eq!(idx, [1, 3, 4, 6], "{:?}", screen.rounded);
+            assert!(dist.iter().all(|&x| x < 1e-2), "{dist:?}");
+            check_screen(&base, &bank, &screen, d, 7);
+        }
     }
 
     /// The margin holds: |s~ - s| <= T_j against the f64 squared distance s; it is about bf16's
-    /// 2^-7 |q'||m'| (T_j < 2e-2 |q'||m'|), and the shift by the mean row makes |q'||m'| a
-    /// fraction of |q||m| on embedding-like rows.
+    /// 2^-7 |q'||m'| (T_j < 2e-2 |q'||m'|; f32's T_j < 1e-4 |q'||m'|), and the shift by the mean
+    /// row makes |q'||m'| a fraction of |q||m| on embedding-like rows.
     #[test]
     fn the_margin_bounds_the_bf16_products_error() {
         let d = 200;
@@ -766,13 +840,23 @@ mod tests {
         for (q, (&x, &e)) in queries[..BLOCK / 2 * d].iter_mut().zip(bank.iter().zip(&noise)) {
             *q = x + 1e-3 * e;
         }
-        let Some(screen) = screen_or_skip(&bank, d) else { return };
-        // SAFETY: the screening bank exists, so AMX is usable.
-        let tiles = unsafe { Tiles::configure() };
-        let (q16, bounds) = shifted_queries(&queries, &screen.shift, d, screen.kcs);
+        for screen in screens(&bank, d) {
+            margin_bounds_the_error(&queries, &bank, &screen, d);
+        }
+    }
+
+    fn margin_bounds_the_error(queries: &[f32], bank: &[f32], screen: &ScreenBank, d: usize) {
+        // SAFETY: the screening bank exists, so its engine is usable.
+        let tiles = unsafe { Tiles::on(screen.engine) };
+        let (q16, bounds) = shifted_queries(queries, screen, d);
         let mut dots = TileBuf::zeroed(BLOCK * CHUNK);
-        chunk_products(&tiles, &q16, &screen, 0, CHUNK, &[0], &mut dots);
-        let (q_sq, m_sq) = (squared_norms(&queries, d), squared_norms(&bank, d));
+        chunk_products(&tiles, &q16, screen, 0, CHUNK, &[0], &mut dots);
+        let (q_sq, m_sq) = (squared_norms(queries, d), squared_norms(bank, d));
+        // bf16's 2^-7, f32's 2^-24 d.
+        let relative = match screen.rounded {
+            Rounded::Bf16 => 2e-2,
+            Rounded::F32 => 1e-4,
+        };
         let (mut worst, mut shrink) = (0f64, 0f64);
         for (r, (q, bound)) in queries.chunks_exact(d).zip(&bounds).enumerate() {
             // Column j is the bank's row order[j] (the screened order).
@@ -786,20 +870,25 @@ mod tests {
                     "query {r} row {j}: {estimate} vs {exact}, margin {margin}"
                 );
                 let shifted = (bound.sq_norm as f64 * screen.sq_norms[j] as f64).sqrt();
-                assert!(margin < 2e-2 * shifted, "query {r} row {j}: margin {margin} against |q'||m'| {shifted}");
+                assert!(
+                    margin < relative * shifted,
+                    "{:?} query {r} row {j}: margin {margin} against |q'||m'| {shifted}",
+                    screen.rounded
+                );
                 worst = worst.max((estimate - exact).abs() / margin);
                 shrink = shrink.max(shifted / (q_sq[r] as f64 * m_sq[row as usize] as f64).sqrt());
             }
         }
         // 0.69 measured (these rows' common part is smaller than a CNN's: 0.26 on ResNet-18's).
         assert!(shrink < 0.75, "the shift leaves |q'||m'| at {shrink} of |q||m|");
-        eprintln!("largest error / margin: {worst:.3}; |q'||m'| / |q||m| at most {shrink:.3}");
+        eprintln!("{:?}: largest error / margin {worst:.3}; |q'||m'| / |q||m| at most {shrink:.3}", screen.rounded);
     }
 
-    /// Each value rounds as `to_bf16` of its f32 difference, and the sums are the float64 ones
-    /// rounded to f32 (to 1e-12 more: the vector path sums in another order), whatever the row's length: the vector
-    /// path's 16s and the one-by-one rest. Values include ties of the bf16 rounding, differences
-    /// that are subnormal in f32 (flushed) and large ones.
+    /// Each value rounds as `to_bf16` of its f32 difference (or to that f32, in two units), and
+    /// the sums are the float64 ones rounded to f32 (to 1e-12 more: the vector path sums in
+    /// another order), whatever the row's length: the vector path's 16s and the one-by-one rest.
+    /// Values include ties of the bf16 rounding, differences that are subnormal in f32 (flushed
+    /// in bf16) and large ones.
     #[test]
     fn shifted_rows_round_and_sum_as_float64() {
         let mut rng = SplitMix64::new(40);
@@ -813,21 +902,33 @@ mod tests {
                     _ => rng.normal() as f32,
                 })
                 .collect();
-            let mut out = vec![0u16; d];
-            let (norms, sq_norm) = shifted_bf16(&row, &shift, &mut out);
-            let (mut n, mut t, mut h) = (0f64, 0f64, 0f64);
-            for i in 0..d {
-                let v = row[i] as f64 - shift[i] as f64;
-                assert_eq!(out[i], to_bf16(v as f32), "d {d}, value {i}: {v:e}");
-                let hv = amx::from_bf16(out[i]) as f64;
-                (n, t, h) = (n + v * v, t + (v - hv) * (v - hv), h + hv * hv);
-            }
-            for (got, want) in [(norms.norm, n.sqrt()), (norms.tail, t.sqrt()), (norms.hi, h.sqrt()), (sq_norm, n)] {
-                // The float64 sum rounded to f32 once.
-                assert!(
-                    (got as f64 - want).abs() <= (U32 as f64 + 1e-12) * want,
-                    "d {d}: {got:e} against float64 {want:e}"
-                );
+            for rounded in [Rounded::Bf16, Rounded::F32] {
+                let mut out = vec![0u16; d * rounded.units()];
+                let (norms, sq_norm) = shifted(&row, &shift, rounded, &mut out);
+                let (mut n, mut t, mut h) = (0f64, 0f64, 0f64);
+                for i in 0..d {
+                    let v = row[i] as f64 - shift[i] as f64;
+                    let hv = match rounded {
+                        Rounded::Bf16 => {
+                            assert_eq!(out[i], to_bf16(v as f32), "d {d}, value {i}: {v:e}");
+                            amx::from_bf16(out[i]) as f64
+                        }
+                        Rounded::F32 => {
+                            let got = f32::from_bits(out[2 * i] as u32 | (out[2 * i + 1] as u32) << 16);
+                            assert_eq!(got.to_bits(), (v as f32).to_bits(), "d {d}, value {i}: {v:e}");
+                            got as f64
+                        }
+                    };
+                    (n, t, h) = (n + v * v, t + (v - hv) * (v - hv), h + hv * hv);
+                }
+                for (got, want) in [(norms.norm, n.sqrt()), (norms.tail, t.sqrt()), (norms.hi, h.sqrt()), (sq_norm, n)]
+                {
+                    // The float64 sum rounded to f32 once.
+                    assert!(
+                        (got as f64 - want).abs() <= (U32 as f64 + 1e-12) * want,
+                        "{rounded:?}, d {d}: {got:e} against float64 {want:e}"
+                    );
+                }
             }
         }
     }
@@ -852,14 +953,15 @@ mod tests {
     fn queries_the_bound_does_not_cover_are_left_to_the_f32_search() {
         let d = 8;
         let bank = gaussian(50 * d, 1);
-        let Some(screen) = screen_or_skip(&bank, d) else { return };
-        for bad in [f32::NAN, f32::INFINITY, 1e20] {
-            let mut queries = gaussian(3 * d, 2);
-            queries[5] = bad;
-            assert!(knn_screened(&queries, &bank, &screen, d, 2).is_none(), "{bad}");
-        }
         let mut huge = bank.clone();
         huge[0] = 1e20;
-        assert!(ScreenBank::new(&huge, d).is_err());
+        for screen in screens(&bank, d) {
+            for bad in [f32::NAN, f32::INFINITY, 1e20] {
+                let mut queries = gaussian(3 * d, 2);
+                queries[5] = bad;
+                assert!(knn_screened(&queries, &bank, &screen, d, 2).is_none(), "{bad}");
+            }
+            assert!(ScreenBank::rounded(&huge, d, screen.rounded).is_err());
+        }
     }
 }

@@ -92,7 +92,7 @@ impl CpuBackend {
 }
 
 /// A memory bank on the CPU: the rows and their squared norms, computed once, and where the CPU
-/// multiplies bf16 tiles, the form the kNN screens it with.
+/// has AVX-512F, the form the kNN screens it with (`knn_screen`).
 pub struct CpuBank {
     rows: Tensor,
     sq_norms: Vec<f32>,
