@@ -1,7 +1,8 @@
 //! Backbone forward, embedding and predict end to end on the CPU backend, with the hashed
 //! test weights (the numbers do not depend on the weight values), and what tracing costs
 //! (`-- trace`: predict with it off and on, and one span while it is off). Run:
-//! `cargo bench --bench pipeline` (add a name to run one: `-- forward`).
+//! `cargo bench --bench pipeline` (add a name to run one: `-- forward`); with
+//! `PATCHCORE_BF16_PRODUCTS=off` (or `avx512`) a CPU with AMX runs what one without it runs.
 
 mod common;
 

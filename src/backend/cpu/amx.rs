@@ -297,16 +297,61 @@ impl Tiles {
         // SAFETY: the caller guarantees the regions; `self` proves the engine is usable.
         unsafe {
             match self.engine {
-                Engine::Amx => amx_block(a0, a1, a_stride, steps, b, b_group, c, c_stride),
+                Engine::Amx => {
+                    std::arch::asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        "2:",
+                        "mov {t}, [{s}]",
+                        "mov {u}, [{s} + 8]",
+                        "add {u}, {b}",
+                        "tileloadd tmm6, [{u} + {bs}*1]",
+                        "add {u}, {bg}",
+                        "tileloadd tmm7, [{u} + {bs}*1]",
+                        "lea {u}, [{a0} + {t}]",
+                        "tileloadd tmm4, [{u} + {ast}*1]",
+                        "add {t}, {a1}",
+                        "tileloadd tmm5, [{t} + {ast}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "add {s}, 16",
+                        "dec {n}",
+                        "jnz 2b",
+                        "tilestored [{c} + {cs}*1], tmm0",
+                        "tilestored [{c} + {cs}*1 + 64], tmm1",
+                        "mov {t}, {cs}",
+                        "shl {t}, 4",
+                        "add {t}, {c}",
+                        "tilestored [{t} + {cs}*1], tmm2",
+                        "tilestored [{t} + {cs}*1 + 64], tmm3",
+                        s = inout(reg) steps.as_ptr() => _,
+                        n = inout(reg) steps.len() => _,
+                        t = out(reg) _,
+                        u = out(reg) _,
+                        a0 = in(reg) a0,
+                        a1 = in(reg) a1,
+                        b = in(reg) b,
+                        bg = in(reg) 2 * b_group,
+                        ast = in(reg) a_stride,
+                        bs = in(reg) 64usize,
+                        c = in(reg) c,
+                        cs = in(reg) c_stride,
+                        options(nostack),
+                    );
+                }
                 Engine::Avx512Bf16 | Engine::Avx512F32 => {
                     let rows_block = match self.engine {
                         Engine::Avx512Bf16 => registers_bf16,
                         _ => registers_f32,
                     };
                     for (half, a) in [a0, a1].into_iter().enumerate() {
-                        for rows in (0..TILE_ROWS).step_by(REGISTER_ROWS) {
-                            let c = c.byte_add((half * TILE_ROWS + rows) * c_stride);
-                            rows_block(a.byte_add(rows * a_stride), a_stride, steps, b, b_group, c, c_stride);
+                        for r in (0..TILE_ROWS).step_by(REGISTER_ROWS) {
+                            let (a, c) = (a.byte_add(r * a_stride), c.byte_add((half * TILE_ROWS + r) * c_stride));
+                            rows_block(RegisterRows { a, a_stride, steps, b, b_group, c, c_stride });
                         }
                     }
                 }
@@ -317,96 +362,35 @@ impl Tiles {
     }
 }
 
-/// `Tiles::block_32x32` on AMX.
-///
-/// # Safety
-/// As `block_32x32`'s, with the tiles configured on this thread.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn amx_block(
-    a0: *const u16,
-    a1: *const u16,
-    a_stride: usize,
-    steps: &[[usize; 2]],
-    b: *const u16,
-    b_group: usize,
-    c: *mut f32,
-    c_stride: usize,
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        std::arch::asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "2:",
-            "mov {t}, [{s}]",
-            "mov {u}, [{s} + 8]",
-            "add {u}, {b}",
-            "tileloadd tmm6, [{u} + {bs}*1]",
-            "add {u}, {bg}",
-            "tileloadd tmm7, [{u} + {bs}*1]",
-            "lea {u}, [{a0} + {t}]",
-            "tileloadd tmm4, [{u} + {ast}*1]",
-            "add {t}, {a1}",
-            "tileloadd tmm5, [{t} + {ast}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {s}, 16",
-            "dec {n}",
-            "jnz 2b",
-            "tilestored [{c} + {cs}*1], tmm0",
-            "tilestored [{c} + {cs}*1 + 64], tmm1",
-            "mov {t}, {cs}",
-            "shl {t}, 4",
-            "add {t}, {c}",
-            "tilestored [{t} + {cs}*1], tmm2",
-            "tilestored [{t} + {cs}*1 + 64], tmm3",
-            s = inout(reg) steps.as_ptr() => _,
-            n = inout(reg) steps.len() => _,
-            t = out(reg) _,
-            u = out(reg) _,
-            a0 = in(reg) a0,
-            a1 = in(reg) a1,
-            b = in(reg) b,
-            bg = in(reg) 2 * b_group,
-            ast = in(reg) a_stride,
-            bs = in(reg) 64usize,
-            c = in(reg) c,
-            cs = in(reg) c_stride,
-            options(nostack),
-        );
-    }
-}
-
 /// A rows `Tiles::block_32x32` multiplies at a time in AVX-512 registers: their 32 columns' sums
 /// are 2 x `REGISTER_ROWS` registers, with the step's 2 B rows and a broadcast A pair beside them
 /// (19 of the 32), and each B row loaded serves `REGISTER_ROWS` products.
 const REGISTER_ROWS: usize = 8;
 
-/// `REGISTER_ROWS` rows of `Tiles::block_32x32`'s C (A's rows from `a`, written to `c`) in
-/// AVX512-BF16: `registers_block` with VDPBF16PS, C[r][n] += A[r][2p..2p + 2] . B[p][n].
+/// The operands of `REGISTER_ROWS` rows of `Tiles::block_32x32`: A's rows from `a`, C's to `c`,
+/// the rest as `block_32x32` takes them.
+#[derive(Clone, Copy)]
+struct RegisterRows<'a> {
+    a: *const u16,
+    a_stride: usize,
+    steps: &'a [[usize; 2]],
+    b: *const u16,
+    b_group: usize,
+    c: *mut f32,
+    c_stride: usize,
+}
+
+/// `registers_block` with VDPBF16PS on bf16 tiles, C[r][n] += A[r][2p..2p + 2] . B[p][n].
 ///
 /// # Safety
 /// As `registers_block`'s, and the CPU must support AVX-512F and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn registers_bf16(
-    a: *const u16,
-    a_stride: usize,
-    steps: &[[usize; 2]],
-    b: *const u16,
-    b_group: usize,
-    c: *mut f32,
-    c_stride: usize,
-) {
+unsafe fn registers_bf16(rows: RegisterRows) {
     use std::arch::x86_64::*;
     // SAFETY: a bf16 pair and an f32 are both 32 bits; the caller's contract for the rest.
     unsafe {
-        registers_block(a, a_stride, steps, b, b_group, c, c_stride, |sum, a, b| {
+        registers_block(rows, |sum, a, b| {
             _mm512_dpbf16_ps(
                 sum,
                 std::mem::transmute::<__m512, __m512bh>(a),
@@ -422,44 +406,30 @@ unsafe fn registers_bf16(
 /// As `registers_block`'s, and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn registers_f32(
-    a: *const u16,
-    a_stride: usize,
-    steps: &[[usize; 2]],
-    b: *const u16,
-    b_group: usize,
-    c: *mut f32,
-    c_stride: usize,
-) {
+unsafe fn registers_f32(rows: RegisterRows) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract.
-    unsafe { registers_block(a, a_stride, steps, b, b_group, c, c_stride, |sum, a, b| _mm512_fmadd_ps(a, b, sum)) }
+    unsafe { registers_block(rows, |sum, a, b| _mm512_fmadd_ps(a, b, sum)) }
 }
 
-/// `REGISTER_ROWS` rows of `Tiles::block_32x32`'s C (A's rows from `a`, written to `c`): per
-/// step and 32-bit unit p of an A row (a bf16 pair or an f32), the two B tiles' row p (16
-/// columns each) multiplied into the sums by `product(sum, A[r][p] broadcast, B row)`.
-/// Inlined into the callers, whose target features its intrinsics need.
+/// `REGISTER_ROWS` rows of `Tiles::block_32x32`'s C: per step and 32-bit unit p of an A row (a
+/// bf16 pair or an f32), the two B tiles' row p (16 columns each) multiplied into the sums by
+/// `product(sum, A[r][p] broadcast, B row)`. Inlined into the callers, whose target features its
+/// intrinsics need.
 ///
 /// # Safety
 /// As `block_32x32`'s for these rows, and the CPU must support AVX-512F and what `product` uses.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn registers_block(
-    a: *const u16,
-    a_stride: usize,
-    steps: &[[usize; 2]],
-    b: *const u16,
-    b_group: usize,
-    c: *mut f32,
-    c_stride: usize,
+    rows: RegisterRows,
     product: impl Fn(
         std::arch::x86_64::__m512,
         std::arch::x86_64::__m512,
         std::arch::x86_64::__m512,
     ) -> std::arch::x86_64::__m512,
 ) {
+    let RegisterRows { a, a_stride, steps, b, b_group, c, c_stride } = rows;
     use std::arch::x86_64::*;
     let mut sums = [[_mm512_setzero_ps(); 2]; REGISTER_ROWS];
     for &[sa, sb] in steps {

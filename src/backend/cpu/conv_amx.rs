@@ -636,9 +636,9 @@ fn multiply(tiles: &Tiles, rows: &[u16], packed: &PackedConv, segments: usize, n
     }
 }
 
-/// A convolution's input in channels-last bf16 with its zero padding around each image: `data`
-/// holds [image][y][x][c] of hi and, for `Split`, then the same of lo (`Layout`), then `slack`
-/// zeros that the last tiles of `Job::by_taps` may read into.
+/// A convolution's input in channels-last bf16 (or f32, two units a value) with its zero padding
+/// around each image: `data` holds [image][y][x][c] of hi and, for `Split`, then the same of lo
+/// (`Layout`), then `slack` zeros that the last tiles of `Job::by_taps` may read into.
 pub struct ChannelsLast {
     data: TileBuf<u16>,
     layout: Layout,
@@ -688,10 +688,10 @@ impl Drop for ChannelsLast {
 }
 
 impl ChannelsLast {
-    /// x[:, :, ::step, ::step] (all of it for step 1; `shape` is x's) in channels-last bf16,
-    /// padded as `g` reads it: `g.pad_top` rows and `g.pad_left` columns of zeros before each
-    /// image's pixels, and after them as many as its last output reads; `None` where a value read
-    /// is beyond `amx::LIMIT` (checked as it is converted). Without `x`, only the padding is
+    /// x[:, :, ::step, ::step] (all of it for step 1; `shape` is x's) in channels-last bf16 (or
+    /// f32), padded as `g` reads it: `g.pad_top` rows and `g.pad_left` columns of zeros before
+    /// each image's pixels, and after them as many as its last output reads; `None` where a
+    /// value read is beyond `amx::LIMIT` (checked as it is converted) and the arithmetic is bf16. Without `x`, only the padding is
     /// written: the pixels are the caller's to write (`stage_outputs`).
     fn padded(
         shape: [usize; 4],

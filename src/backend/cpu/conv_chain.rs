@@ -1,6 +1,6 @@
 //! A chain of convolutions on the tiles (a residual block's main path): each link writes its
 //! output straight into the next link's input, in the layout the tiles read (padded
-//! channels-last bf16, `conv_amx::to_next`), so the NCHW f32 tensor between them is neither
+//! channels-last bf16 or f32, `conv_amx::to_next`), so the NCHW f32 tensor between them is neither
 //! written nor converted back. The result has the same bits as the links run one by one
 //! (`tests::chains_equal_their_links_one_by_one`). In a trace, the first link's span includes
 //! converting `x`, and each link's span includes writing the next link's input, as a lone
