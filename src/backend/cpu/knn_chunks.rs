@@ -22,8 +22,31 @@ pub fn cluster_order(rows: &[f32], d: usize, chunk: usize) -> Vec<u32> {
 }
 
 /// Sorts `ids` (in place) so that its first part, a multiple of `chunk` rows, lies on one side of
-/// the group's principal direction, then does the same within each part.
+/// the group's principal direction, then does the same within each part. With AVX-512 where the
+/// CPU has it: the model's load spends most of the bank's preparation here (27-30 ms of 47-51 on
+/// the chip model with the SSE build).
 fn bisect(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { bisect_avx512(rows, d, chunk, ids) };
+    }
+    split_by_direction(rows, d, chunk, ids)
+}
+
+/// `bisect`'s work compiled for AVX-512F (the same arithmetic, 16 lanes a vector).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bisect_avx512(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
+    split_by_direction(rows, d, chunk, ids)
+}
+
+/// One step of `bisect`: the split of `ids`, then `bisect` of each part in parallel.
+#[inline(always)]
+fn split_by_direction(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
     if ids.len() <= chunk {
         return;
     }
@@ -74,6 +97,7 @@ fn bisect(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
 }
 
 /// a . b in 16 lanes (a plain sum does not vectorise: f32 addition is not reassociated).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
