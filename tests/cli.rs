@@ -233,6 +233,31 @@ fn an_unusable_gpu_is_explained_and_auto_falls_back_to_the_cpu() {
     assert!(stderr(&o).contains("expected f32, tf32, f16 or bf16"), "{}", stderr(&o));
 }
 
+/// `PATCHCORE_BF16_PRODUCTS=off`, or a value it does not know, leaves no bf16 products: `--precision
+/// bf16` is refused naming the variable, and the default still predicts (in f32).
+#[test]
+fn bf16_products_turned_off_by_the_environment_are_refused_by_name() {
+    let dir = TempDir::new("cli-bf16-products");
+    let (model, data) = common::fitted_model(&dir, 64);
+    let predict = |products: &str, precision: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_patchcore"))
+            .env("PATCHCORE_BF16_PRODUCTS", products)
+            .args(["predict", "--model", s(&model), "--precision", precision, s(&data.join("test/square"))])
+            .output()
+            .expect("binary runs")
+    };
+    for (products, reason) in
+        [("off", "PATCHCORE_BF16_PRODUCTS=off"), ("avx-512", "PATCHCORE_BF16_PRODUCTS is not amx, avx512 or off")]
+    {
+        let o = predict(products, "bf16");
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("bf16 needs AMX or AVX512-BF16 on the CPU: {reason}")), "{}", stderr(&o));
+        let o = predict(products, "f32");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+    }
+}
+
 /// `--precision bf16` runs on a CPU with AMX-BF16 or AVX512-BF16 and is refused elsewhere, saying why.
 #[test]
 fn bf16_predicts_where_the_cpu_has_amx_and_is_refused_elsewhere() {

@@ -24,7 +24,10 @@
 //!   within about 2^-7 |a||w|.
 //! - `F32`, the default with AVX-512F but no AMX: the f32 values, one FMA per product, within
 //!   gamma_kk as im2col + sgemm (`tests::f32_tiles_stay_within_the_bound`). Each f32 is stored
-//!   as two 16-bit units, so that the bf16 layouts, steps and packing serve it unchanged.
+//!   as two 16-bit units, so that the bf16 layouts, steps and packing serve it unchanged. Unlike
+//!   bf16, its inputs are not checked: where one tile row holds a whole kernel row (fewer than 16
+//!   values, as EfficientNet's 3-channel stem) it reads the next pixels against zero weights, so
+//!   an infinite or NaN input reaches a few more outputs than im2col's would.
 
 use super::amx::{self, split, Engine, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::conv::{finish, Geometry};
