@@ -6,8 +6,8 @@
 //! - Predict's shape (issue 13): ResNet-18 (hashed weights) layer2+3 embeddings of synthetic
 //!   256 px images, 1,024 patches and 384 dims each; a 10,240-row bank (10 images) and the
 //!   queries of 1 or 8 other images, k = 1 as predict's patch scores. `f32` is `knn_topk`, the
-//!   reference; `dispatched` is `CpuBackend::knn`, which screens with bf16 products where the CPU has
-//!   it (the line printed first says which path it takes here).
+//!   reference; `dispatched` is `CpuBackend::knn`, which screens (bf16 on AMX, f32 on other
+//!   AVX-512 CPUs; the line printed first says which path it takes here).
 //!
 //! Run: `cargo bench --bench knn` (`-- predict` for the second group only).
 
@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throug
 use gemm::{gemm, Parallelism};
 use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
-use patchcore::backend::cpu::{bf16_unavailable, knn_topk, squared_norms};
+use patchcore::backend::cpu::{knn_topk, squared_norms};
 use patchcore::backend::{Backend, CpuBackend};
 use patchcore::rng::SplitMix64;
 use patchcore::Tensor;
@@ -61,10 +61,7 @@ fn embeddings(net: &Backbone<CpuBackend>, images: &Tensor) -> Tensor {
 
 fn predict_shape(c: &mut Criterion) {
     let backend = CpuBackend::default();
-    match bf16_unavailable() {
-        None => println!("dispatched: bf16 screening ({}), float64 re-ranking", CpuBackend::default().describe()),
-        Some(reason) => println!("dispatched: the f32 search ({reason})"),
-    }
+    println!("dispatched: {}", backend.describe());
     let net =
         Backbone::load(&backend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).expect("weights");
     let bank_rows = embeddings(&net, &images(10, 20));

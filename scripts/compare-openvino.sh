@@ -16,8 +16,8 @@
 #    with f32 forced (batch 1 and 8), and ours on the same test images: `patchcore predict
 #    --batch 1|8` (process start, load and decoding included) and the C ABI in process
 #    (libpatchcore.so through ctypes, model loaded, decoded images, maps included), each in the
-#    default precision and, where the CPU has AMX, in bf16; then prints ms/image, the ratios, the
-#    largest score differences and each engine's image AUROC.
+#    default precision and, where the CPU has AMX-BF16 or AVX512-BF16, in bf16; then prints
+#    ms/image, the ratios, the largest score differences and each engine's image AUROC.
 #
 # Environment: REPEATS (passes per figure, the best is kept; default 2),
 # PATCHCORE_RESNET18_WEIGHTS (torchvision resnet18 weights as safetensors instead of the hashed ones),

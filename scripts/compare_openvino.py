@@ -17,8 +17,9 @@ their clock). Ours twice: the whole CLI run (process start, model load, PNG deco
 a user of the CLI gets; and the C ABI in this process (libpatchcore.so next to the binary,
 through ctypes: the model loaded once, decoded 8-bit images in, scores and anomaly maps out),
 what a host that keeps the model loaded gets, and the same work OpenVINO's figure counts; both in
-the default precision and, where the CPU has AMX, in bf16 (`--precision bf16`). Each
-figure is the best of R passes over all images, the passes of all engines interleaved.
+the default precision and, where the CPU has AMX-BF16 or AVX512-BF16, in bf16 (`--precision
+bf16`). Each figure is the best of R passes over all images, the passes of all engines
+interleaved.
 """
 
 import argparse
@@ -234,7 +235,7 @@ def category_engines(binary, model_path, paths, images, pipeline):
     library = os.path.join(os.path.dirname(binary), "libpatchcore.so")
     for b in BATCHES:
         engines[f"ours C ABI b{b}"] = c_abi_engine(library, model_path, paths, b)
-    # `--precision bf16` where this CPU has AMX (the CLI refuses it elsewhere, saying why).
+    # `--precision bf16` where this CPU has AMX-BF16 or AVX512-BF16 (the CLI refuses it elsewhere, saying why).
     probe = subprocess.run([binary, "predict", "--model", model_path, "--precision", "bf16", paths[0]],
                            capture_output=True, text=True)
     if probe.returncode == 0:

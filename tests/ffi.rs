@@ -446,7 +446,7 @@ fn precision_is_chosen_at_load() {
             expect(patchcore_free(out), PATCHCORE_OK, "");
         }
         Some(reason) => {
-            let why = format!("bf16 needs AMX on the CPU: {reason}");
+            let why = format!("bf16 needs AMX or AVX512-BF16 on the CPU: {reason}");
             expect(load(c"bf16".as_ptr(), &mut out), PATCHCORE_INVALID_ARGUMENT, &why);
             assert!(out.is_null());
         }

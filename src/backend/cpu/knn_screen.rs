@@ -60,6 +60,25 @@ pub enum Rounded {
 }
 
 impl Rounded {
+    /// What the screening pass rounds to on this CPU, or why it cannot run: bf16 on AMX, else f32
+    /// where the CPU has AVX-512F. Without AMX f32 beats bf16 on VDPBF16PS, which issues at a
+    /// quarter of FMA's rate on the 2-core Xeon: predict's kNN 10.1-10.5 ms an image against
+    /// 15.5-20 (docs/PERFORMANCE.md, round 8).
+    pub fn here() -> Result<Rounded, &'static str> {
+        if amx::engine() == Ok(Engine::Amx) {
+            return Ok(Rounded::Bf16);
+        }
+        amx::f32_unavailable_reason().map_or(Ok(Rounded::F32), Err)
+    }
+
+    /// What the screening pass runs as, in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rounded::Bf16 => "bf16 screen on AMX",
+            Rounded::F32 => "f32 screen on AVX-512",
+        }
+    }
+
     /// 16-bit units a value takes in the tiles.
     fn units(self) -> usize {
         match self {
@@ -215,14 +234,11 @@ unsafe fn shifted_avx512(row: &[f32], shift: &[f32], rounded: Rounded, out: &mut
 }
 
 impl ScreenBank {
-    /// The screening form of `rows` (m x d) in bf16 on AMX, else in f32, or why there is none:
+    /// The screening form of `rows` (m x d), rounded as `Rounded::here`, or why there is none:
     /// no AVX-512F here, or values that are not finite or too large for the bound (the f32
-    /// search takes those). Without AMX f32 beats bf16 on VDPBF16PS, which issues at a quarter
-    /// of FMA's rate on the 2-core Xeon: predict's kNN 10.1-10.5 ms an image against 15.5-20
-    /// (docs/PERFORMANCE.md, round 8).
+    /// search takes those).
     pub fn new(rows: &[f32], d: usize) -> Result<ScreenBank, &'static str> {
-        let rounded = if amx::engine() == Ok(Engine::Amx) { Rounded::Bf16 } else { Rounded::F32 };
-        ScreenBank::rounded(rows, d, rounded)
+        ScreenBank::rounded(rows, d, Rounded::here()?)
     }
 
     /// The screening form of `rows` with its values `rounded`, or why there is none.
@@ -646,7 +662,7 @@ fn rerank(rows: &[u32], q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(f64
     }
     let mut ranked: Vec<(f64, u32)> = rows
         .iter()
-        // SAFETY: the re-ranking follows the screening pass, which needs AMX and AVX-512F.
+        // SAFETY: the re-ranking follows the screening pass, which needs AVX-512F.
         .map(|&j| (unsafe { sq_distance(q, &bank[j as usize * d..][..d]) }, j))
         .collect();
     ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

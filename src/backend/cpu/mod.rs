@@ -32,7 +32,7 @@ use amx::Engine;
 use conv::CpuConv;
 use conv_amx::Arithmetic;
 use image::RgbImage;
-use knn_screen::ScreenBank;
+use knn_screen::{Rounded, ScreenBank};
 
 /// The CPU backend. Its convolutions are tile products (`conv_amx`): on AMX in `Arithmetic::
 /// Split` by default (within a few f32 roundings of f32), elsewhere with AVX-512F in `F32`, and
@@ -110,7 +110,12 @@ impl Backend for CpuBackend {
             Some(Arithmetic::F32) => Engine::Avx512F32.name(),
             None => "im2col + sgemm",
         };
-        format!("cpu ({} threads, convolutions: {} on {on})", rayon::current_num_threads(), self.convolutions())
+        let knn = Rounded::here().map_or("f32 search", Rounded::describe);
+        format!(
+            "cpu ({} threads, convolutions: {} on {on}, kNN: {knn})",
+            rayon::current_num_threads(),
+            self.convolutions()
+        )
     }
 
     fn upload(&self, tensor: &Tensor) -> Result<Tensor> {
