@@ -203,25 +203,38 @@ pub fn in_order(tiles: usize) -> Vec<[usize; 2]> {
 
 /// `rows` rows packed as B tiles (groups of 16 rows, each `tiles` tiles of `B_TILE_LEN`; zero rows
 /// pad the last group up to `groups` groups): `fill(r, depth)` writes row r's `tiles * TILE_K`
-/// values (zeroed before each row). In parallel over the groups.
-pub fn pack_b(rows: usize, groups: usize, tiles: usize, fill: impl Fn(usize, &mut [u16]) + Sync) -> TileBuf<u16> {
+/// values (zeroed before each row). In parallel over the groups; what `fill` returns, a value
+/// per row in row order (the kNN screen's norms of each row, computed as it is written).
+pub fn pack_b<T: Send>(
+    rows: usize,
+    groups: usize,
+    tiles: usize,
+    fill: impl Fn(usize, &mut [u16]) -> T + Sync,
+) -> (TileBuf<u16>, Vec<T>) {
     use rayon::prelude::*;
     let group_len = tiles * B_TILE_LEN;
     let mut packed = TileBuf::zeroed(groups * group_len);
-    packed.par_chunks_mut(group_len).enumerate().for_each(|(g, group)| {
-        let mut depth = vec![0u16; tiles * TILE_K];
-        for r in g * TILE_ROWS..((g + 1) * TILE_ROWS).min(rows) {
-            depth.fill(0);
-            fill(r, &mut depth);
-            // Tile t, pair p: row r's elements 2p, 2p + 1 of the tile, at p * 32 + (r % 16) * 2.
-            for (tile, values) in group.chunks_exact_mut(B_TILE_LEN).zip(depth.chunks_exact(TILE_K)) {
-                for (pair, v) in tile.chunks_exact_mut(2 * TILE_ROWS).zip(values.chunks_exact(2)) {
-                    pair[r % TILE_ROWS * 2..][..2].copy_from_slice(v);
+    let filled: Vec<Vec<T>> = packed
+        .par_chunks_mut(group_len)
+        .enumerate()
+        .map(|(g, group)| {
+            let mut depth = vec![0u16; tiles * TILE_K];
+            let rows = g * TILE_ROWS..((g + 1) * TILE_ROWS).min(rows);
+            rows.map(|r| {
+                depth.fill(0);
+                let value = fill(r, &mut depth);
+                // Tile t, pair p: row r's elements 2p, 2p + 1 of the tile, at p * 32 + (r % 16) * 2.
+                for (tile, values) in group.chunks_exact_mut(B_TILE_LEN).zip(depth.chunks_exact(TILE_K)) {
+                    for (pair, v) in tile.chunks_exact_mut(2 * TILE_ROWS).zip(values.chunks_exact(2)) {
+                        pair[r % TILE_ROWS * 2..][..2].copy_from_slice(v);
+                    }
                 }
-            }
-        }
-    });
-    packed
+                value
+            })
+            .collect()
+        })
+        .collect();
+    (packed, filled.into_iter().flatten().collect())
 }
 
 /// The products of `block_32x32` on this thread: on AMX the tile registers configured for it,

@@ -138,7 +138,7 @@ impl PackedConv {
         let kcs = (k * row).div_ceil(TILE_K);
         let out_pad = s.out_channels.div_ceil(BLOCK) * BLOCK;
         let (width, segments) = (kcs * TILE_K, if f32 { 1 } else { 3 });
-        let packed = amx::pack_b(s.out_channels, out_pad / TILE_ROWS, segments * kcs, |o, depth| {
+        let (packed, _) = amx::pack_b(s.out_channels, out_pad / TILE_ROWS, segments * kcs, |o, depth| {
             // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c). Nested loops: with
             // three divisions a weight the packing was 21% of a one-image predict's samples
             // (`perf`, the model's load), 15% without.

@@ -254,13 +254,8 @@ impl ScreenBank {
         // Row i of the screened order.
         let row = |i: usize| &rows[order[i] as usize * d..][..d];
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
-        let packed = amx::pack_b(m, groups, kcs, |i, depth| {
-            shifted(row(i), &shift, rounded, depth);
-        });
-        let (norms, sq_norms): (Vec<Norms>, Vec<f32>) = (0..m)
-            .into_par_iter()
-            .map_init(|| vec![0u16; d * rounded.units()], |scratch, i| shifted(row(i), &shift, rounded, scratch))
-            .unzip();
+        let (packed, filled) = amx::pack_b(m, groups, kcs, |i, depth| shifted(row(i), &shift, rounded, depth));
+        let (norms, sq_norms): (Vec<Norms>, Vec<f32>) = filled.into_iter().unzip();
         let (norm, tail) = norms.iter().map(|n| (n.norm, n.tail)).unzip();
         let chunk_max = (0..m)
             .step_by(CHUNK)
