@@ -357,14 +357,17 @@ impl Tiles {
                     );
                 }
                 Engine::Avx512Bf16 | Engine::Avx512F32 => {
-                    let rows_block = match self.engine {
-                        Engine::Avx512Bf16 => registers_bf16,
-                        _ => registers_f32,
-                    };
                     for (half, a) in [a0, a1].into_iter().enumerate() {
                         for r in (0..TILE_ROWS).step_by(REGISTER_ROWS) {
                             let (a, c) = (a.byte_add(r * a_stride), c.byte_add((half * TILE_ROWS + r) * c_stride));
-                            rows_block(RegisterRows { a, a_stride, steps, b, b_group, c, c_stride });
+                            self.registers(RegisterRows {
+                                a: move |r| a.byte_add(r * a_stride),
+                                steps,
+                                b,
+                                b_group,
+                                c,
+                                c_stride,
+                            });
                         }
                     }
                 }
@@ -373,6 +376,55 @@ impl Tiles {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (a0, a1, a_stride, b, b_group, c, c_stride);
     }
+
+    /// Whether `rows_8x32` runs here: on the register engines, not on AMX, whose tile loads read
+    /// a tile's rows at one stride.
+    pub fn gathers(&self) -> bool {
+        self.engine != Engine::Amx
+    }
+
+    /// `block_32x32`'s products for `GATHERED_ROWS` rows of A that lie anywhere: row r's steps
+    /// read from `a[r]` plus each step's A offset; C is 8 rows of 32 f32, `c_stride` bytes apart.
+    /// For a few rows of a block wanted (the kNN's queries that a chunk's ball does not rule
+    /// out), where a whole block would mostly compute products nobody reads.
+    ///
+    /// # Safety
+    /// `gathers()`, `steps` is not empty, and every row, tile and C row named is valid memory as
+    /// in `block_32x32`.
+    pub unsafe fn rows_8x32(
+        &self,
+        a: &[*const u16; GATHERED_ROWS],
+        steps: &[[usize; 2]],
+        b: *const u16,
+        b_group: usize,
+        c: *mut f32,
+        c_stride: usize,
+    ) {
+        assert!(self.gathers() && !steps.is_empty(), "rows_8x32: on AMX, or no steps");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller guarantees the regions; `self` proves the engine is usable.
+        unsafe {
+            self.registers(RegisterRows { a: |r| a[r], steps, b, b_group, c, c_stride })
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (a, b, b_group, c, c_stride);
+    }
+
+    /// `registers_block` on this register engine.
+    ///
+    /// # Safety
+    /// As `registers_block`'s; `self.engine` is not AMX.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn registers(&self, rows: RegisterRows<impl Fn(usize) -> *const u16>) {
+        // SAFETY: the caller's contract; `self` proves the engine is usable.
+        unsafe {
+            match self.engine {
+                Engine::Avx512Bf16 => registers_bf16(rows),
+                _ => registers_f32(rows),
+            }
+        }
+    }
 }
 
 /// A rows `Tiles::block_32x32` multiplies at a time in AVX-512 registers: their 32 columns' sums
@@ -380,12 +432,13 @@ impl Tiles {
 /// (19 of the 32), and each B row loaded serves `REGISTER_ROWS` products.
 const REGISTER_ROWS: usize = 8;
 
-/// The operands of `REGISTER_ROWS` rows of `Tiles::block_32x32`: A's rows from `a`, C's to `c`,
-/// the rest as `block_32x32` takes them.
-#[derive(Clone, Copy)]
-struct RegisterRows<'a> {
-    a: *const u16,
-    a_stride: usize,
+/// Rows of A `Tiles::rows_8x32` multiplies at once.
+pub const GATHERED_ROWS: usize = REGISTER_ROWS;
+
+/// The operands of `REGISTER_ROWS` rows of `Tiles::block_32x32` or `rows_8x32`: A's row r from
+/// `a(r)`, C's to `c`, the rest as `block_32x32` takes them.
+struct RegisterRows<'a, A> {
+    a: A,
     steps: &'a [[usize; 2]],
     b: *const u16,
     b_group: usize,
@@ -399,7 +452,7 @@ struct RegisterRows<'a> {
 /// As `registers_block`'s, and the CPU must support AVX-512F and AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn registers_bf16(rows: RegisterRows) {
+unsafe fn registers_bf16(rows: RegisterRows<impl Fn(usize) -> *const u16>) {
     use std::arch::x86_64::*;
     // SAFETY: a bf16 pair and an f32 are both 32 bits; the caller's contract for the rest.
     unsafe {
@@ -419,7 +472,7 @@ unsafe fn registers_bf16(rows: RegisterRows) {
 /// As `registers_block`'s, and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn registers_f32(rows: RegisterRows) {
+unsafe fn registers_f32(rows: RegisterRows<impl Fn(usize) -> *const u16>) {
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract.
     unsafe { registers_block(rows, |sum, a, b| _mm512_fmadd_ps(a, b, sum)) }
@@ -435,25 +488,26 @@ unsafe fn registers_f32(rows: RegisterRows) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn registers_block(
-    rows: RegisterRows,
+    rows: RegisterRows<impl Fn(usize) -> *const u16>,
     product: impl Fn(
         std::arch::x86_64::__m512,
         std::arch::x86_64::__m512,
         std::arch::x86_64::__m512,
     ) -> std::arch::x86_64::__m512,
 ) {
-    let RegisterRows { a, a_stride, steps, b, b_group, c, c_stride } = rows;
+    let RegisterRows { a, steps, b, b_group, c, c_stride } = rows;
+    let a: [*const u16; REGISTER_ROWS] = std::array::from_fn(a);
     use std::arch::x86_64::*;
     let mut sums = [[_mm512_setzero_ps(); 2]; REGISTER_ROWS];
     for &[sa, sb] in steps {
         // SAFETY: every address below is inside a tile the step names (the caller's contract).
         unsafe {
-            let (a, b) = (a.byte_add(sa), b.byte_add(sb));
+            let b = b.byte_add(sb);
             for p in 0..TILE_K / 2 {
                 let b0 = _mm512_loadu_ps(b.add(p * 2 * TILE_ROWS).cast());
                 let b1 = _mm512_loadu_ps(b.add(b_group + p * 2 * TILE_ROWS).cast());
                 for (r, sum) in sums.iter_mut().enumerate() {
-                    let unit = _mm512_set1_ps(a.byte_add(r * a_stride).add(2 * p).cast::<f32>().read_unaligned());
+                    let unit = _mm512_set1_ps(a[r].byte_add(sa).add(2 * p).cast::<f32>().read_unaligned());
                     sum[0] = product(sum[0], unit, b0);
                     sum[1] = product(sum[1], unit, b1);
                 }
@@ -485,7 +539,7 @@ impl Drop for Tiles {
 #[cfg(test)]
 mod tests {
     use super::{amx_reason, avx512_bf16_reason, from_bf16, in_order, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN};
-    use super::{TILE_K, TILE_ROWS};
+    use super::{GATHERED_ROWS, TILE_K, TILE_ROWS};
 
     /// Both engines against float64 on one product with A rows strided and read in pieces (as the
     /// convolutions read pixels), B over two tile groups and C inside a wider array: each result
@@ -508,10 +562,11 @@ mod tests {
                 continue;
             }
             let mut c = vec![f32::NAN; 2 * TILE_ROWS * c_stride];
-            // SAFETY: the engine is available; A holds 32 rows of a_stride >= depth values (rows
-            // 16.. from a1), B two groups of `tiles` tiles, C 32 rows of c_stride >= 32 f32.
+            // SAFETY: the engine is available.
+            let t = unsafe { Tiles::on(engine) };
+            // SAFETY: A holds 32 rows of a_stride >= depth values (rows 16.. from a1), B two
+            // groups of `tiles` tiles, C 32 rows of c_stride >= 32 f32.
             unsafe {
-                let t = Tiles::on(engine);
                 t.block_32x32(
                     a.as_ptr(),
                     a.as_ptr().add(TILE_ROWS * a_stride),
@@ -538,6 +593,19 @@ mod tests {
                     let gamma = depth as f64 * u / (1.0 - depth as f64 * u);
                     let got = c[r * c_stride + n] as f64;
                     assert!((got - exact).abs() <= gamma * magnitude, "{engine:?} C[{r}][{n}] = {got}, exact {exact}");
+                }
+            }
+            if t.gathers() {
+                // Rows picked anywhere, one of them twice: the same kernel in the same order, so
+                // the block's rows bit for bit.
+                let picked = [31, 0, 17, 5, 5, 9, 30, 2];
+                let mut gathered = vec![f32::NAN; GATHERED_ROWS * c_stride];
+                let rows = picked.map(|r| a[r * a_stride..].as_ptr());
+                // SAFETY: as above, for 8 rows of A and of C.
+                unsafe { t.rows_8x32(&rows, &steps, b.as_ptr(), b_group, gathered.as_mut_ptr(), 4 * c_stride) };
+                for (i, &r) in picked.iter().enumerate() {
+                    let (got, block) = (&gathered[i * c_stride..][..32], &c[r * c_stride..][..32]);
+                    assert!(got.iter().zip(block).all(|(x, y)| x.to_bits() == y.to_bits()), "{engine:?} row {r}");
                 }
             }
         }

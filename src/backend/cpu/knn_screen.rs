@@ -29,7 +29,7 @@
 //! nearly coincide far from the mean (no coreset, repeated patches) leave more candidates: the
 //! answer stays exact, the re-ranking does more work.
 
-use super::amx::{self, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN, GATHERED_ROWS, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
 use super::knn_chunks::{cluster_order, Balls};
 use rayon::prelude::*;
@@ -379,8 +379,8 @@ pub fn knn_screened(
         return Some((Vec::new(), Vec::new()));
     }
     // Each query's lower bounds on every chunk, then the queries grouped by the chunk nearest to
-    // them (`grouped_by_nearest_ball`): a task's 32-query blocks are then alike, so that a chunk
-    // that some of a block's queries still need is more often needed by all of them.
+    // them (`grouped_by_nearest_ball`): a task's queries are then alike, so that a chunk that
+    // some of them still need is more often needed by the rest (on AMX by a whole 32-query block).
     let chunks = screen.balls.len();
     let lower: Vec<Vec<f32>> =
         queries.par_chunks(TILE_Q * d).map(|qs| screen.balls.lower_bounds(qs, &squared_norms(qs, d), d)).collect();
@@ -443,8 +443,8 @@ fn task_queries(nq: usize) -> usize {
 /// One task's queries `qs`, with their lower bounds on every chunk (`lower`, a row per query):
 /// per query its k neighbours as (squared distance in float64, row), ascending. The chunks are
 /// visited nearest first (by the task's mean lower bound), so that the running thresholds fall
-/// early, and a block of 32 queries skips a chunk whose ball all its queries' thresholds already
-/// exclude.
+/// early, and a chunk is multiplied only with the queries whose thresholds its ball does not
+/// already exclude (`computed_queries`).
 fn search_tile(
     tiles: &Tiles,
     qs: &[f32],
@@ -467,8 +467,8 @@ fn search_tile(
         let rows = b0..(b0 + CHUNK).min(m);
         // Queries that the ball does not rule out (lower bound at most their threshold).
         let open = |q: usize| lower[q * chunks + chunk] <= running[q].threshold();
-        let blocks: Vec<usize> = (0..tq).step_by(BLOCK).filter(|&qb| (qb..(qb + BLOCK).min(tq)).any(open)).collect();
-        chunk_products(tiles, &q16, screen, b0, rows.len(), &blocks, &mut dots);
+        let computed = computed_queries(tiles, tq, open);
+        chunk_products(tiles, &q16, screen, b0, rows.len(), &computed, &mut dots);
         let bank_chunk = BankChunk {
             rows: &screen.order[rows.clone()],
             sq_norms: &screen.sq_norms[rows.clone()],
@@ -476,14 +476,26 @@ fn search_tile(
             tail: &screen.tail[rows.clone()],
             max: screen.chunk_max[chunk],
         };
-        for q in blocks.iter().flat_map(|&qb| qb..(qb + BLOCK).min(tq)) {
-            if lower[q * chunks + chunk] <= running[q].threshold() {
+        for (i, &q) in computed.iter().enumerate() {
+            if q < tq && lower[q * chunks + chunk] <= running[q].threshold() {
                 // SAFETY: the screening bank exists, so the CPU has AVX-512F.
-                unsafe { fold_chunk(&dots[q * CHUNK..][..rows.len()], &bounds[q], &bank_chunk, &mut running[q]) };
+                unsafe { fold_chunk(&dots[i * CHUNK..][..rows.len()], &bounds[q], &bank_chunk, &mut running[q]) };
             }
         }
     }
     running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(&state.kept(), q, bank, d, k)).collect()
+}
+
+/// The queries (of `tq`) whose products with a chunk `chunk_products` computes, given which are
+/// `open` to it: on AMX every query of each 32-query block that holds an open one (its tile loads
+/// read 16 rows at one stride; the last block's may reach into the padding past `tq`), on the
+/// register engines the open queries alone (`Tiles::rows_8x32`). On the chip model at batch 1
+/// (2 threads) blocks computed 26% of the (query, chunk) products and open queries are 11%.
+fn computed_queries(tiles: &Tiles, tq: usize, open: impl Fn(usize) -> bool) -> Vec<usize> {
+    if tiles.gathers() {
+        return (0..tq).filter(|&q| open(q)).collect();
+    }
+    (0..tq).step_by(BLOCK).filter(|&qb| (qb..(qb + BLOCK).min(tq)).any(&open)).flat_map(|qb| qb..qb + BLOCK).collect()
 }
 
 /// The shifted queries rounded as `screen`'s rows, as the tiles' A operand (rows of `kcs *
@@ -502,9 +514,9 @@ fn shifted_queries(qs: &[f32], screen: &ScreenBank, d: usize) -> (TileBuf<u16>, 
     (q16, bounds)
 }
 
-/// `dots[r * CHUNK + c]` = the bf16 product of query r of `q16` (from `shifted_queries`) and bank
-/// row b0 + c (in the screened order), for c < tb and the queries of the 32-query `blocks` (each
-/// given by its first query).
+/// `dots[i * CHUNK + c]` = the product of query `computed[i]` of `q16` (from `shifted_queries`)
+/// and bank row b0 + c (in the screened order), for c < tb; `computed` as `computed_queries`
+/// gives it for these `tiles`.
 ///
 /// `q16`, the packed bank and `dots` are `TileBuf`s: every tile row then starts a cache line.
 fn chunk_products(
@@ -513,33 +525,34 @@ fn chunk_products(
     screen: &ScreenBank,
     b0: usize,
     tb: usize,
-    blocks: &[usize],
+    computed: &[usize],
     dots: &mut [f32],
 ) {
     let kcs = screen.kcs;
     let width = kcs * TILE_K;
     let tq_pad = q16.len() / width;
     assert!(tq_pad.is_multiple_of(BLOCK) && b0.is_multiple_of(BLOCK) && tb <= CHUNK && b0 + tb <= screen.norm.len());
-    assert!(dots.len() >= tq_pad * CHUNK);
-    for &qb in blocks {
-        assert!(qb.is_multiple_of(BLOCK) && qb < tq_pad);
+    assert!(computed.iter().all(|&q| q < tq_pad) && dots.len() >= computed.len().next_multiple_of(BLOCK) * CHUNK);
+    let per_call = if tiles.gathers() { GATHERED_ROWS } else { BLOCK };
+    for (call, queries) in computed.chunks(per_call).enumerate() {
+        let c = dots[call * per_call * CHUNK..].as_mut_ptr();
+        // Rows past the end of `computed` repeat its last query into rows of `dots` nobody reads.
+        let row = |r: usize| q16[queries[r.min(queries.len() - 1)] * width..].as_ptr();
         for bb in (0..tb).step_by(BLOCK) {
-            // SAFETY: rows qb..qb+32 of q16 (width bf16 each) exist as tq_pad is a multiple of
-            // 32; the packed bank holds whole 32-row blocks, so groups (b0+bb)/16 and the next
-            // one exist with kcs tiles each; dots rows qb..qb+32, columns
-            // bb..bb+32 lie within the tq_pad x CHUNK buffer as bb + 32 <= CHUNK.
+            let b = screen.packed[(b0 + bb) / TILE_ROWS * kcs * B_TILE_LEN..].as_ptr();
+            // SAFETY: every query row of q16 (width units each) exists (the assert), and on AMX a
+            // block's 32 consecutive rows too (`computed_queries`); the packed bank holds whole
+            // 32-row blocks, so groups (b0+bb)/16 and the next one exist with kcs tiles each;
+            // the rows of dots written, columns bb..bb+32, lie within it as bb + 32 <= CHUNK.
             unsafe {
-                let a = q16.as_ptr().add(qb * width);
-                tiles.block_32x32(
-                    a,
-                    a.add(TILE_ROWS * width),
-                    width * 2,
-                    &screen.steps,
-                    screen.packed.as_ptr().add((b0 + bb) / TILE_ROWS * kcs * B_TILE_LEN),
-                    kcs * B_TILE_LEN,
-                    dots.as_mut_ptr().add(qb * CHUNK + bb),
-                    CHUNK * 4,
-                );
+                if tiles.gathers() {
+                    let a = std::array::from_fn(row);
+                    tiles.rows_8x32(&a, &screen.steps, b, kcs * B_TILE_LEN, c.add(bb), CHUNK * 4);
+                } else {
+                    let a = row(0);
+                    let a1 = a.add(TILE_ROWS * width);
+                    tiles.block_32x32(a, a1, width * 2, &screen.steps, b, kcs * B_TILE_LEN, c.add(bb), CHUNK * 4);
+                }
             }
         }
     }
@@ -861,7 +874,8 @@ mod tests {
         let tiles = unsafe { Tiles::on(screen.engine) };
         let (q16, bounds) = shifted_queries(queries, screen, d);
         let mut dots = TileBuf::zeroed(BLOCK * CHUNK);
-        chunk_products(&tiles, &q16, screen, 0, CHUNK, &[0], &mut dots);
+        let computed = computed_queries(&tiles, bounds.len(), |_| true);
+        chunk_products(&tiles, &q16, screen, 0, CHUNK, &computed, &mut dots);
         let (q_sq, m_sq) = (squared_norms(queries, d), squared_norms(bank, d));
         // bf16's 2^-7, f32's 2^-24 d.
         let relative = match screen.rounded {
