@@ -51,18 +51,19 @@ fn split_by_direction(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
         return;
     }
     let row = |i: u32| &rows[i as usize * d..][..d];
+    // A few steps of power iteration on at most 512 rows of the group, centred on their own
+    // mean: a direction close to the group's widest is enough for tight halves, and the model's
+    // load time pays for every pass over the group (this leaves one, the split's).
+    let sample: Vec<u32> = ids.iter().step_by(ids.len().div_ceil(512)).copied().collect();
     let mut mean = vec![0f32; d];
-    for &i in ids.iter() {
+    for &i in &sample {
         for (m, &x) in mean.iter_mut().zip(row(i)) {
             *m += x;
         }
     }
-    mean.iter_mut().for_each(|m| *m /= ids.len() as f32);
+    mean.iter_mut().for_each(|m| *m /= sample.len() as f32);
     // (row - mean) . v, as row . v - mean . v: plain dot products, which vectorise.
     let centred = |i: u32, v: &[f32], mean_v: f32| dot(row(i), v) - mean_v;
-    // A few steps of power iteration on at most 512 rows of the group: a direction close to its
-    // widest is enough for tight halves, and the model's load time pays for every step.
-    let sample: Vec<u32> = ids.iter().step_by(ids.len().div_ceil(512)).copied().collect();
     let mut v: Vec<f32> = (0..d).map(|j| if j % 2 == 0 { 1.0 } else { -0.5 }).collect();
     for _ in 0..5 {
         // next = sum of p (row - mean) over the sample, p = (row - mean) . v.
@@ -84,9 +85,9 @@ fn split_by_direction(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
         }
         v = next.iter().map(|x| x / norm).collect();
     }
-    // Sequential within a group: the halves below run in parallel (`rayon::join`).
-    let mean_v = dot(&mean, &v);
-    let mut keyed: Vec<(f32, u32)> = ids.iter().map(|&i| (centred(i, &v, mean_v), i)).collect();
+    // Sequential within a group: the halves below run in parallel (`rayon::join`). By row . v:
+    // the order of (row - mean) . v, as the mean's term is the same for every row.
+    let mut keyed: Vec<(f32, u32)> = ids.iter().map(|&i| (dot(row(i), &v), i)).collect();
     keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     for (dst, (_, i)) in ids.iter_mut().zip(keyed) {
         *dst = i;
@@ -124,14 +125,13 @@ impl Balls {
         let (centres, radii): (Vec<Vec<f32>>, Vec<f32>) = order
             .par_chunks(chunk)
             .map(|group| {
-                let n = group.len() as f64;
-                let mut centre = vec![0f64; d];
+                let mut sum = vec![0f64; d];
                 for r in group.iter().map(row) {
-                    for (c, &x) in centre.iter_mut().zip(r) {
-                        *c += x as f64 / n;
+                    for (c, &x) in sum.iter_mut().zip(r) {
+                        *c += x as f64;
                     }
                 }
-                let centre: Vec<f32> = centre.iter().map(|&c| c as f32).collect();
+                let centre: Vec<f32> = sum.iter().map(|&c| (c / group.len() as f64) as f32).collect();
                 let radius = group
                     .iter()
                     .map(row)
