@@ -3,8 +3,9 @@
 //! stages call only the [`backend::Backend`] trait.
 
 //!
-//! Layers, lowest first (tests/layers.rs keeps them so): error, rng, resample -> io, tensor -> trace
-//! -> data -> backend, eval, convert -> backbone -> patchcore -> render -> cli, ffi.
+//! Layers, lowest first (tests/layers.rs keeps them so): error, rng, resample, wide -> io,
+//! tensor -> trace -> data -> backend, eval, convert -> backbone -> patchcore -> render -> cli,
+//! ffi.
 //!
 //! Features: `cli` (default: the command line, with `convert`, `synth`, `render` and `bundled`
 //! weights) and `cuda`. A host that only scores builds with `--no-default-features`.
@@ -27,6 +28,7 @@ pub mod resample;
 pub mod rng;
 pub mod tensor;
 pub mod trace;
+mod wide;
 
 pub use backend::AnyBackend;
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Lowest first. Modules of one layer are independent of each other.
 const LAYERS: &[&[&str]] = &[
-    &["error", "rng", "resample"],
+    &["error", "rng", "resample", "wide"],
     &["io", "tensor"],
     &["trace"],
     &["data"],

@@ -5,6 +5,7 @@ use crate::backend::checks::map_args;
 use crate::error::Result;
 use crate::resample::nearest_index;
 use crate::tensor::Tensor;
+use crate::wide::vectorised;
 use rayon::prelude::*;
 
 /// The normalised 1-D Gaussian: 2 * int(4 * sigma + 0.5) + 1 taps (33 for sigma = 4, as
@@ -37,29 +38,57 @@ pub fn anomaly_map(scores: &Tensor, out_h: usize, out_w: usize, sigma: f32) -> R
     // j of an axis is output position j - radius.
     let padded = |n: usize| -> Vec<usize> { (0..n as i64 + 2 * radius).map(|j| reflect(j - radius, n)).collect() };
     let (pad_y, pad_x) = (padded(out_h), padded(out_w));
-    let mut out = vec![0.0f32; b * out_h * out_w];
-    out.par_chunks_mut(out_h * out_w).zip(scores.data.par_chunks(h * w)).for_each(|(dst, grid)| {
-        // The horizontal pass, once per score row: the nearest upsample repeats each of the h rows
-        // out_h / h times, so those output rows are equal.
-        let mut rows = vec![0.0f32; h * out_w];
-        for (row, line) in rows.chunks_exact_mut(out_w).zip(grid.chunks_exact(w)) {
+    // The horizontal pass, once per score row: the nearest upsample repeats each of the h rows
+    // out_h / h times, so those output rows are equal.
+    let rows: Vec<f32> = scores
+        .data
+        .par_chunks(w)
+        .flat_map_iter(|line| {
             let source: Vec<f32> = pad_x.iter().map(|&x| line[nx[x]]).collect();
-            convolve(&taps, |t| &source[t..t + out_w], row);
-        }
-        // Taps outer and pixels inner: each pixel still sums its taps in order (the same bits as a
-        // per-pixel loop), and the inner loop runs over contiguous rows, which vectorises.
-        for (y, dst_row) in dst.chunks_exact_mut(out_w).enumerate() {
-            convolve(&taps, |t| &rows[ny[pad_y[y + t]] * out_w..][..out_w], dst_row);
-        }
+            let mut row = vec![0.0f32; out_w];
+            vectorised(
+                #[inline(always)]
+                || convolve(&taps, |t| &source[t..t + out_w], &mut row),
+            );
+            row
+        })
+        .collect();
+    // Taps outer and pixels inner: each pixel still sums its taps in order (the same bits as a
+    // per-pixel loop), and the inner loop runs over contiguous rows, which vectorises. Output
+    // rows in parallel, so that a single map uses every thread (batch 1: 0.29 ms on one).
+    let mut out = vec![0.0f32; b * out_h * out_w];
+    out.par_chunks_mut(out_w).enumerate().for_each(|(i, dst_row)| {
+        let (image, y) = (i / out_h, i % out_h);
+        let grid_rows = &rows[image * h * out_w..][..h * out_w];
+        vectorised(
+            #[inline(always)]
+            || convolve(&taps, |t| &grid_rows[ny[pad_y[y + t]] * out_w..][..out_w], dst_row),
+        );
     });
     Ok(Tensor::new(vec![b, out_h, out_w], out))
 }
 
-/// out[x] = sum over t, in order, of taps[t] * input(t)[x].
+/// out[x] = sum over t, in order, of taps[t] * input(t)[x]: whole blocks of `BLOCK` outputs with
+/// their sums in registers across the taps (a pass per tap over the whole row stored and
+/// reloaded them), then the rest of the row a tap at a time.
+#[inline(always)]
 fn convolve<'a>(taps: &[f32], input: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
-    out.fill(0.0);
+    const BLOCK: usize = 64;
+    let whole = out.len() / BLOCK * BLOCK;
+    let (blocks, rest) = out.split_at_mut(whole);
+    for (b, block) in blocks.chunks_exact_mut(BLOCK).enumerate() {
+        let mut sums = [0.0f32; BLOCK];
+        for (t, &k) in taps.iter().enumerate() {
+            let line: &[f32; BLOCK] = input(t)[b * BLOCK..][..BLOCK].try_into().expect("a whole block");
+            for (s, &v) in sums.iter_mut().zip(line) {
+                *s += k * v;
+            }
+        }
+        block.copy_from_slice(&sums);
+    }
+    rest.fill(0.0);
     for (t, &k) in taps.iter().enumerate() {
-        for (o, &v) in out.iter_mut().zip(input(t)) {
+        for (o, &v) in rest.iter_mut().zip(&input(t)[whole..]) {
             *o += k * v;
         }
     }

@@ -6,6 +6,7 @@ use crate::backend::checks::embed_args;
 use crate::error::Result;
 use crate::resample::Bilinear;
 use crate::tensor::Tensor;
+use crate::wide::vectorised;
 use rayon::prelude::*;
 
 /// 3x3 average pooling, stride 1, zero padding 1, padding counted in the divisor (always / 9,
@@ -13,30 +14,30 @@ use rayon::prelude::*;
 /// 0.0 row by row, left to right (the CUDA kernel's order: kernel_emulation.rs compares them bit
 /// for bit); inner columns add their three taps per row across the whole row at once, which
 /// vectorises and keeps every output's order.
+#[inline(always)]
 fn avg_pool3(plane: &[f32], h: usize, w: usize, out: &mut [f32]) {
-    let window = |y: usize, x: usize| {
-        let mut sum = 0.0f32;
-        for yy in y.saturating_sub(1)..(y + 2).min(h) {
-            for xx in x.saturating_sub(1)..(x + 2).min(w) {
-                sum += plane[yy * w + xx];
-            }
-        }
-        sum
-    };
+    // The edge columns' windows are clipped to two columns (one where w = 1): summed line by line
+    // beside the inner ones, in the same order.
+    let (left, right) = (0..w.min(2), w.saturating_sub(2)..w);
     let mut sums = vec![0.0f32; w];
     for (y, row_out) in out.chunks_exact_mut(w).enumerate() {
         sums.fill(0.0);
-        if w > 2 {
-            for line in plane[y.saturating_sub(1) * w..(y + 2).min(h) * w].chunks_exact(w) {
+        let (mut first, mut last) = (0.0f32, 0.0f32);
+        for line in plane[y.saturating_sub(1) * w..(y + 2).min(h) * w].chunks_exact(w) {
+            if w > 2 {
                 let (left, centre, right) = (&line[..w - 2], &line[1..w - 1], &line[2..]);
                 for (((s, &a), &b), &c) in sums[1..w - 1].iter_mut().zip(left).zip(centre).zip(right) {
                     *s = ((*s + a) + b) + c;
                 }
             }
+            first = line[left.clone()].iter().fold(first, |s, &v| s + v);
+            last = line[right.clone()].iter().fold(last, |s, &v| s + v);
         }
-        for (x, (o, &s)) in row_out.iter_mut().zip(&sums).enumerate() {
-            let sum = if x == 0 || x + 1 == w { window(y, x) } else { s };
-            *o = sum / 9.0;
+        (sums[0], sums[w - 1]) = (first, last);
+        // One division per output in a pass of its own, which vectorises (inside the loops above
+        // it took 2.5 ns an output).
+        for (o, &s) in row_out.iter_mut().zip(&sums) {
+            *o = s / 9.0;
         }
     }
 }
@@ -56,12 +57,17 @@ pub fn embed(layers: &[&Tensor]) -> Result<Tensor> {
         planes.par_chunks_mut(grid).zip(layer.data.par_chunks(h * w)).for_each_init(
             || vec![0.0f32; h * w],
             |pooled, (dst, plane)| {
-                if (h, w) == (gh, gw) {
-                    avg_pool3(plane, h, w, dst);
-                } else {
-                    avg_pool3(plane, h, w, pooled);
-                    resize.resize(pooled, dst);
-                }
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        if (h, w) == (gh, gw) {
+                            avg_pool3(plane, h, w, dst);
+                        } else {
+                            avg_pool3(plane, h, w, pooled);
+                            resize.resize(pooled, dst);
+                        }
+                    },
+                )
             },
         );
         // 16 rows at a time, each getting its c values in turn: the 16 rows' cache lines and the
