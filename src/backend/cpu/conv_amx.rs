@@ -138,26 +138,32 @@ impl PackedConv {
         let kcs = (k * row).div_ceil(TILE_K);
         let out_pad = s.out_channels.div_ceil(BLOCK) * BLOCK;
         let (width, segments) = (kcs * TILE_K, if f32 { 1 } else { 3 });
-        let (packed, _) = amx::pack_b(s.out_channels, out_pad / TILE_ROWS, segments * kcs, |o, depth| {
-            // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c). Nested loops: with
-            // three divisions a weight the packing was 21% of a one-image predict's samples
-            // (`perf`, the model's load), 15% without.
-            let weights = &conv.weight[o * c * taps..][..c * taps];
-            for ci in 0..c {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let (w, at) = (weights[(ci * k + ky) * k + kx], ky * row + (kx * c + ci) * units);
-                        if f32 {
-                            // Low half first, as an f32 lies in memory.
-                            (depth[at], depth[at + 1]) = (w.to_bits() as u16, (w.to_bits() >> 16) as u16);
-                        } else {
-                            let (hi, lo) = split(w);
-                            (depth[at], depth[width + at], depth[2 * width + at]) = (hi, lo, hi);
+        let (packed, _) = amx::pack_b(
+            s.out_channels,
+            out_pad / TILE_ROWS,
+            segments * kcs,
+            #[inline(always)]
+            |o, depth| {
+                // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c). Nested loops: with
+                // three divisions a weight the packing was 21% of a one-image predict's samples
+                // (`perf`, the model's load), 15% without.
+                let weights = &conv.weight[o * c * taps..][..c * taps];
+                for ci in 0..c {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (w, at) = (weights[(ci * k + ky) * k + kx], ky * row + (kx * c + ci) * units);
+                            if f32 {
+                                // Low half first, as an f32 lies in memory.
+                                (depth[at], depth[at + 1]) = (w.to_bits() as u16, (w.to_bits() >> 16) as u16);
+                            } else {
+                                let (hi, lo) = split(w);
+                                (depth[at], depth[width + at], depth[2 * width + at]) = (hi, lo, hi);
+                            }
                         }
                     }
                 }
-            }
-        });
+            },
+        );
         Some(PackedConv { packed, kcs, segments, out_pad, row })
     }
 

@@ -12,6 +12,7 @@
 //! experiment, docs/PERFORMANCE.md).
 
 use super::matmul::sgemm;
+use crate::wide::vectorised;
 use rayon::prelude::*;
 
 /// The order of the bank's rows that makes each run of `chunk` rows a tight group.
@@ -22,26 +23,14 @@ pub fn cluster_order(rows: &[f32], d: usize, chunk: usize) -> Vec<u32> {
 }
 
 /// Sorts `ids` (in place) so that its first part, a multiple of `chunk` rows, lies on one side of
-/// the group's principal direction, then does the same within each part. With AVX-512 where the
-/// CPU has it: the model's load spends most of the bank's preparation here (27-30 ms of 47-51 on
-/// the chip model with the SSE build).
+/// the group's principal direction, then does the same within each part. Compiled for the CPU's
+/// widest vectors (`wide`): the model's load spends most of the bank's preparation here (27-30 ms
+/// of 47-51 on the chip model with the SSE build).
 fn bisect(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F was detected.
-        return unsafe { bisect_avx512(rows, d, chunk, ids) };
-    }
-    split_by_direction(rows, d, chunk, ids)
-}
-
-/// `bisect`'s work compiled for AVX-512F (the same arithmetic, 16 lanes a vector).
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn bisect_avx512(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
-    split_by_direction(rows, d, chunk, ids)
+    vectorised(
+        #[inline(always)]
+        || split_by_direction(rows, d, chunk, ids),
+    )
 }
 
 /// One step of `bisect`: the split of `ids`, then `bisect` of each part in parallel.
@@ -87,7 +76,11 @@ fn split_by_direction(rows: &[f32], d: usize, chunk: usize, ids: &mut [u32]) {
     }
     // Sequential within a group: the halves below run in parallel (`rayon::join`). By row . v:
     // the order of (row - mean) . v, as the mean's term is the same for every row.
-    let mut keyed: Vec<(f32, u32)> = ids.iter().map(|&i| (dot(row(i), &v), i)).collect();
+    // A loop, not a collected map, which the compiler kept out of line (and so 4 lanes wide).
+    let mut keyed = Vec::with_capacity(ids.len());
+    for &i in ids.iter() {
+        keyed.push((dot(row(i), &v), i));
+    }
     keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     for (dst, (_, i)) in ids.iter_mut().zip(keyed) {
         *dst = i;
@@ -125,21 +118,26 @@ impl Balls {
         let (centres, radii): (Vec<Vec<f32>>, Vec<f32>) = order
             .par_chunks(chunk)
             .map(|group| {
-                let mut sum = vec![0f64; d];
-                for r in group.iter().map(row) {
-                    for (c, &x) in sum.iter_mut().zip(r) {
-                        *c += x as f64;
-                    }
-                }
-                let centre: Vec<f32> = sum.iter().map(|&c| (c / group.len() as f64) as f32).collect();
-                let radius = group
-                    .iter()
-                    .map(row)
-                    .map(|r| r.iter().zip(&centre).map(|(&x, &c)| (x as f64 - c as f64).powi(2)).sum::<f64>())
-                    .fold(0f64, f64::max)
-                    .sqrt();
-                // Rounded up: the f64 sum is within 1e-13 of itself, the cast within 2^-24.
-                (centre, (radius * (1.0 + 1e-6)) as f32)
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        let mut sum = vec![0f64; d];
+                        for r in group.iter().map(row) {
+                            for (c, &x) in sum.iter_mut().zip(r) {
+                                *c += x as f64;
+                            }
+                        }
+                        let centre: Vec<f32> = sum.iter().map(|&c| (c / group.len() as f64) as f32).collect();
+                        let radius = group
+                            .iter()
+                            .map(row)
+                            .map(|r| r.iter().zip(&centre).map(|(&x, &c)| (x as f64 - c as f64).powi(2)).sum::<f64>())
+                            .fold(0f64, f64::max)
+                            .sqrt();
+                        // Rounded up: the f64 sum is within 1e-13 of itself, the cast within 2^-24.
+                        (centre, (radius * (1.0 + 1e-6)) as f32)
+                    },
+                )
             })
             .unzip();
         let centres: Vec<f32> = centres.concat();
