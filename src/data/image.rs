@@ -33,7 +33,7 @@ fn decode_rgb(path: &Path) -> Result<RgbImage> {
         None => return Err(Error::image(path, "not a PNG or JPEG image (unrecognised content)")),
     }
     let decoded = reader.decode().map_err(|e| Error::image(path, format!("corrupt or truncated image: {e}")))?;
-    Ok(decoded.to_rgb8())
+    Ok(decoded.into_rgb8())
 }
 
 /// How an image becomes a normalised NCHW input: resize (antialiased bilinear, as
