@@ -96,7 +96,7 @@ fn knn() {
         let backend = CudaBackend::new(0, precision).expect("a GPU");
         // The seed's case: one image's 4,096 patches against a 13,107-row bank.
         let (q, bank) = (random(4096, 384, 1), random(13_107, 384, 2));
-        let (qd, bd) = (backend.upload(&q).unwrap(), backend.prepare_bank(&bank).unwrap());
+        let (qd, bd) = (backend.upload(&q).unwrap(), backend.prepare_bank(bank.clone()).unwrap());
         let t = median_seconds(20, || {
             backend.knn(&qd, &bd, 1).unwrap();
         });
@@ -104,7 +104,7 @@ fn knn() {
         row("knn k=1", precision, "4096 x 13107 x 384", t, &format!("{tflops:.1} TFLOP/s"), "< 0.1 ms (f16/tf32)");
         // WRN-50 at 256 px: 1,024 patches per image, batch 32, against a 10% bank of 1,536 dims.
         let (q, bank) = (random(32 * 1024, 1536, 3), random(21_401, 1536, 4));
-        let (qd, bd) = (backend.upload(&q).unwrap(), backend.prepare_bank(&bank).unwrap());
+        let (qd, bd) = (backend.upload(&q).unwrap(), backend.prepare_bank(bank.clone()).unwrap());
         let gemm = cublas_seconds(&backend, &q, &bank, precision);
         let shape = "32768 x 21401 x 1536";
         row(

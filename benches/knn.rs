@@ -65,7 +65,7 @@ fn predict_shape(c: &mut Criterion) {
     let net =
         Backbone::load(&backend, Architecture::Resnet18, ConvOrigin::Torchvision(&HashedWeights)).expect("weights");
     let bank_rows = embeddings(&net, &images(10, 20));
-    let bank = backend.prepare_bank(&bank_rows).expect("bank");
+    let bank = backend.prepare_bank(bank_rows.clone()).expect("bank");
     let [m, d] = [bank_rows.shape[0], bank_rows.shape[1]];
     let bank_norms = squared_norms(&bank_rows.data, d);
     for n_images in [1, 8] {
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
     let backend = CpuBackend::default();
     let queries = random(NQ, 1);
     let bank_rows = random(M, 2);
-    let bank = backend.prepare_bank(&bank_rows).expect("bank");
+    let bank = backend.prepare_bank(bank_rows.clone()).expect("bank");
     let mut full = vec![0f32; NQ * M];
 
     let mut g = c.benchmark_group(format!("knn_{NQ}x{M}x{D}"));

@@ -399,7 +399,7 @@ fn knn_matches_float64(case: Case) {
         })
         .collect();
     let b = &case.backend;
-    let (q, m) = (b.upload(&queries).unwrap(), b.prepare_bank(&bank).unwrap());
+    let (q, m) = (b.upload(&queries).unwrap(), b.prepare_bank(bank.clone()).unwrap());
     for k in [1, 9, 16] {
         let (dist, idx) = b.knn(&q, &m, k).unwrap();
         assert_eq!((dist.len(), idx.len()), (300 * k, 300 * k));
@@ -525,7 +525,7 @@ fn score_matches_the_cpu(case: Case) {
     }
     let want = CpuBackend::default().score(
         &embedding,
-        &CpuBackend::default().prepare_bank(&bank_rows).unwrap(),
+        &CpuBackend::default().prepare_bank(bank_rows.clone()).unwrap(),
         [h, w],
         9,
         [32, 48],
@@ -533,7 +533,7 @@ fn score_matches_the_cpu(case: Case) {
     );
     let want = want.unwrap();
     let b = &case.backend;
-    let (q, bank) = (b.upload(&embedding).unwrap(), b.prepare_bank(&bank_rows).unwrap());
+    let (q, bank) = (b.upload(&embedding).unwrap(), b.prepare_bank(bank_rows.clone()).unwrap());
     let got = b.score(&q, &bank, [h, w], 9, [32, 48], 4.0).unwrap();
     let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     check(&case, "score image scores", &got.scores, &wide(&want.scores), case.products);

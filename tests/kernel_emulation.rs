@@ -598,7 +598,7 @@ fn knn_matches_the_cpu_search_in_every_precision() {
         // A NaN distance never ranks: bank row 5 is never found, and query 7 finds nothing ((NaN, 0) slots).
         bank[5 * d + 3] = f32::NAN;
         q[7 * d] = f32::NAN;
-        let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+        let cpu_bank = CpuBackend::default().prepare_bank(tensor(&[m, d], bank.clone())).unwrap();
         for k in ks {
             let want = CpuBackend::default().knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
             for (p, tol) in PRECISIONS {
@@ -626,7 +626,7 @@ fn knn_breaks_exact_ties_as_the_cpu_in_every_precision() {
         for j in (0..m - 200).step_by(7) {
             bank.copy_within(j * d..(j + 1) * d, (j + 131) * d); // the same row in another split and list
         }
-        let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+        let cpu_bank = CpuBackend::default().prepare_bank(tensor(&[m, d], bank.clone())).unwrap();
         for k in [1, 16] {
             let want = CpuBackend::default().knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
             for (p, _) in PRECISIONS {
@@ -655,7 +655,7 @@ fn knn_merges_lists_and_splits_as_the_cpu_where_the_best_rows_crowd_one_list() {
         bank[row * d..(row + 1) * d].iter_mut().for_each(|v| *v = int_in(-1, 1));
     }
     bank.copy_within(5 * d..6 * d, 9 * d);
-    let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+    let cpu_bank = CpuBackend::default().prepare_bank(tensor(&[m, d], bank.clone())).unwrap();
     for (k, sms) in [(16, SMALL_GPU_SMS), (9, H200_SMS), (1, SMALL_GPU_SMS)] {
         let splits = knn_plan(nq, m, d, k, 4 * sms).unwrap().splits;
         assert!(splits > 1, "k={k}: the bank must split for this test, not {splits} way");
@@ -685,7 +685,7 @@ fn knn_leaves_the_slots_it_cannot_fill_as_the_cpu() {
     }
     bank.copy_within(64 * d..65 * d, 65 * d);
     bank.copy_within(3 * d..4 * d, 129 * d);
-    let cpu_bank = CpuBackend::default().prepare_bank(&tensor(&[m, d], bank.clone())).unwrap();
+    let cpu_bank = CpuBackend::default().prepare_bank(tensor(&[m, d], bank.clone())).unwrap();
     for k in [9, 16] {
         assert_eq!(knn_plan(nq, m, d, k, 4 * SMALL_GPU_SMS).unwrap().splits, m.div_ceil(KNN_TILE));
         let want = CpuBackend::default().knn(&tensor(&[nq, d], q.clone()), &cpu_bank, k).unwrap();
@@ -1043,7 +1043,7 @@ fn eq7_scores_match_the_cpu_where_the_weight_is_far_from_one() {
     let scaled = |n: usize, seed: u64| gaussian(n, seed).into_iter().map(|v| v / 16.0).collect::<Vec<f32>>();
     let embedding = tensor(&[images * per_image, d], scaled(images * per_image * d, 94));
     let bank_rows = tensor(&[m, d], scaled(m * d, 95));
-    let bank = CpuBackend::default().prepare_bank(&bank_rows).unwrap();
+    let bank = CpuBackend::default().prepare_bank(bank_rows.clone()).unwrap();
     let search = CpuBackend::default().knn(&embedding, &bank, 1).unwrap();
     let tops = top_patches(&search.0, per_image);
     let m_star: Vec<u32> = tops.iter().map(|&r| search.1[r as usize]).collect();

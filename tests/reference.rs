@@ -66,7 +66,7 @@ fn scores_and_maps_match_anomalib() {
         };
         let queries = scaled("embedding", &[192, 384]);
         let bank_rows = scaled("bank", &[288, 384]);
-        let bank = CpuBackend::default().prepare_bank(&bank_rows).unwrap();
+        let bank = CpuBackend::default().prepare_bank(bank_rows.clone()).unwrap();
         let (dist, _) = CpuBackend::default().knn(&queries, &bank, 1).unwrap();
         let want_scores: Vec<f32> = tensor(&fx, "patch_scores", &[2, 8, 12]).iter().map(|v| v * scale).collect();
         assert_close("patch scores", &dist, &want_scores, TOL);

@@ -2,7 +2,7 @@
 //! `AnyBackend` instead of being generic, and its tensors remember which device they live on.
 //! Without the `cuda` feature the CUDA variants are uninhabited and cost nothing.
 
-use super::{Backend, BatchScores, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Link, Precision};
+use super::{Backend, BatchScores, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, HostRows, Link, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -30,6 +30,15 @@ pub enum AnyConv {
 pub enum AnyBank {
     Cpu(<CpuBackend as Backend>::Bank),
     Cuda(<CudaBackend as Backend>::Bank),
+}
+
+impl HostRows for AnyBank {
+    fn host_rows(&self) -> &Tensor {
+        match self {
+            AnyBank::Cpu(bank) => bank.host_rows(),
+            AnyBank::Cuda(bank) => bank.host_rows(),
+        }
+    }
 }
 
 impl AnyBackend {
@@ -228,7 +237,7 @@ impl Backend for AnyBackend {
         }
     }
 
-    fn prepare_bank(&self, rows: &Tensor) -> Result<AnyBank> {
+    fn prepare_bank(&self, rows: Tensor) -> Result<AnyBank> {
         match self {
             AnyBackend::Cpu(b) => b.prepare_bank(rows).map(AnyBank::Cpu),
             AnyBackend::Cuda(b) => b.prepare_bank(rows).map(AnyBank::Cuda),

@@ -7,7 +7,7 @@
 //! operand read and each result written once (what a roofline calls its minimum), so GB/s
 //! from them is a lower bound on the memory traffic achieved.
 
-use super::{Backend, BatchScores, ConvSpec, ConvWeights};
+use super::{Backend, BatchScores, ConvSpec, ConvWeights, HostRows};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -146,11 +146,18 @@ fn unsupported(op: &str) -> Error {
     Error::invalid_backend_input(format!("FlopCounter counts convolutions only; `{op}` is not modelled"))
 }
 
+/// The flop counter's bank is its rows.
+impl HostRows for Tensor {
+    fn host_rows(&self) -> &Tensor {
+        self
+    }
+}
+
 impl Backend for FlopCounter {
     /// Just the shape.
     type Tensor = Vec<usize>;
     type Conv = ConvWeights;
-    type Bank = ();
+    type Bank = Tensor;
 
     fn describe(&self) -> String {
         "flop counter".into()
@@ -188,17 +195,17 @@ impl Backend for FlopCounter {
     fn embed(&self, _: &[&Vec<usize>]) -> Result<Vec<usize>> {
         Err(unsupported("embed"))
     }
-    /// Nothing to prepare: the counter's bank is `()`, so that a model file loads on it.
-    fn prepare_bank(&self, _: &Tensor) -> Result<()> {
-        Ok(())
+    /// Nothing to prepare: the counter's bank is its rows, so that a model file loads on it.
+    fn prepare_bank(&self, rows: Tensor) -> Result<Tensor> {
+        Ok(rows)
     }
-    fn knn(&self, _: &Vec<usize>, _: &(), _: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+    fn knn(&self, _: &Vec<usize>, _: &Tensor, _: usize) -> Result<(Vec<f32>, Vec<u32>)> {
         Err(unsupported("knn"))
     }
     fn coreset(&self, _: &Vec<usize>, _: usize, _: usize) -> Result<Vec<u32>> {
         Err(unsupported("coreset"))
     }
-    fn score(&self, _: &Vec<usize>, _: &(), _: [usize; 2], _: usize, _: [usize; 2], _: f32) -> Result<BatchScores> {
+    fn score(&self, _: &Vec<usize>, _: &Tensor, _: [usize; 2], _: usize, _: [usize; 2], _: f32) -> Result<BatchScores> {
         Err(unsupported("score"))
     }
     fn anomaly_map(&self, _: &Tensor, _: usize, _: usize, _: f32) -> Result<Tensor> {

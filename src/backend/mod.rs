@@ -81,6 +81,14 @@ pub struct ConvWeights {
     pub bias: Vec<f32>,
 }
 
+/// The host rows a memory bank was prepared from, in selection order (what a model file holds).
+/// The CPU's bank searches them; the CUDA bank keeps them beside its device copy. Before the bank
+/// kept them, the model kept a copy of its own: the CPU held the rows twice (15 MiB for
+/// ResNet-18's 10,240 x 384 bank) and copied them at every load.
+pub trait HostRows {
+    fn host_rows(&self) -> &Tensor;
+}
+
 /// What [`Backend::score`] returns for a batch, per image.
 #[derive(Clone, Debug)]
 pub struct BatchScores {
@@ -99,8 +107,9 @@ pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
     /// A prepared convolution (weights on the device, algorithm chosen).
     type Conv: Send + Sync;
-    /// A prepared memory bank (rows and their squared norms on the device).
-    type Bank: Send + Sync;
+    /// A prepared memory bank (rows and their squared norms on the device), which keeps the host
+    /// rows it was made from.
+    type Bank: Send + Sync + HostRows;
 
     /// A short description for logs: "cpu (2 threads)".
     fn describe(&self) -> String;
@@ -139,7 +148,9 @@ pub trait Backend: Send + Sync {
     /// first map's grid, and the channels are concatenated into rows ordered (image, y, x).
     fn embed(&self, layers: &[&Self::Tensor]) -> Result<Self::Tensor>;
 
-    fn prepare_bank(&self, rows: &Tensor) -> Result<Self::Bank>;
+    /// The bank the kNN searches, from its rows (m x d, in selection order), which it keeps
+    /// (`HostRows`): the model's one copy on the host.
+    fn prepare_bank(&self, rows: Tensor) -> Result<Self::Bank>;
     /// For each query row, the `k` nearest bank rows (true L2, ascending; ties to the lower
     /// index): (distances, indices), each rows x k.
     fn knn(&self, queries: &Self::Tensor, bank: &Self::Bank, k: usize) -> Result<(Vec<f32>, Vec<u32>)>;

@@ -8,7 +8,7 @@ pub mod model_file;
 pub mod projection;
 
 use crate::backbone::{Architecture, Backbone};
-use crate::backend::{flops, traced, Backend};
+use crate::backend::{flops, traced, Backend, HostRows};
 use crate::data::dataset::Sample;
 use crate::data::image::{load_rgb, Preprocess};
 use crate::error::{Error, Result};
@@ -116,7 +116,6 @@ pub struct Prediction {
 pub struct PatchCore<B: Backend> {
     backend: B,
     backbone: Backbone<B>,
-    bank_rows: Tensor,
     bank: B::Bank,
     meta: ModelMeta,
 }
@@ -223,17 +222,17 @@ impl<B: Backend> PatchCore<B> {
         };
         let mut model = match val {
             Some(samples) => {
-                let (bank_rows, bank) = memory_bank(&backend, &all, options, "coreset", progress)?;
-                let mut model = PatchCore { backend, backbone, bank_rows, bank, meta };
+                let bank = memory_bank(&backend, &all, options, "coreset", progress)?;
+                let mut model = PatchCore { backend, backbone, bank, meta };
                 model.thresholds_from_labelled(samples, options.batch, progress)?;
                 model
             }
             None => {
                 let held = held_out(train.len(), options.seed);
                 let fold_rows = image_rows(&all, grid[0] * grid[1], |i| !held[i] || held.iter().all(|&h| h))?;
-                let (bank_rows, bank) = memory_bank(&backend, &fold_rows, options, "fold coreset", progress)?;
+                let bank = memory_bank(&backend, &fold_rows, options, "fold coreset", progress)?;
                 drop(fold_rows);
-                let mut model = PatchCore { backend, backbone, bank_rows, bank, meta };
+                let mut model = PatchCore { backend, backbone, bank, meta };
                 let samples: Vec<Sample> = train
                     .iter()
                     .zip(&held)
@@ -253,11 +252,11 @@ impl<B: Backend> PatchCore<B> {
                     samples.len(),
                     train.len()
                 );
-                (model.bank_rows, model.bank) = memory_bank(&model.backend, &all, options, "coreset", progress)?;
+                model.bank = memory_bank(&model.backend, &all, options, "coreset", progress)?;
                 model
             }
         };
-        model.meta.bank_rows = model.bank_rows.shape[0];
+        model.meta.bank_rows = model.bank_rows().shape[0];
         Ok(model)
     }
 
@@ -338,18 +337,18 @@ impl<B: Backend> PatchCore<B> {
 
     /// The memory bank rows on the host, in selection order.
     pub fn bank_rows(&self) -> &Tensor {
-        &self.bank_rows
+        self.bank.host_rows()
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        model_file::save(path, &self.meta, &self.bank_rows, self.backbone.folded())
+        model_file::save(path, &self.meta, self.bank_rows(), self.backbone.folded())
     }
 
     pub fn load(backend: B, path: &Path) -> Result<Self> {
         trace::init_from_env();
         let _span = trace::span("load");
-        let (meta, backbone, bank_rows, bank) = model_file::load(&backend, path)?;
-        Ok(PatchCore { backend, backbone, bank_rows, bank, meta })
+        let (meta, backbone, bank) = model_file::load(&backend, path)?;
+        Ok(PatchCore { backend, backbone, bank, meta })
     }
 }
 
@@ -385,14 +384,14 @@ fn image_rows(all: &Tensor, per_image: usize, keep: impl Fn(usize) -> bool) -> R
     all.gather_rows(&rows)
 }
 
-/// The coreset of `rows` (host copy in selection order) and the backend's bank built from it.
+/// The backend's bank built from the coreset of `rows` (its host rows in selection order).
 fn memory_bank<B: Backend>(
     backend: &B,
     rows: &Tensor,
     options: &FitOptions,
     stage: &str,
     progress: Progress<'_>,
-) -> Result<(Tensor, B::Bank)> {
+) -> Result<B::Bank> {
     progress(stage, 0, 1);
     let selected = coreset::select(backend, rows, options.ratio, options.seed)?;
     progress(stage, 1, 1);
@@ -406,9 +405,7 @@ fn memory_bank<B: Backend>(
             ),
         ));
     }
-    let bank_rows = rows.gather_rows(&selected)?;
-    let bank = backend.prepare_bank(&bank_rows)?;
-    Ok((bank_rows, bank))
+    backend.prepare_bank(rows.gather_rows(&selected)?)
 }
 
 /// A raw anomaly map (input side x side) brought back over the original `width x height`

@@ -88,13 +88,14 @@ pub fn read_meta(file: &SafetensorsFile, path: &Path) -> Result<ModelMeta> {
     Ok(meta)
 }
 
-/// The model file's meta, backbone, memory bank rows and the bank prepared for the backend. The
-/// bank is read and prepared (the CPU's screening form: its clustering and packing) as a task of
-/// the thread pool while the backbone loads: the load 87-98 -> 62-70 ms (`PATCHCORE_TRACE`, the
-/// chip model, one image's predict, five runs each). The backbone loads on the caller's thread (`in_place_scope`), as
-/// before, where a GPU backend made its cuDNN handles; the bank's upload goes through cudarc's
-/// calls, which bind the context to whichever thread runs them.
-pub fn load<B: Backend>(backend: &B, path: &Path) -> Result<(ModelMeta, Backbone<B>, Tensor, B::Bank)> {
+/// The model file's meta, backbone and memory bank, prepared for the backend (the bank keeps
+/// its rows). The bank is read and prepared (the CPU's screening form: its clustering and
+/// packing) as a task of the thread pool while the backbone loads: the load 87-98 -> 62-70 ms
+/// (`PATCHCORE_TRACE`, the chip model, one image's predict, five runs each). The backbone loads
+/// on the caller's thread (`in_place_scope`), as before, where a GPU backend made its cuDNN
+/// handles; the bank's upload goes through cudarc's calls, which bind the context to whichever
+/// thread runs them.
+pub fn load<B: Backend>(backend: &B, path: &Path) -> Result<(ModelMeta, Backbone<B>, B::Bank)> {
     let file = SafetensorsFile::open(path)?;
     let meta = read_meta(&file, path)?;
     let mut bank = None;
@@ -106,14 +107,11 @@ pub fn load<B: Backend>(backend: &B, path: &Path) -> Result<(ModelMeta, Backbone
     // The backbone's error first, as it comes first in the file's story (a model of another
     // architecture is missing its convolutions before its bank has the wrong width).
     let backbone = backbone?;
-    let (rows, prepared) = bank?;
-    Ok((meta, backbone, rows, prepared))
+    Ok((meta, backbone, bank?))
 }
 
-/// The model file's memory bank rows, and the bank prepared for `backend`.
-fn read_bank<B: Backend>(backend: &B, file: &SafetensorsFile, meta: &ModelMeta) -> Result<(Tensor, B::Bank)> {
+/// The model file's memory bank, prepared for `backend` (which keeps its rows).
+fn read_bank<B: Backend>(backend: &B, file: &SafetensorsFile, meta: &ModelMeta) -> Result<B::Bank> {
     let shape = vec![meta.bank_rows, meta.embedding_dim];
-    let rows = Tensor::new(shape.clone(), file.tensor(BANK, &shape)?);
-    let prepared = backend.prepare_bank(&rows)?;
-    Ok((rows, prepared))
+    backend.prepare_bank(Tensor::new(shape.clone(), file.tensor(BANK, &shape)?))
 }

@@ -161,7 +161,7 @@ pub fn synthetic_category(root: &std::path::Path, size: u32, n_train: usize, n_t
 /// coreset covers its input.
 pub fn covering_radius(rows: &patchcore::Tensor, selected: &[u32]) -> f32 {
     use patchcore::backend::{Backend, CpuBackend};
-    let bank = CpuBackend::default().prepare_bank(&rows.gather_rows(selected).unwrap()).unwrap();
+    let bank = CpuBackend::default().prepare_bank(rows.gather_rows(selected).unwrap()).unwrap();
     let (dist, _) = CpuBackend::default().knn(rows, &bank, 1).unwrap();
     dist.into_iter().fold(0.0, f32::max)
 }

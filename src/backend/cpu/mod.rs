@@ -24,7 +24,7 @@ pub use matmul::sgemm;
 pub use score::{reweighted_score, top_patches};
 
 use super::checks::{coreset_args, knn_args, preprocess_args, score_args};
-use super::{conv2d_by_links, Backend, BatchScores, ConvWeights, Link, Precision};
+use super::{conv2d_by_links, Backend, BatchScores, ConvWeights, HostRows, Link, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -99,6 +99,12 @@ pub struct CpuBank {
     screen: Option<ScreenBank>,
 }
 
+impl HostRows for CpuBank {
+    fn host_rows(&self) -> &Tensor {
+        &self.rows
+    }
+}
+
 impl Backend for CpuBackend {
     type Tensor = Tensor;
     type Conv = CpuConv;
@@ -166,11 +172,11 @@ impl Backend for CpuBackend {
         embed::embed(layers)
     }
 
-    fn prepare_bank(&self, rows: &Tensor) -> Result<CpuBank> {
+    fn prepare_bank(&self, rows: Tensor) -> Result<CpuBank> {
         let [_, d] = rows.dims2()?;
         let sq_norms = squared_norms(&rows.data, d);
         let screen = ScreenBank::new(&rows.data, d).ok();
-        Ok(CpuBank { sq_norms, screen, rows: rows.clone() })
+        Ok(CpuBank { sq_norms, screen, rows })
     }
 
     fn knn(&self, queries: &Tensor, bank: &CpuBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {

@@ -17,7 +17,7 @@ use crate::backend::checks::{
 };
 use crate::backend::cpu::gaussian_taps;
 use crate::backend::cpu::{bound_tolerance, distance_eps, prune_factor, Subspace, PROJ};
-use crate::backend::{flops, traced, Activation, Backend, BatchScores, ConvSpec, ConvWeights, Precision};
+use crate::backend::{flops, traced, Activation, Backend, BatchScores, ConvSpec, ConvWeights, HostRows, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::{dims, Tensor};
@@ -57,6 +57,8 @@ pub struct CudaConv {
 /// the reweighting is exact f32 and only the searches are f16. That is 4 bytes a bank value more
 /// than the f16 rows alone (131 MB for a 21,401 x 1,536 bank), which a GPU that holds the model has.
 pub struct CudaBank {
+    /// The rows on the host, as `prepare_bank` got them (`HostRows`).
+    host: Tensor,
     rows: usize,
     dims: usize,
     f32_rows: CudaSlice<f32>,
@@ -720,6 +722,12 @@ impl CudaBackend {
     }
 }
 
+impl HostRows for CudaBank {
+    fn host_rows(&self) -> &Tensor {
+        &self.host
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Conv = CudaConv;
@@ -842,7 +850,7 @@ impl Backend for CudaBackend {
         Ok(CudaTensor { shape: vec![b * gh * gw, width], data: rows })
     }
 
-    fn prepare_bank(&self, rows: &Tensor) -> Result<CudaBank> {
+    fn prepare_bank(&self, rows: Tensor) -> Result<CudaBank> {
         let [m, d] = rows.dims2()?;
         fits_i32("bank", &[m * d])?;
         // Norms and f16 rows come from the same kernels as the queries', so both sides of a
@@ -853,7 +861,7 @@ impl Backend for CudaBackend {
             Precision::F16 => Some(self.to_f16(&f32_rows)?),
             _ => None,
         };
-        Ok(CudaBank { rows: m, dims: d, f32_rows, f16_rows, norms })
+        Ok(CudaBank { host: rows, rows: m, dims: d, f32_rows, f16_rows, norms })
     }
 
     fn knn(&self, queries: &CudaTensor, bank: &CudaBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {

@@ -3,7 +3,7 @@
 
 use super::{GpuPeak, TransferCounts};
 use crate::backend::Precision;
-use crate::backend::{Backend, BatchScores, ConvWeights};
+use crate::backend::{Backend, BatchScores, ConvWeights, HostRows};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -47,6 +47,12 @@ impl CudaBackend {
     }
 }
 
+impl HostRows for Infallible {
+    fn host_rows(&self) -> &Tensor {
+        match *self {}
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = Infallible;
     type Conv = Infallible;
@@ -82,7 +88,7 @@ impl Backend for CudaBackend {
     fn embed(&self, _: &[&Infallible]) -> Result<Infallible> {
         match *self {}
     }
-    fn prepare_bank(&self, _: &Tensor) -> Result<Infallible> {
+    fn prepare_bank(&self, _: Tensor) -> Result<Infallible> {
         match *self {}
     }
     fn knn(&self, _: &Infallible, _: &Infallible, _: usize) -> Result<(Vec<f32>, Vec<u32>)> {
