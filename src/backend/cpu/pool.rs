@@ -61,8 +61,9 @@ pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Res
 /// largest of columns 2o..2o + 3), 16 at a time where the CPU has AVX-512F: the even, odd and
 /// next even columns of 32 taken apart by permutes, where the compiler left the strided reads
 /// scalar (ResNet's stem pooling at 256 px, with `wide::vectorised` too: predict's max_pool 0.41
-/// -> 0.23-0.27 ms an image). Returns how many it wrote; the caller does the rest. The column maxima are never NaN (each folds from -inf, and
-/// f32::max skips NaN), so VMAXPS gives f32::max's values.
+/// -> 0.23-0.27 ms an image). Returns how many it wrote; the caller does the rest. The column
+/// maxima are never NaN (each folds from -inf, and f32::max skips NaN), so VMAXPS gives
+/// f32::max's values.
 fn max3_stride2(columns: &[f32], row: &mut [f32]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
