@@ -29,7 +29,7 @@
 //!   values, as EfficientNet's 3-channel stem) it reads the next pixels against zero weights, so
 //!   an infinite or NaN input reaches a few more outputs than im2col's would.
 
-use super::amx::{self, split, Engine, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
+use super::amx::{self, split, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::conv::{finish, Geometry};
 #[cfg(target_arch = "x86_64")]
 use super::transpose::transpose16;
@@ -106,16 +106,16 @@ impl Arithmetic {
     }
 }
 
-/// A convolution's weights as the tiles' B operand: per group of 16 output channels, three
-/// segments [hi | lo | hi] (one of f32 values for `F32`) of `kcs` packed tiles each over the
-/// depth ky * row + (kx * channels + c) * units (channels-last, as the A rows are),
-/// zero-padded to whole tiles and to a multiple of 32 output channels. `Bf16` reads the first
-/// segment only.
+/// A convolution's weights as the tiles' B operand for one `Arithmetic`: per group of 16 output
+/// channels, `Arithmetic::segments` segments ([hi | lo | hi] for `Split`, [hi] for `Bf16`, the
+/// f32 values for `F32`) of `kcs` packed tiles each over the depth ky * row + (kx * channels + c)
+/// * units (channels-last, as the A rows are), zero-padded to whole tiles and to a multiple of 32
+/// output channels.
 pub struct PackedConv {
     packed: TileBuf<u16>,
     kcs: usize,
-    /// Segments packed: 3, or 1 for `F32`.
-    segments: usize,
+    /// What the weights were packed for, which the input must be staged in.
+    arithmetic: Arithmetic,
     out_pad: usize,
     /// The depth of one kernel row: `kernel * channels`, or a whole tile's 32 where that holds
     /// more than one row (the stem's 7 x 3), so that `Job::by_taps` can read each kernel row's
@@ -124,8 +124,7 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// The packed form of `conv` for `arithmetic` (`Split` and `Bf16` share theirs), or `None`
-    /// where the tile path does not apply: the CPU lacks the arithmetic, a grouped convolution,
+    /// The packed form of `conv` for `arithmetic`, or `None` where the tile path does not apply: the CPU lacks the arithmetic, a grouped convolution,
     /// or bf16 of weights that are not finite or beyond `amx::suitable`'s limit.
     pub fn new(conv: &ConvWeights, arithmetic: Arithmetic) -> Option<PackedConv> {
         let s = &conv.spec;
@@ -137,11 +136,11 @@ impl PackedConv {
         let row = if k * c * units < TILE_K { TILE_K } else { k * c * units };
         let kcs = (k * row).div_ceil(TILE_K);
         let out_pad = s.out_channels.div_ceil(BLOCK) * BLOCK;
-        let (width, segments) = (kcs * TILE_K, if f32 { 1 } else { 3 });
+        let (width, hi_lo) = (kcs * TILE_K, arithmetic == Arithmetic::Split);
         let (packed, _) = amx::pack_b(
             s.out_channels,
             out_pad / TILE_ROWS,
-            segments * kcs,
+            arithmetic.segments() * kcs,
             #[inline(always)]
             |o, depth| {
                 // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c). Nested loops: with
@@ -155,21 +154,23 @@ impl PackedConv {
                             if f32 {
                                 // Low half first, as an f32 lies in memory.
                                 (depth[at], depth[at + 1]) = (w.to_bits() as u16, (w.to_bits() >> 16) as u16);
-                            } else {
+                            } else if hi_lo {
                                 let (hi, lo) = split(w);
                                 (depth[at], depth[width + at], depth[2 * width + at]) = (hi, lo, hi);
+                            } else {
+                                depth[at] = to_bf16(w);
                             }
                         }
                     }
                 }
             },
         );
-        Some(PackedConv { packed, kcs, segments, out_pad, row })
+        Some(PackedConv { packed, kcs, arithmetic, out_pad, row })
     }
 
     /// bf16 values from one group of 16 output channels to the next.
     fn group_len(&self) -> usize {
-        self.segments * self.kcs * B_TILE_LEN
+        self.arithmetic.segments() * self.kcs * B_TILE_LEN
     }
 }
 
@@ -261,6 +262,8 @@ enum Out<'a> {
 
 impl Job<'_> {
     fn run(&self) {
+        // The products read `segments` of each packed group, and the steps index them.
+        assert_eq!(self.input.layout.arithmetic, self.packed.arithmetic, "Job: input staged for other weights");
         if self.packed.row.is_multiple_of(TILE_K) {
             self.by_taps();
         } else {
