@@ -108,9 +108,9 @@ impl Arithmetic {
 
 /// A convolution's weights as the tiles' B operand for one `Arithmetic`: per group of 16 output
 /// channels, `Arithmetic::segments` segments ([hi | lo | hi] for `Split`, [hi] for `Bf16`, the
-/// f32 values for `F32`) of `kcs` packed tiles each over the depth ky * row + (kx * channels + c)
-/// * units (channels-last, as the A rows are), zero-padded to whole tiles and to a multiple of 32
-/// output channels.
+/// f32 values for `F32`) of `kcs` packed tiles each over the depth
+/// ky * row + (kx * channels + c) * units (channels-last, as the A rows are), zero-padded to
+/// whole tiles and to a multiple of 32 output channels.
 pub struct PackedConv {
     packed: TileBuf<u16>,
     kcs: usize,
