@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{synthetic_category, synthetic_image, write_f32_safetensors, TempDir};
-use patchcore::backbone::weights::{HashedWeights, SafetensorsFile, WeightSource};
+use common::{rewrite_model, synthetic_category, synthetic_image, TempDir};
+use patchcore::backbone::weights::HashedWeights;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::CpuBackend;
 use patchcore::data::dataset::list_training_images;
@@ -378,19 +378,7 @@ fn load_refusals_name_the_file_and_the_fix() {
 
     // A model file of another format version.
     let newer = dir.path().join("v2.patchcore");
-    let file = SafetensorsFile::open(&path).unwrap();
-    let mut meta = file.metadata().unwrap();
-    let mut json: serde_json::Value = serde_json::from_str(&meta["patchcore"]).unwrap();
-    json["format_version"] = 2.into();
-    meta.insert("patchcore".into(), json.to_string());
-    let parsed = file.parse().unwrap();
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = parsed
-        .names()
-        .into_iter()
-        .map(|n| (n.to_string(), parsed.tensor(n).unwrap().shape().to_vec()))
-        .map(|(n, shape)| (n.clone(), shape.clone(), file.tensor(&n, &shape).unwrap()))
-        .collect();
-    write_f32_safetensors(&newer, &tensors, Some(meta));
+    rewrite_model(&path, &newer, |json| json["format_version"] = 2.into(), |_| {});
     expect(load(&newer, c"cpu", &mut out), PATCHCORE_MODEL, "model format version 2, but this build reads version 1");
     assert!(out.is_null());
 

@@ -2,13 +2,14 @@
 
 mod common;
 
-use common::{synthetic_category, write_f32_safetensors, TempDir};
+use common::{rewrite_model, synthetic_category, write_f32_safetensors, TempDir};
 use patchcore::backbone::weights::{HashedWeights, SafetensorsFile, WeightSource};
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
 use patchcore::backend::CpuBackend;
 use patchcore::data::dataset::list_training_images;
 use patchcore::data::image::load_rgb;
 use patchcore::patchcore::{FitOptions, PatchCore};
+use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -58,22 +59,8 @@ fn fit_without_val_keeps_every_training_image_in_the_bank() {
 }
 
 /// Rewrites a model file with its metadata JSON edited by `edit`.
-fn rewrite_meta(path: &Path, out: &Path, edit: impl Fn(&mut serde_json::Value)) {
-    let file = SafetensorsFile::open(path).unwrap();
-    let mut meta = file.metadata().unwrap();
-    let mut json: serde_json::Value = serde_json::from_str(&meta["patchcore"]).unwrap();
-    edit(&mut json);
-    meta.insert("patchcore".into(), json.to_string());
-    let parsed = file.parse().unwrap();
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = parsed
-        .names()
-        .into_iter()
-        .map(|n| {
-            let view = parsed.tensor(n).unwrap();
-            (n.to_string(), view.shape().to_vec(), file.tensor(n, view.shape()).unwrap())
-        })
-        .collect();
-    write_f32_safetensors(out, &tensors, Some(meta));
+fn rewrite_meta(path: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    rewrite_model(path, out, edit, |_| {});
 }
 
 #[test]
@@ -123,6 +110,65 @@ fn model_file_round_trip_and_refusals() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty());
+}
+
+/// The file keeps the bank's cluster order (found when it is written, so that a load need not):
+/// a file without one (written before it) and one in another order load and score the same; an
+/// order that is not one of the bank's rows, or not U32, is refused, naming the file and tensor.
+#[test]
+fn the_banks_cluster_order_is_optional_and_checked() {
+    const ORDER: &str = "memory_bank.cluster_order";
+    let dir = TempDir::new("bank-order");
+    let model = fit_small(&dir.path().join("cat"));
+    let path = dir.path().join("m.patchcore");
+    model.save(&path).unwrap();
+    let m = model.meta().bank_rows;
+    let saved = SafetensorsFile::open(&path).unwrap().u32_values(ORDER, m).unwrap().expect("written");
+    let mut sorted = saved.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..m as u32).collect::<Vec<_>>(), "each row once");
+
+    // The model file with its order replaced by `order` (f32 values where `f32`), or removed.
+    let with_order = |name: &str, order: Option<Vec<u32>>, f32: bool| {
+        let out = dir.path().join(name);
+        rewrite_model(
+            &path,
+            &out,
+            |_| {},
+            |tensors| {
+                tensors.retain(|t| t.0 != ORDER);
+                if let Some(order) = order {
+                    let (dtype, bytes) = match f32 {
+                        true => (Dtype::F32, order.iter().flat_map(|&i| (i as f32).to_le_bytes()).collect()),
+                        false => (Dtype::U32, order.iter().flat_map(|i| i.to_le_bytes()).collect()),
+                    };
+                    tensors.push((ORDER.into(), dtype, vec![order.len()], bytes));
+                }
+            },
+        );
+        out
+    };
+    let img = load_rgb(&dir.path().join("cat/test/square/000.png")).unwrap();
+    let want = model.predict(std::slice::from_ref(&img)).unwrap().remove(0);
+    let reversed: Vec<u32> = (0..m as u32).rev().collect();
+    for (name, order) in [("none.patchcore", None), ("reversed.patchcore", Some(reversed.clone()))] {
+        let loaded = PatchCore::load(CpuBackend::default(), &with_order(name, order, false)).unwrap();
+        let got = loaded.predict(std::slice::from_ref(&img)).unwrap().remove(0);
+        assert_eq!((got.score, &got.map), (want.score, &want.map), "{name}");
+    }
+
+    let err = |p: &Path| PatchCore::load(CpuBackend::default(), p).err().expect("refused").to_string();
+    let mut twice = reversed.clone();
+    twice[m - 1] = twice[0];
+    let e = err(&with_order("twice.patchcore", Some(twice), false));
+    assert!(
+        e.contains("twice.patchcore") && e.contains(ORDER) && e.contains(&format!("row {} comes twice", m - 1)),
+        "{e}"
+    );
+    let e = err(&with_order("short.patchcore", Some(reversed[1..].to_vec()), false));
+    assert!(e.contains(ORDER) && e.contains(&format!("expected U32 of shape [{m}]")), "{e}");
+    let e = err(&with_order("f32.patchcore", Some(reversed), true));
+    assert!(e.contains(ORDER) && e.contains("F32"), "{e}");
 }
 
 /// Every resnet18 tensor, from the hashed weights, to be spoiled one way at a time.

@@ -72,6 +72,19 @@ impl SafetensorsFile {
             .map_err(|e| Error::model(&self.path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))
     }
 
+    /// The U32 tensor `name` of `len` values, or `None` where the file has no tensor of that name.
+    pub fn u32_values(&self, name: &str, len: usize) -> Result<Option<Vec<u32>>> {
+        let file = self.parse()?;
+        let Ok(view) = file.tensor(name) else {
+            return Ok(None);
+        };
+        if view.dtype() != Dtype::U32 || view.shape() != [len] {
+            let found = format!("{:?} of shape {:?}", view.dtype(), view.shape());
+            return Err(Error::weights(&self.path, name, format!("{found}, expected U32 of shape [{len}]")));
+        }
+        Ok(Some(view.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+    }
+
     /// The JSON metadata map of the header, if any.
     pub fn metadata(&self) -> Result<std::collections::HashMap<String, String>> {
         let (_, meta) = SafeTensors::read_metadata(&self.map).map_err(|e| {

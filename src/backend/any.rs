@@ -2,6 +2,7 @@
 //! `AnyBackend` instead of being generic, and its tensors remember which device they live on.
 //! Without the `cuda` feature the CUDA variants are uninhabited and cost nothing.
 
+use super::cpu::ClusterOrder;
 use super::{Backend, BatchScores, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, HostRows, Link, Precision};
 use crate::data::image::Preprocess;
 use crate::error::{Error, Result};
@@ -241,6 +242,13 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Cpu(b) => b.prepare_bank(rows).map(AnyBank::Cpu),
             AnyBackend::Cuda(b) => b.prepare_bank(rows).map(AnyBank::Cuda),
+        }
+    }
+
+    fn prepare_clustered_bank(&self, rows: Tensor, order: ClusterOrder) -> Result<AnyBank> {
+        match self {
+            AnyBackend::Cpu(b) => b.prepare_clustered_bank(rows, order).map(AnyBank::Cpu),
+            AnyBackend::Cuda(b) => b.prepare_clustered_bank(rows, order).map(AnyBank::Cuda),
         }
     }
 

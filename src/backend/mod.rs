@@ -151,6 +151,11 @@ pub trait Backend: Send + Sync {
     /// The bank the kNN searches, from its rows (m x d, in selection order), which it keeps
     /// (`HostRows`): the model's one copy on the host.
     fn prepare_bank(&self, rows: Tensor) -> Result<Self::Bank>;
+    /// `prepare_bank`, given an order of the rows that clusters them (the model file's), which a
+    /// backend that searches the bank by clusters (the CPU) takes instead of finding its own.
+    fn prepare_clustered_bank(&self, rows: Tensor, _order: cpu::ClusterOrder) -> Result<Self::Bank> {
+        self.prepare_bank(rows)
+    }
     /// For each query row, the `k` nearest bank rows (true L2, ascending; ties to the lower
     /// index): (distances, indices), each rows x k.
     fn knn(&self, queries: &Self::Tensor, bank: &Self::Bank, k: usize) -> Result<(Vec<f32>, Vec<u32>)>;

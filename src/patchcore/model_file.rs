@@ -5,6 +5,7 @@
 use super::{ModelMeta, FORMAT_VERSION};
 use crate::backbone::weights::{SafetensorsFile, WeightSource};
 use crate::backbone::{Backbone, ConvOrigin};
+use crate::backend::cpu::ClusterOrder;
 use crate::backend::{Backend, ConvWeights};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
@@ -16,24 +17,33 @@ use std::path::Path;
 
 const META_KEY: &str = "patchcore";
 const BANK: &str = "memory_bank";
+/// The bank's `ClusterOrder` (U32, one entry a row): optional, as files written before it have
+/// none, and readers that do not know it ignore it.
+const BANK_ORDER: &str = "memory_bank.cluster_order";
 const BACKBONE_PREFIX: &str = "backbone.";
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// Writes the model, with the bank's `ClusterOrder` found here, once, for every load to reuse.
 pub fn save(path: &Path, meta: &ModelMeta, bank: &Tensor, convs: &[(String, ConvWeights)]) -> Result<()> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
-        vec![(BANK.into(), bank.shape.clone(), f32_bytes(&bank.data))];
+    let [m, d] = bank.dims2()?;
+    let order = ClusterOrder::of(&bank.data, d);
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        (BANK.into(), Dtype::F32, bank.shape.clone(), f32_bytes(&bank.data)),
+        (BANK_ORDER.into(), Dtype::U32, vec![m], order.as_slice().iter().flat_map(|i| i.to_le_bytes()).collect()),
+    ];
     for (name, conv) in convs {
         let prefix = format!("{BACKBONE_PREFIX}{name}");
-        tensors.push((format!("{prefix}.weight"), conv.spec.weight_shape().to_vec(), f32_bytes(&conv.weight)));
-        tensors.push((format!("{prefix}.bias"), vec![conv.spec.out_channels], f32_bytes(&conv.bias)));
+        let weight = f32_bytes(&conv.weight);
+        tensors.push((format!("{prefix}.weight"), Dtype::F32, conv.spec.weight_shape().to_vec(), weight));
+        tensors.push((format!("{prefix}.bias"), Dtype::F32, vec![conv.spec.out_channels], f32_bytes(&conv.bias)));
     }
     let views = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| Error::model(path, format!("cannot encode tensor {name}: {e}")))
         })
@@ -110,8 +120,18 @@ pub fn load<B: Backend>(backend: &B, path: &Path) -> Result<(ModelMeta, Backbone
     Ok((meta, backbone, bank?))
 }
 
-/// The model file's memory bank, prepared for `backend` (which keeps its rows).
+/// The model file's memory bank, prepared for `backend` (which keeps its rows) in the file's
+/// cluster order where it has one.
 fn read_bank<B: Backend>(backend: &B, file: &SafetensorsFile, meta: &ModelMeta) -> Result<B::Bank> {
     let shape = vec![meta.bank_rows, meta.embedding_dim];
-    backend.prepare_bank(Tensor::new(shape.clone(), file.tensor(BANK, &shape)?))
+    let rows = Tensor::new(shape.clone(), file.tensor(BANK, &shape)?);
+    match file.u32_values(BANK_ORDER, meta.bank_rows)? {
+        None => backend.prepare_bank(rows),
+        Some(order) => {
+            let order = ClusterOrder::new(order, meta.bank_rows).map_err(|e| {
+                Error::weights(file.origin(), BANK_ORDER, format!("not an order of the bank's rows: {e}"))
+            })?;
+            backend.prepare_clustered_bank(rows, order)
+        }
+    }
 }

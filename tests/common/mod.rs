@@ -114,6 +114,32 @@ pub fn write_f32_safetensors(
     std::fs::write(path, safetensors::serialize(views, metadata).unwrap()).unwrap();
 }
 
+/// A safetensors file's tensors as stored, (name, dtype, shape, bytes), in the file's order.
+pub type RawTensors = Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Rewrites a model file with its `patchcore` metadata JSON edited by `edit_meta` and its
+/// tensors (any dtype, bytes as stored) by `edit_tensors`.
+pub fn rewrite_model(
+    path: &std::path::Path,
+    out: &std::path::Path,
+    edit_meta: impl FnOnce(&mut serde_json::Value),
+    edit_tensors: impl FnOnce(&mut RawTensors),
+) {
+    let file = SafetensorsFile::open(path).unwrap();
+    let mut meta = file.metadata().unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&meta["patchcore"]).unwrap();
+    edit_meta(&mut json);
+    meta.insert("patchcore".into(), json.to_string());
+    let parsed = file.parse().unwrap();
+    let mut tensors: RawTensors =
+        parsed.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    edit_tensors(&mut tensors);
+    let views = tensors.iter().map(|(n, dtype, shape, bytes)| {
+        (n.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).unwrap())
+    });
+    std::fs::write(out, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
 /// A textured good image (or a defective one: a bright square at a seeded place), `size`
 /// pixels square, and the defect's mask.
 pub fn synthetic_image(size: u32, seed: u64, defect: bool) -> (image::RgbImage, image::GrayImage) {

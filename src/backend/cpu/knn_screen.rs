@@ -31,7 +31,7 @@
 
 use super::amx::{self, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN, GATHERED_ROWS, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
-use super::knn_chunks::{cluster_order, Balls};
+use super::knn_chunks::{Balls, ClusterOrder};
 use rayon::prelude::*;
 
 /// Most queries per parallel task (`task_queries`), and the queries of one lower-bound product:
@@ -42,7 +42,7 @@ const TILE_Q: usize = 256;
 /// and the TILE_Q x CHUNK estimates (128 KiB) stay in L2. With three-pass split products,
 /// predict's search at batch 8 took 412 ms with chunks of 256 rows, 373 ms with 128 and 380 ms
 /// with 64 (tighter balls against more bounds and passes).
-const CHUNK: usize = 128;
+pub(super) const CHUNK: usize = 128;
 /// Rows and columns of one `Tiles::block_32x32`.
 const BLOCK: usize = 2 * TILE_ROWS;
 /// Estimates the fold tests at once (vectorised) before looking at single rows.
@@ -234,15 +234,20 @@ unsafe fn shifted_avx512(row: &[f32], shift: &[f32], rounded: Rounded, out: &mut
 }
 
 impl ScreenBank {
-    /// The screening form of `rows` (m x d), rounded as `Rounded::here`, or why there is none:
-    /// no AVX-512F here, or values that are not finite or too large for the bound (the f32
-    /// search takes those).
-    pub fn new(rows: &[f32], d: usize) -> Result<ScreenBank, &'static str> {
-        ScreenBank::rounded(rows, d, Rounded::here()?)
+    /// The screening form of `rows` (m x d) in `order` (found here if `None`), rounded as
+    /// `Rounded::here`, or why there is none: no AVX-512F here, or values that are not finite or
+    /// too large for the bound (the f32 search takes those).
+    pub fn new(rows: &[f32], d: usize, order: Option<ClusterOrder>) -> Result<ScreenBank, &'static str> {
+        ScreenBank::rounded(rows, d, order, Rounded::here()?)
     }
 
-    /// The screening form of `rows` with its values `rounded`, or why there is none.
-    fn rounded(rows: &[f32], d: usize, rounded: Rounded) -> Result<ScreenBank, &'static str> {
+    /// The screening form of `rows` in `order` with its values `rounded`, or why there is none.
+    fn rounded(
+        rows: &[f32],
+        d: usize,
+        order: Option<ClusterOrder>,
+        rounded: Rounded,
+    ) -> Result<ScreenBank, &'static str> {
         let engine = rounded.engine()?;
         if !amx::suitable(rows) {
             return Err("the bank holds values that are not finite or beyond 1e15");
@@ -250,7 +255,8 @@ impl ScreenBank {
         let m = rows.len() / d;
         let kcs = (d * rounded.units()).div_ceil(TILE_K);
         let shift = mean_row(rows, d);
-        let order = cluster_order(rows, d, CHUNK);
+        let order = order.unwrap_or_else(|| ClusterOrder::of(rows, d)).0;
+        assert_eq!(order.len(), m, "ScreenBank: the order is of another bank");
         // Row i of the screened order.
         let row = |i: usize| &rows[order[i] as usize * d..][..d];
         let groups = m.div_ceil(BLOCK) * BLOCK / TILE_ROWS;
@@ -744,7 +750,7 @@ mod tests {
         [Rounded::Bf16, Rounded::F32]
             .into_iter()
             .filter_map(|rounded| {
-                ScreenBank::rounded(bank, d, rounded)
+                ScreenBank::rounded(bank, d, None, rounded)
                     .inspect_err(|reason| eprintln!("{rounded:?} screening skipped: {reason}"))
                     .ok()
             })
@@ -848,6 +854,33 @@ mod tests {
             assert_eq!(idx, [1, 3, 4, 6], "{:?}", screen.rounded);
             assert!(dist.iter().all(|&x| x < 1e-2), "{dist:?}");
             check_screen(&base, &bank, &screen, d, 7);
+        }
+    }
+
+    /// The search is exact in any order of the rows, not only the one it finds (a model file's
+    /// `ClusterOrder` is taken as it is): here the reverse, in which no chunk is a tight ball,
+    /// and ties still go to the lower bank index.
+    #[test]
+    fn any_order_of_the_rows_stays_exact() {
+        let d = 40;
+        let mut bank = embedding_like(700, d, 12);
+        // Rows 10 and 600 are the same vector; the first query is that vector.
+        bank.copy_within(10 * d..11 * d, 600 * d);
+        let mut queries = bank[10 * d..11 * d].to_vec();
+        queries.extend(embedding_like(50, d, 13));
+        let reversed = ClusterOrder::new((0..700).rev().collect(), 700).expect("a permutation");
+        for rounded in [Rounded::Bf16, Rounded::F32] {
+            let screen = match ScreenBank::rounded(&bank, d, Some(reversed.clone()), rounded) {
+                Ok(screen) => screen,
+                Err(reason) => {
+                    eprintln!("{rounded:?} screening skipped: {reason}");
+                    continue;
+                }
+            };
+            assert_eq!(screen.order, reversed.as_slice(), "{rounded:?}: the order given");
+            let (_, idx) = knn_screened(&queries[..d], &bank, &screen, d, 2).expect("finite");
+            assert_eq!(idx, [10, 600], "{rounded:?}");
+            check_screen(&queries, &bank, &screen, d, 9);
         }
     }
 
@@ -986,7 +1019,7 @@ mod tests {
                 queries[5] = bad;
                 assert!(knn_screened(&queries, &bank, &screen, d, 2).is_none(), "{bad}");
             }
-            assert!(ScreenBank::rounded(&huge, d, screen.rounded).is_err());
+            assert!(ScreenBank::rounded(&huge, d, None, screen.rounded).is_err());
         }
     }
 }

@@ -20,6 +20,7 @@ pub use amx::unavailable_reason as bf16_unavailable;
 pub use blur::gaussian_taps;
 pub use coreset::{bound_tolerance, distance_eps, l2_distance, prune_factor, Subspace, PROJ};
 pub use knn::{knn_topk, squared_norms};
+pub use knn_chunks::ClusterOrder;
 pub use matmul::sgemm;
 pub use score::{reweighted_score, top_patches};
 
@@ -105,6 +106,14 @@ impl HostRows for CpuBank {
     }
 }
 
+/// The bank of `rows`, screened in `order` (found if `None`).
+fn bank(rows: Tensor, order: Option<ClusterOrder>) -> Result<CpuBank> {
+    let [_, d] = rows.dims2()?;
+    let sq_norms = squared_norms(&rows.data, d);
+    let screen = ScreenBank::new(&rows.data, d, order).ok();
+    Ok(CpuBank { sq_norms, screen, rows })
+}
+
 impl Backend for CpuBackend {
     type Tensor = Tensor;
     type Conv = CpuConv;
@@ -173,10 +182,16 @@ impl Backend for CpuBackend {
     }
 
     fn prepare_bank(&self, rows: Tensor) -> Result<CpuBank> {
-        let [_, d] = rows.dims2()?;
-        let sq_norms = squared_norms(&rows.data, d);
-        let screen = ScreenBank::new(&rows.data, d).ok();
-        Ok(CpuBank { sq_norms, screen, rows })
+        bank(rows, None)
+    }
+
+    fn prepare_clustered_bank(&self, rows: Tensor, order: ClusterOrder) -> Result<CpuBank> {
+        let [m, _] = rows.dims2()?;
+        if order.as_slice().len() != m {
+            let n = order.as_slice().len();
+            return Err(Error::invalid_backend_input(format!("prepare_clustered_bank: an order of {n} rows for {m}")));
+        }
+        bank(rows, Some(order))
     }
 
     fn knn(&self, queries: &Tensor, bank: &CpuBank, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
