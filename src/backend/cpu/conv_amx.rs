@@ -124,8 +124,9 @@ pub struct PackedConv {
 }
 
 impl PackedConv {
-    /// The packed form of `conv` for `arithmetic`, or `None` where the tile path does not apply: the CPU lacks the arithmetic, a grouped convolution,
-    /// or bf16 of weights that are not finite or beyond `amx::suitable`'s limit.
+    /// The packed form of `conv` for `arithmetic`, or `None` where the tile path does not apply:
+    /// the CPU lacks the arithmetic, a grouped convolution, or bf16 of weights that are not
+    /// finite or beyond `amx::suitable`'s limit.
     pub fn new(conv: &ConvWeights, arithmetic: Arithmetic) -> Option<PackedConv> {
         let s = &conv.spec;
         let f32 = arithmetic == Arithmetic::F32;
@@ -143,30 +144,37 @@ impl PackedConv {
             arithmetic.segments() * kcs,
             #[inline(always)]
             |o, depth| {
-                // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c): each tap's c
-                // weights, every `taps`th, are written as one run. Runs, not a loop over the
-                // weights in their order writing each to its place: the packing's CPU time in a
-                // one-image predict of the chip model (`perf`) 12.0 -> 4.5 ms in bf16, 23.9 ->
-                // 18.1 ms in the split arithmetic.
+                // PyTorch's order is (c, ky, kx); the A rows' is (ky, kx, c): the channel's
+                // weights are transposed to (ky, kx, c) first, so that each tap's c weights are
+                // converted and written as one run, which vectorises. The packing's CPU time in a
+                // one-image predict of the chip model (`perf`, median of four alternating runs),
+                // writing each weight to its place in PyTorch's order / in runs reading every
+                // `taps`th weight / transposed first: 14 / 7.1 / 5.9 ms in bf16, 21 / 14.5 / 10.5
+                // ms in the split arithmetic.
                 let weights = &conv.weight[o * c * taps..][..c * taps];
+                let mut by_tap = vec![0f32; c * taps];
+                for (ci, kernel) in weights.chunks_exact(taps).enumerate() {
+                    for (tap, &w) in kernel.iter().enumerate() {
+                        by_tap[tap * c + ci] = w;
+                    }
+                }
                 let (hi, rest) = depth.split_at_mut(width);
                 let (lo, hi_again) = rest.split_at_mut(if hi_lo { width } else { 0 });
-                for tap in 0..taps {
+                for (tap, run) in by_tap.chunks_exact(c).enumerate() {
                     let at = tap / k * row + tap % k * c * units;
-                    let column = weights[tap..].iter().step_by(taps);
                     if f32 {
-                        for (value, &w) in hi[at..][..2 * c].chunks_exact_mut(2).zip(column) {
+                        for (value, &w) in hi[at..][..2 * c].chunks_exact_mut(2).zip(run) {
                             // Low half first, as an f32 lies in memory.
                             (value[0], value[1]) = (w.to_bits() as u16, (w.to_bits() >> 16) as u16);
                         }
                     } else if hi_lo {
                         let runs = hi[at..][..c].iter_mut().zip(&mut lo[at..][..c]).zip(&mut hi_again[at..][..c]);
-                        for (((h, l), h2), &w) in runs.zip(column) {
+                        for (((h, l), h2), &w) in runs.zip(run) {
                             (*h, *l) = split(w);
                             *h2 = *h;
                         }
                     } else {
-                        for (h, &w) in hi[at..][..c].iter_mut().zip(column) {
+                        for (h, &w) in hi[at..][..c].iter_mut().zip(run) {
                             *h = to_bf16(w);
                         }
                     }
