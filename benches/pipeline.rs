@@ -1,6 +1,7 @@
 //! Backbone forward, embedding and predict end to end on the CPU backend, with the hashed
 //! test weights (the numbers do not depend on the weight values), and what tracing costs
-//! (`-- trace`: predict with it off and on, and one span while it is off). Run:
+//! (`-- trace`: predict with it off and on, and one span while it is off), and the model file's
+//! load (`-- load`). Run:
 //! `cargo bench --bench pipeline` (add a name to run one: `-- forward`); with
 //! `PATCHCORE_BF16_PRODUCTS=off` (or `avx512`) a CPU with AMX runs what one without it runs.
 
@@ -72,7 +73,7 @@ fn main() {
             println!("embed resnet18 {side}px: {:.2} ms/image", t * 1e3);
         }
     }
-    if wanted("predict") || wanted("trace") {
+    if wanted("predict") || wanted("trace") || wanted("load") {
         predict_end_to_end();
     }
 }
@@ -173,6 +174,22 @@ fn predict_end_to_end() {
         tracing_cost(&images[..8], |batch| {
             model.predict(batch).unwrap();
         });
+    }
+    if wanted("load") {
+        // The model file's load in each arithmetic: what a CLI run or a C host pays before its
+        // first image (the file in the page cache, as after the first run).
+        let path = dir.join("model.patchcore");
+        model.save(&path).unwrap();
+        for (name, backend) in arithmetics() {
+            let t = median_seconds(10, || {
+                PatchCore::load(backend.clone(), &path).unwrap();
+            });
+            println!(
+                "load resnet18 model ({} bank rows), {name} convolutions: {:.1} ms",
+                model.meta().bank_rows,
+                t * 1e3
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
