@@ -165,6 +165,12 @@ fn bad_inputs_fail_with_the_file_named_and_exit_code_1() {
         assert!(stderr(&o).contains(needle), "expected `{needle}` in: {}", stderr(&o));
     };
     expect_error(fit(&[]), "no PNG or JPEG images");
+    // A folder to score without images (its images in subfolders, say) is an error too.
+    std::fs::create_dir_all(train.join("sub")).unwrap();
+    for command in ["predict", "profile"] {
+        let o = patchcore(&[command, "--model", s(&weights), s(&train)]);
+        expect_error(o, &format!("{}: no PNG or JPEG images in this folder (subfolders", s(&train)));
+    }
     expect_error(fit(&["--ratio", "0"]), "--ratio");
     expect_error(fit(&["--ratio", "1.5"]), "--ratio");
     // Malformed arguments are usage errors: clap's exit code 2.

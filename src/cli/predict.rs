@@ -21,12 +21,19 @@ pub struct Args {
     pub trace: TraceArgs,
 }
 
-/// Every image named or inside a named folder, in the given order (folders sorted).
+/// Every image named or inside a named folder, in the given order (folders sorted). A named
+/// folder without images is an error, not nothing to score: a category's `test` folder, whose
+/// images lie in subfolders, would otherwise pass silently.
 pub(super) fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut images = Vec::new();
     for input in inputs {
         if input.is_dir() {
-            images.extend(list_images(input)?);
+            let found = list_images(input)?;
+            if found.is_empty() {
+                let reason = "no PNG or JPEG images in this folder (subfolders are not searched: name them)";
+                return Err(Error::dataset(input, reason));
+            }
+            images.extend(found);
         } else {
             images.push(input.clone());
         }
@@ -37,8 +44,8 @@ pub(super) fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// An image that fails to decode is reported on its own JSON line and the rest are still
 /// scored; the exit status is then non-zero.
 pub fn run(args: Args) -> Result<()> {
-    let model = args.model.load()?;
     let paths = expand(&args.inputs)?;
+    let model = args.model.load()?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
