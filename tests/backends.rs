@@ -14,7 +14,7 @@ mod common;
 use common::{clustered, covering_radius, rel_err, TempDir};
 use patchcore::backbone::weights::SafetensorsFile;
 use patchcore::backbone::{Architecture, Backbone, ConvOrigin};
-use patchcore::backend::cpu::l2_distance;
+use patchcore::backend::cpu::{l2_distance, ClusterOrder};
 use patchcore::backend::{
     Activation, AnyBackend, Backend, ConvSpec, ConvWeights, CpuBackend, CudaBackend, DeviceChoice, Padding, Precision,
 };
@@ -416,6 +416,17 @@ fn knn_matches_float64(case: Case) {
         check(&case, &format!("knn k={k} indices"), &dist, &of_returned, case.products);
     }
     assert!(b.knn(&q, &m, 0).is_err() && b.knn(&q, &m, 1001).is_err());
+
+    // Given the rows' cluster order (the model file's), or any other order of them, the same
+    // answers; an order of another bank is refused.
+    let reversed = ClusterOrder::new((0..1000).rev().collect(), 1000).unwrap();
+    for order in [ClusterOrder::of(&bank.data, 72), reversed] {
+        let m = b.prepare_clustered_bank(bank.clone(), order).unwrap();
+        assert_eq!(b.knn(&q, &m, 9).unwrap(), b.knn(&q, &b.prepare_bank(bank.clone()).unwrap(), 9).unwrap());
+    }
+    let other = ClusterOrder::new((0..999).collect(), 999).unwrap();
+    let e = b.prepare_clustered_bank(bank.clone(), other).err().expect("refused").to_string();
+    assert!(e.contains("a cluster order of 999 rows for a bank of 1000"), "{e}");
 }
 
 // ---- coreset ----------------------------------------------------------------------------

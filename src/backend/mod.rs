@@ -153,7 +153,9 @@ pub trait Backend: Send + Sync {
     fn prepare_bank(&self, rows: Tensor) -> Result<Self::Bank>;
     /// `prepare_bank`, given an order of the rows that clusters them (the model file's), which a
     /// backend that searches the bank by clusters (the CPU) takes instead of finding its own.
-    fn prepare_clustered_bank(&self, rows: Tensor, _order: cpu::ClusterOrder) -> Result<Self::Bank> {
+    /// An order of another number of rows is an error.
+    fn prepare_clustered_bank(&self, rows: Tensor, order: cpu::ClusterOrder) -> Result<Self::Bank> {
+        order.check(&rows)?;
         self.prepare_bank(rows)
     }
     /// For each query row, the `k` nearest bank rows (true L2, ascending; ties to the lower

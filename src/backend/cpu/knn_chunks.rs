@@ -13,6 +13,8 @@
 
 use super::knn_screen::CHUNK;
 use super::matmul::sgemm;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use crate::wide::vectorised;
 use rayon::prelude::*;
 
@@ -48,6 +50,15 @@ impl ClusterOrder {
     /// Row i of the order is the bank's row `as_slice()[i]`.
     pub fn as_slice(&self) -> &[u32] {
         &self.0
+    }
+
+    /// Whether this is an order of `rows` (m x d): of m rows, not another bank's.
+    pub fn check(&self, rows: &Tensor) -> Result<()> {
+        let ([m, _], n) = (rows.dims2()?, self.0.len());
+        match n == m {
+            true => Ok(()),
+            false => Err(Error::invalid_backend_input(format!("a cluster order of {n} rows for a bank of {m}"))),
+        }
     }
 }
 

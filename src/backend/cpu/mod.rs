@@ -186,11 +186,7 @@ impl Backend for CpuBackend {
     }
 
     fn prepare_clustered_bank(&self, rows: Tensor, order: ClusterOrder) -> Result<CpuBank> {
-        let [m, _] = rows.dims2()?;
-        if order.as_slice().len() != m {
-            let n = order.as_slice().len();
-            return Err(Error::invalid_backend_input(format!("prepare_clustered_bank: an order of {n} rows for {m}")));
-        }
+        order.check(&rows)?;
         bank(rows, Some(order))
     }
 
