@@ -11,7 +11,7 @@
 #   4. a generated category (`patchcore synth`), a model fitted on it (`patchcore fit`, the
 #      bundled backbone at 64 px), then every test image scored by `patchcore predict` and by
 #      the C program, dynamic and static: paths, labels and scores must agree;
-#   5. the C program's failures: a missing model, an unreadable image;
+#   5. the C program's failures: a missing model, an unreadable image, a folder without images;
 #   6. under valgrind, when installed: no invalid memory access and no definite leak.
 #
 # Tools: cargo, gcc, g++, make, awk; pkg-config and valgrind are used when present. cbindgen
@@ -153,7 +153,12 @@ if "$WORK/bin/score" "$MODEL" "$WORK/broken.png" "$DATA/test/good/000.png" >"$WO
 fi
 grep -q '"error"' "$WORK/mixed.jsonl" && grep -q '"score"' "$WORK/mixed.jsonl" ||
     fail "expected one error line and one scored line: $(cat "$WORK/mixed.jsonl")"
-echo "a missing model and an unreadable image are reported, exit status 1"
+if "$WORK/bin/score" "$MODEL" "$DATA/test" >"$WORK/empty.jsonl"; then
+    fail "a folder without images (its images in subfolders) exited 0"
+fi
+grep -q "no PNG or JPEG images in this folder" "$WORK/empty.jsonl" && grep -q "$DATA/test" "$WORK/empty.jsonl" ||
+    fail "the error does not name the folder: $(cat "$WORK/empty.jsonl")"
+echo "a missing model, an unreadable image and a folder without images are reported, exit status 1"
 
 step "valgrind"
 if command -v valgrind >/dev/null; then

@@ -130,6 +130,12 @@ static int score_folder(const PatchcoreModel *model, const char *folder) {
         names[count++] = name;
     }
     closedir(dir);
+    if (count == 0) {
+        /* As `patchcore predict`: a folder to score without images is an error, not nothing. */
+        print_error(folder, "no PNG or JPEG images in this folder (subfolders are not searched: name them)");
+        free(names);
+        return 1;
+    }
     qsort(names, count, sizeof *names, compare_names);
     int failures = 0;
     for (size_t i = 0; i < count; i++) {
