@@ -418,37 +418,79 @@ impl Tiles {
         let _ = (a0, a1, a_stride, b, b_group, c, c_stride);
     }
 
-    /// Whether `rows_8x32` runs here: on the register engines, not on AMX, whose tile loads read
-    /// a tile's rows at one stride.
-    pub fn gathers(&self) -> bool {
-        self.engine != Engine::Amx
-    }
-
-    /// `block_32x32`'s products for `GATHERED_ROWS` rows of A that lie anywhere: row r's steps
-    /// read from `a[r]` plus each step's A offset; C is 8 rows of 32 f32, `c_stride` bytes apart.
-    /// For a few rows of a block wanted (the kNN's queries that a chunk's ball does not rule
-    /// out), where a whole block would mostly compute products nobody reads.
+    /// `block_32x32`'s products for rows of A that lie anywhere (row i's steps read from `a[i]`
+    /// plus each step's A offset, `row_len` units from `a[i]` at most), each with `cols` columns
+    /// of B (a multiple of 32: `cols / 16` tile groups, `b_group` units apart): C row i, at `c`
+    /// plus i `c_stride` bytes, gets row `a[i]`'s `cols` products. For a few rows of a block
+    /// wanted (the kNN's queries that a chunk's ball does not rule out), where whole blocks
+    /// would mostly compute products nobody reads.
+    ///
+    /// The register engines read the rows in place, `REGISTER_ROWS` at a time. AMX's tile loads
+    /// read 16 rows at one stride, so there the rows are first copied side by side into
+    /// `scratch`, then multiplied 32 at a time and a last 16 (`amx_16x32`); a row costs 768
+    /// bytes of copying against 128 x 384 products for a chunk of the kNN's. C rows from
+    /// `a.len()` up to the next multiple of 32 are written with products nobody reads (on AMX of
+    /// what `scratch` held there).
     ///
     /// # Safety
-    /// `gathers()`, `steps` is not empty, and every row, tile and C row named is valid memory as
-    /// in `block_32x32`.
-    pub unsafe fn rows_8x32(
+    /// `steps` is not empty, every row, tile and C row named is valid memory as in `block_32x32`,
+    /// and C holds `a.len()` rounded up to 32 rows.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gathered(
         &self,
-        a: &[*const u16; GATHERED_ROWS],
+        a: &[*const u16],
+        row_len: usize,
         steps: &[[usize; 2]],
         b: *const u16,
         b_group: usize,
+        cols: usize,
         c: *mut f32,
         c_stride: usize,
+        scratch: &mut TileBuf<u16>,
     ) {
-        assert!(self.gathers() && !steps.is_empty(), "rows_8x32: on AMX, or no steps");
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller guarantees the regions; `self` proves the engine is usable.
-        unsafe {
-            self.registers(RegisterRows { a: |r| a[r], steps, b, b_group, c, c_stride })
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (a, b, b_group, c, c_stride);
+        assert!(!steps.is_empty() && cols.is_multiple_of(2 * TILE_ROWS), "gathered: no steps, or {cols} columns");
+        assert!(steps.iter().all(|&[sa, _]| sa + 2 * TILE_K <= 2 * row_len), "gathered: a step reads past a row");
+        let blocks = (0..cols).step_by(2 * TILE_ROWS).map(|col| (b.wrapping_add(col / TILE_ROWS * b_group), col));
+        if self.engine != Engine::Amx {
+            for (i, rows) in a.chunks(REGISTER_ROWS).enumerate() {
+                // Rows past the end of `a` repeat its last one.
+                let rows: [*const u16; REGISTER_ROWS] = std::array::from_fn(|r| rows[r.min(rows.len() - 1)]);
+                for (b, col) in blocks.clone() {
+                    // SAFETY: the caller's contract for these 8 rows and 32 columns.
+                    let c = unsafe { c.byte_add(i * REGISTER_ROWS * c_stride).add(col) };
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above; `self` proves the engine is usable.
+                    unsafe {
+                        self.registers(RegisterRows { a: |r| rows[r], steps, b, b_group, c, c_stride })
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (c, rows, b);
+                }
+            }
+            return;
+        }
+        let padded = a.len().next_multiple_of(TILE_ROWS);
+        assert!(scratch.len() >= padded * row_len, "gathered: scratch for {padded} rows of {row_len}");
+        for (&row, dst) in a.iter().zip(scratch.chunks_exact_mut(row_len)) {
+            // SAFETY: the caller's contract: row_len units from each row are valid.
+            dst.copy_from_slice(unsafe { std::slice::from_raw_parts(row, row_len) });
+        }
+        let stride = 2 * row_len;
+        for r in (0..padded).step_by(2 * TILE_ROWS) {
+            let a0 = scratch[r * row_len..].as_ptr();
+            for (b, col) in blocks.clone() {
+                // SAFETY: rows r.. of scratch hold `row_len` units each (the assert: 32 of them
+                // where padded - r >= 32, else 16); the caller's contract for B and C.
+                unsafe {
+                    let c = c.byte_add(r * c_stride).add(col);
+                    if padded - r >= 2 * TILE_ROWS {
+                        self.block_32x32(a0, a0.add(TILE_ROWS * row_len), stride, steps, b, b_group, c, c_stride);
+                    } else {
+                        amx_16x32(a0, stride, steps, b, b_group, c, c_stride);
+                    }
+                }
+            }
+        }
     }
 
     /// `registers_block` on this register engine.
@@ -472,9 +514,6 @@ impl Tiles {
 /// are 2 x `REGISTER_ROWS` registers, with the step's 2 B rows and a broadcast A pair beside them
 /// (19 of the 32), and each B row loaded serves `REGISTER_ROWS` products.
 const REGISTER_ROWS: usize = 8;
-
-/// Rows of A `Tiles::rows_8x32` multiplies at once.
-pub const GATHERED_ROWS: usize = REGISTER_ROWS;
 
 /// The operands of `REGISTER_ROWS` rows of `Tiles::block_32x32` or `rows_8x32`: A's row r from
 /// `a(r)`, C's to `c`, the rest as `block_32x32` takes them.
@@ -565,6 +604,59 @@ unsafe fn registers_block(
     }
 }
 
+/// `Tiles::block_32x32` on AMX for 16 rows of A (from `a`, `a_stride` bytes apart): C tiles in
+/// tmm0-1, A in tmm4, B in tmm6-7, the same steps in the same order, so that each row's sums are
+/// `block_32x32`'s bit for bit.
+///
+/// # Safety
+/// The tiles are configured on AMX (`Tiles::on`); as `block_32x32`'s for 16 rows.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_16x32(
+    a: *const u16,
+    a_stride: usize,
+    steps: &[[usize; 2]],
+    b: *const u16,
+    b_group: usize,
+    c: *mut f32,
+    c_stride: usize,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "2:",
+            "mov {t}, [{s}]",
+            "mov {u}, [{s} + 8]",
+            "add {u}, {b}",
+            "tileloadd tmm6, [{u} + {bs}*1]",
+            "add {u}, {bg}",
+            "tileloadd tmm7, [{u} + {bs}*1]",
+            "add {t}, {a}",
+            "tileloadd tmm4, [{t} + {ast}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "add {s}, 16",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {cs}*1], tmm0",
+            "tilestored [{c} + {cs}*1 + 64], tmm1",
+            s = inout(reg) steps.as_ptr() => _,
+            n = inout(reg) steps.len() => _,
+            t = out(reg) _,
+            u = out(reg) _,
+            a = in(reg) a,
+            b = in(reg) b,
+            bg = in(reg) 2 * b_group,
+            ast = in(reg) a_stride,
+            bs = in(reg) 64usize,
+            c = in(reg) c,
+            cs = in(reg) c_stride,
+            options(nostack),
+        );
+    }
+}
+
 impl Drop for Tiles {
     fn drop(&mut self) {
         // SAFETY: the tiles were configured by `on`; TILERELEASE returns them to init state.
@@ -580,7 +672,7 @@ impl Drop for Tiles {
 #[cfg(test)]
 mod tests {
     use super::{amx_reason, avx512_bf16_reason, from_bf16, in_order, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN};
-    use super::{pack_b, GATHERED_ROWS, TILE_K, TILE_ROWS};
+    use super::{pack_b, TILE_K, TILE_ROWS};
 
     /// Row r's value i lies in its group's tile i / 32, pair (i % 32) / 2, at (i % 32) / 2 * 32 +
     /// (r % 16) * 2 + i % 2; rows past the last are zeros; `fill`'s values come back in row order.
@@ -659,18 +751,30 @@ mod tests {
                     assert!((got - exact).abs() <= gamma * magnitude, "{engine:?} C[{r}][{n}] = {got}, exact {exact}");
                 }
             }
-            if t.gathers() {
-                // Rows picked anywhere, one of them twice: the same kernel in the same order, so
-                // the block's rows bit for bit.
-                let picked = [31, 0, 17, 5, 5, 9, 30, 2];
-                let mut gathered = vec![f32::NAN; GATHERED_ROWS * c_stride];
-                let rows = picked.map(|r| a[r * a_stride..].as_ptr());
-                // SAFETY: as above, for 8 rows of A and of C.
-                unsafe { t.rows_8x32(&rows, &steps, b.as_ptr(), b_group, gathered.as_mut_ptr(), 4 * c_stride) };
-                for (i, &r) in picked.iter().enumerate() {
-                    let (got, block) = (&gathered[i * c_stride..][..32], &c[r * c_stride..][..32]);
-                    assert!(got.iter().zip(block).all(|(x, y)| x.to_bits() == y.to_bits()), "{engine:?} row {r}");
-                }
+            // Rows picked anywhere, some twice, 40 of them (on AMX a block of 32 and one of 16
+            // with 8 rows of padding): each row's products in the same order, so the block's
+            // rows bit for bit.
+            let picked: Vec<usize> = (0..40).map(|i| (i * 7 + i / 9) % (2 * TILE_ROWS)).collect();
+            let rows: Vec<*const u16> = picked.iter().map(|&r| a[r * a_stride..].as_ptr()).collect();
+            let mut gathered = vec![f32::NAN; 64 * c_stride];
+            let mut scratch = TileBuf::zeroed(48 * depth);
+            // SAFETY: as above, for 40 rows of `depth` values and C of 64 rows.
+            unsafe {
+                t.gathered(
+                    &rows,
+                    depth,
+                    &steps,
+                    b.as_ptr(),
+                    b_group,
+                    32,
+                    gathered.as_mut_ptr(),
+                    4 * c_stride,
+                    &mut scratch,
+                )
+            };
+            for (i, &r) in picked.iter().enumerate() {
+                let (got, block) = (&gathered[i * c_stride..][..32], &c[r * c_stride..][..32]);
+                assert!(got.iter().zip(block).all(|(x, y)| x.to_bits() == y.to_bits()), "{engine:?} row {i} ({r})");
             }
         }
     }

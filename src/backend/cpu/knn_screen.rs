@@ -29,7 +29,7 @@
 //! nearly coincide far from the mean (no coreset, repeated patches) leave more candidates: the
 //! answer stays exact, the re-ranking does more work.
 
-use super::amx::{self, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN, GATHERED_ROWS, TILE_K, TILE_ROWS};
+use super::amx::{self, to_bf16, Engine, TileBuf, Tiles, B_TILE_LEN, TILE_K, TILE_ROWS};
 use super::knn::squared_norms;
 use super::knn_chunks::{Balls, ClusterOrder};
 use rayon::prelude::*;
@@ -450,7 +450,7 @@ fn task_queries(nq: usize) -> usize {
 /// per query its k neighbours as (squared distance in float64, row), ascending. The chunks are
 /// visited nearest first (by the task's mean lower bound), so that the running thresholds fall
 /// early, and a chunk is multiplied only with the queries whose thresholds its ball does not
-/// already exclude (`computed_queries`).
+/// already exclude (only these are multiplied: `chunk_products`).
 fn search_tile(
     tiles: &Tiles,
     qs: &[f32],
@@ -468,13 +468,13 @@ fn search_tile(
     let mut running: Vec<Running> =
         (0..tq).map(|_| Running { upper: vec![f32::INFINITY; k], candidates: Vec::new() }).collect();
     let mut dots = TileBuf::zeroed(q16.len() / (screen.kcs * TILE_K) * CHUNK);
+    let mut gathered = TileBuf::zeroed(q16.len());
     for (_, chunk) in visit {
         let b0 = chunk * CHUNK;
         let rows = b0..(b0 + CHUNK).min(m);
         // Queries that the ball does not rule out (lower bound at most their threshold).
-        let open = |q: usize| lower[q * chunks + chunk] <= running[q].threshold();
-        let computed = computed_queries(tiles, tq, open);
-        chunk_products(tiles, &q16, screen, b0, rows.len(), &computed, &mut dots);
+        let open: Vec<usize> = (0..tq).filter(|&q| lower[q * chunks + chunk] <= running[q].threshold()).collect();
+        chunk_products(tiles, &q16, screen, b0, rows.len(), &open, &mut dots, &mut gathered);
         let bank_chunk = BankChunk {
             rows: &screen.order[rows.clone()],
             sq_norms: &screen.sq_norms[rows.clone()],
@@ -482,26 +482,14 @@ fn search_tile(
             tail: &screen.tail[rows.clone()],
             max: screen.chunk_max[chunk],
         };
-        for (i, &q) in computed.iter().enumerate() {
-            if q < tq && lower[q * chunks + chunk] <= running[q].threshold() {
+        for (i, &q) in open.iter().enumerate() {
+            if lower[q * chunks + chunk] <= running[q].threshold() {
                 // SAFETY: the screening bank exists, so the CPU has AVX-512F.
                 unsafe { fold_chunk(&dots[i * CHUNK..][..rows.len()], &bounds[q], &bank_chunk, &mut running[q]) };
             }
         }
     }
     running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(&state.kept(), q, bank, d, k)).collect()
-}
-
-/// The queries (of `tq`) whose products with a chunk `chunk_products` computes, given which are
-/// `open` to it: on AMX every query of each 32-query block that holds an open one (its tile loads
-/// read 16 rows at one stride; the last block's may reach into the padding past `tq`), on the
-/// register engines the open queries alone (`Tiles::rows_8x32`). On the chip model at batch 1
-/// (2 threads) blocks computed 26% of the (query, chunk) products and open queries are 11%.
-fn computed_queries(tiles: &Tiles, tq: usize, open: impl Fn(usize) -> bool) -> Vec<usize> {
-    if tiles.gathers() {
-        return (0..tq).filter(|&q| open(q)).collect();
-    }
-    (0..tq).step_by(BLOCK).filter(|&qb| (qb..(qb + BLOCK).min(tq)).any(&open)).flat_map(|qb| qb..qb + BLOCK).collect()
 }
 
 /// The shifted queries rounded as `screen`'s rows, as the tiles' A operand (rows of `kcs *
@@ -520,47 +508,49 @@ fn shifted_queries(qs: &[f32], screen: &ScreenBank, d: usize) -> (TileBuf<u16>, 
     (q16, bounds)
 }
 
-/// `dots[i * CHUNK + c]` = the product of query `computed[i]` of `q16` (from `shifted_queries`)
-/// and bank row b0 + c (in the screened order), for c < tb; `computed` as `computed_queries`
-/// gives it for these `tiles`.
+/// `dots[i * CHUNK + c]` = the product of query `open[i]` of `q16` (from `shifted_queries`)
+/// and bank row b0 + c (in the screened order), for c < tb, through `Tiles::gathered`
+/// (`gathered`: its scratch, as long as `q16`).
+///
+/// Only the open queries are multiplied. On AMX the chunk's products were first computed for
+/// every query of each 32-query block that held an open one (a tile load reads its rows at one
+/// stride): on the chip model at batch 1, 25% of the (query, chunk) products where 11% are open;
+/// gathered 16 at a time, 15% (batch 8: 20% -> 12%, 11% open).
 ///
 /// `q16`, the packed bank and `dots` are `TileBuf`s: every tile row then starts a cache line.
+#[allow(clippy::too_many_arguments)]
 fn chunk_products(
     tiles: &Tiles,
     q16: &[u16],
     screen: &ScreenBank,
     b0: usize,
     tb: usize,
-    computed: &[usize],
+    open: &[usize],
     dots: &mut [f32],
+    gathered: &mut TileBuf<u16>,
 ) {
-    let kcs = screen.kcs;
-    let width = kcs * TILE_K;
+    let width = screen.kcs * TILE_K;
     let tq_pad = q16.len() / width;
     assert!(tq_pad.is_multiple_of(BLOCK) && b0.is_multiple_of(BLOCK) && tb <= CHUNK && b0 + tb <= screen.norm.len());
-    assert!(computed.iter().all(|&q| q < tq_pad) && dots.len() >= computed.len().next_multiple_of(BLOCK) * CHUNK);
-    let per_call = if tiles.gathers() { GATHERED_ROWS } else { BLOCK };
-    for (call, queries) in computed.chunks(per_call).enumerate() {
-        let c = dots[call * per_call * CHUNK..].as_mut_ptr();
-        // Rows past the end of `computed` repeat its last query into rows of `dots` nobody reads.
-        let row = |r: usize| q16[queries[r.min(queries.len() - 1)] * width..].as_ptr();
-        for bb in (0..tb).step_by(BLOCK) {
-            let b = screen.packed[(b0 + bb) / TILE_ROWS * kcs * B_TILE_LEN..].as_ptr();
-            // SAFETY: every query row of q16 (width units each) exists (the assert), and on AMX a
-            // block's 32 consecutive rows too (`computed_queries`); the packed bank holds whole
-            // 32-row blocks, so groups (b0+bb)/16 and the next one exist with kcs tiles each;
-            // the rows of dots written, columns bb..bb+32, lie within it as bb + 32 <= CHUNK.
-            unsafe {
-                if tiles.gathers() {
-                    let a = std::array::from_fn(row);
-                    tiles.rows_8x32(&a, &screen.steps, b, kcs * B_TILE_LEN, c.add(bb), CHUNK * 4);
-                } else {
-                    let a = row(0);
-                    let a1 = a.add(TILE_ROWS * width);
-                    tiles.block_32x32(a, a1, width * 2, &screen.steps, b, kcs * B_TILE_LEN, c.add(bb), CHUNK * 4);
-                }
-            }
-        }
+    assert!(open.iter().all(|&q| q < tq_pad) && dots.len() >= open.len().next_multiple_of(BLOCK) * CHUNK);
+    let rows: Vec<*const u16> = open.iter().map(|&q| q16[q * width..].as_ptr()).collect();
+    let b = screen.packed[b0 / TILE_ROWS * screen.kcs * B_TILE_LEN..].as_ptr();
+    // SAFETY: every open query's row of q16 holds `width` units (the assert); the packed bank
+    // holds whole 32-row blocks, so the groups of columns b0..b0 + tb rounded up to 32 exist
+    // with kcs tiles each; dots holds the open queries rounded up to 32 rows of CHUNK >= tb
+    // rounded up to 32 columns (the assert; CHUNK is a multiple of 32).
+    unsafe {
+        tiles.gathered(
+            &rows,
+            width,
+            &screen.steps,
+            b,
+            screen.kcs * B_TILE_LEN,
+            tb.next_multiple_of(BLOCK),
+            dots.as_mut_ptr(),
+            CHUNK * 4,
+            gathered,
+        );
     }
 }
 
@@ -907,8 +897,8 @@ mod tests {
         let tiles = unsafe { Tiles::on(screen.engine) };
         let (q16, bounds) = shifted_queries(queries, screen, d);
         let mut dots = TileBuf::zeroed(BLOCK * CHUNK);
-        let computed = computed_queries(&tiles, bounds.len(), |_| true);
-        chunk_products(&tiles, &q16, screen, 0, CHUNK, &computed, &mut dots);
+        let all: Vec<usize> = (0..bounds.len()).collect();
+        chunk_products(&tiles, &q16, screen, 0, CHUNK, &all, &mut dots, &mut TileBuf::zeroed(q16.len()));
         let (q_sq, m_sq) = (squared_norms(queries, d), squared_norms(bank, d));
         // bf16's 2^-7, f32's 2^-24 d.
         let relative = match screen.rounded {
