@@ -85,6 +85,24 @@ fn fit_then_predict_writes_json_lines_and_overlays() {
         assert_eq!((img.width(), img.height()), (64, 64));
     }
 
+    // An image that does not decode gets its own error line in its place among the scored ones
+    // (images are decoded ahead of scoring, a batch at a time), and the exit status says so.
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"this is not an image").unwrap();
+    let inputs =
+        [data.join("test/good/000.png"), broken, data.join("test/square/000.png"), data.join("test/good/001.png")];
+    let mut args = vec!["predict", "--model", s(&model), "--batch", "2"];
+    args.extend(inputs.iter().map(|p| s(p)));
+    let o = patchcore(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 of 4 images could not be read"), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let paths: Vec<&str> = lines.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, inputs.iter().map(|p| s(p)).collect::<Vec<_>>());
+    assert!(lines[1]["error"].as_str().unwrap().contains("broken.png: corrupt or truncated image"), "{}", lines[1]);
+    assert!([0, 2, 3].iter().all(|&i| lines[i]["score"].is_number()), "{lines:?}");
+
     // eval on the same category: metrics, overlays (original | overlay) and a report.
     let report = dir.path().join("report");
     let o = patchcore(&["eval", "--model", s(&model), "--data", s(&data), "--out", s(&report), "--json"]);

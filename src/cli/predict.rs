@@ -4,8 +4,10 @@ use crate::data::dataset::list_images;
 use crate::data::image::load_rgb;
 use crate::error::{Error, Result};
 use crate::render::{prediction_overlay, write_png};
+use image::RgbImage;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,31 +45,61 @@ pub(super) fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// An image that fails to decode is reported on its own JSON line and the rest are still
 /// scored; the exit status is then non-zero.
+///
+/// The images are decoded on a thread of their own, a batch ahead of the one being scored (and
+/// the first batch while the model loads): PNG decoding is serial, and the forward pass leaves
+/// gaps on both cores that it fills. One batch waits decoded at most, so memory stays at three
+/// batches' images however many are named.
 pub fn run(args: Args) -> Result<()> {
     let paths = expand(&args.inputs)?;
+    let batch = args.model.batch;
+    let (decoded, batches) = std::sync::mpsc::sync_channel(1);
+    std::thread::scope(|scope| {
+        let paths = &paths;
+        scope.spawn(move || {
+            for chunk in paths.chunks(batch) {
+                let images: Vec<_> = chunk.iter().map(|path| (path, load_rgb(path))).collect();
+                // The receiver is gone when scoring stopped on an error: nothing more to decode.
+                if decoded.send(images).is_err() {
+                    break;
+                }
+            }
+        });
+        score(&args, paths.len(), batches)
+    })
+}
+
+/// Scores the decoded `batches` of `total` images as `run` describes.
+fn score(args: &Args, total: usize, batches: Receiver<Vec<(&PathBuf, Result<RgbImage>)>>) -> Result<()> {
     let model = args.model.load()?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let mut names = HashSet::new();
-    let mut failures = 0;
+    let (mut failures, mut done) = (0, 0);
     let mut bars = Bars::new();
-    for (i, chunk) in paths.chunks(args.model.batch).enumerate() {
+    for chunk in batches {
+        done += chunk.len();
+        // The lines keep the inputs' order, an error line in place of an image that failed.
         let mut images = Vec::new();
-        let mut ok_paths = Vec::new();
-        for path in chunk {
-            match load_rgb(path) {
-                Ok(img) => {
-                    images.push(img);
-                    ok_paths.push(path);
+        let errors: Vec<(&PathBuf, Option<String>)> = chunk
+            .into_iter()
+            .map(|(path, image)| match image {
+                Ok(image) => {
+                    images.push(image);
+                    (path, None)
                 }
-                Err(e) => {
-                    failures += 1;
-                    println!("{}", serde_json::json!({"path": path, "error": e.to_string()}));
-                }
+                Err(e) => (path, Some(e.to_string())),
+            })
+            .collect();
+        let mut scored = images.iter().zip(model.predict(&images)?);
+        for (path, error) in errors {
+            if let Some(error) = error {
+                failures += 1;
+                println!("{}", serde_json::json!({"path": path, "error": error}));
+                continue;
             }
-        }
-        for ((path, image), pred) in ok_paths.iter().zip(&images).zip(model.predict(&images)?) {
+            let (image, pred) = scored.next().expect("a prediction for each decoded image");
             println!(
                 "{}",
                 serde_json::json!({
@@ -83,13 +115,13 @@ pub fn run(args: Args) -> Result<()> {
                 write_png(&target, &prediction_overlay(image, &pred, model.meta(), None))?;
             }
         }
-        bars.update("predict", (i * args.model.batch + chunk.len()).min(paths.len()), paths.len());
+        bars.update("predict", done, total);
     }
     bars.finish();
     if failures > 0 {
         return Err(Error::option(
             "inputs",
-            format!("{failures} of {} images could not be read (see their lines)", paths.len()),
+            format!("{failures} of {total} images could not be read (see their lines)"),
         ));
     }
     Ok(())
