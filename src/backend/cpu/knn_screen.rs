@@ -346,10 +346,14 @@ impl Running {
         self.upper[self.upper.len() - 1]
     }
 
-    /// The candidates whose lower bound is at most the final threshold: the rows to re-rank.
-    fn kept(&self) -> Vec<u32> {
+    /// The candidates whose lower bound is at most the final threshold, as (row, lower bound),
+    /// the lowest bound first: the rows to re-rank, in the order `rerank` takes them.
+    fn kept(&self) -> Vec<(u32, f32)> {
         let threshold = self.threshold();
-        self.candidates.iter().filter(|&&(_, lower)| lower <= threshold).map(|&(j, _)| j).collect()
+        let mut kept: Vec<(u32, f32)> =
+            self.candidates.iter().copied().filter(|&(_, lower)| lower <= threshold).collect();
+        kept.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
+        kept
     }
 
     fn offer_upper(&mut self, upper: f32) {
@@ -655,22 +659,29 @@ unsafe fn fold_chunk(_: &[f32], _: &QueryBound, _: &BankChunk, _: &mut Running) 
     unreachable!("the screening pass runs only on x86_64 with bf16 tiles")
 }
 
-/// The k nearest of a query's candidates by the squared distance in float64, as (squared, row),
-/// ties to the lower index.
-fn rerank(rows: &[u32], q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(f64, u32)> {
+/// The k nearest of a query's `candidates` (row, lower bound on its squared distance; lowest
+/// bound first, as `Running::kept` gives them) by the squared distance in float64, as (squared,
+/// row), ties to the lower index. Once k are ranked, a candidate whose bound exceeds the k-th
+/// distance cannot enter (its distance is at least its bound), nor can any after it: on the chip
+/// model at batch 1 the distances of 2.8 of a query's 6.1 candidates, where every one was taken.
+fn rerank(candidates: &[(u32, f32)], q: &[f32], bank: &[f32], d: usize, k: usize) -> Vec<(f64, u32)> {
     // The rows lie anywhere in the bank (15 MiB at 10,240 x 384), mostly outside the caches: all
     // their lines are asked for at once, so that their fetches overlap (predict's re-ranking at
     // batch 1: 1.6-1.8 -> 1.35-1.45 ms of CPU time an image).
-    for &j in rows {
+    for &(j, _) in candidates {
         prefetch(&bank[j as usize * d..][..d]);
     }
-    let mut ranked: Vec<(f64, u32)> = rows
-        .iter()
+    let mut ranked: Vec<(f64, u32)> = Vec::with_capacity(k + 1);
+    for &(j, lower) in candidates {
+        if ranked.len() == k && lower as f64 > ranked[k - 1].0 {
+            break;
+        }
         // SAFETY: the re-ranking follows the screening pass, which needs AVX-512F.
-        .map(|&j| (unsafe { sq_distance(q, &bank[j as usize * d..][..d]) }, j))
-        .collect();
-    ranked.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    ranked.truncate(k);
+        let ranked_row = (unsafe { sq_distance(q, &bank[j as usize * d..][..d]) }, j);
+        let at = ranked.partition_point(|r| r.0.total_cmp(&ranked_row.0).then(r.1.cmp(&j)).is_lt());
+        ranked.insert(at, ranked_row);
+        ranked.truncate(k);
+    }
     ranked
 }
 
