@@ -104,7 +104,9 @@ fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
     );
 
     let names: Vec<&str> = threads.values().flatten().map(|s| s.name.as_str()).collect();
-    for want in ["load", "decode", "preprocess", "layer2.0.conv1", "max_pool", "embed", "knn", "eq7", "anomaly_map"] {
+    for want in
+        ["load", "decode", "preprocess", "layer2.0.conv1", "conv1+max_pool", "embed", "knn", "eq7", "anomaly_map"]
+    {
         assert!(names.contains(&want), "no `{want}` span in {names:?}");
     }
     for want in ["render", "write"] {
@@ -149,7 +151,7 @@ fn profile_json_has_every_stage_shares_summing_to_one_and_consistent_rates() {
     let json: Value = serde_json::from_slice(&o.stdout).unwrap();
     let stages = json["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    for want in ["decode", "preprocess", "conv1", "max_pool", "layer2.0.conv1", "embed", "knn", "eq7", "anomaly_map"] {
+    for want in ["decode", "preprocess", "conv1+max_pool", "layer2.0.conv1", "embed", "knn", "eq7", "anomaly_map"] {
         assert!(names.contains(&want), "no `{want}` stage in {names:?}");
     }
     assert!(names.contains(&"(untraced)"));

@@ -203,6 +203,19 @@ impl<B: Backend> Conv<B> {
         crate::backend::traced(backend, || self.span(backend.shape(x)), || backend.conv2d(x, &self.prepared, residual))
     }
 
+    /// max_pool(activation(conv(x) + bias)) (`pool`: kernel, stride, padding), in one span
+    /// named `<conv>+max_pool`: a backend may pool the output as it computes it
+    /// (`Backend::conv2d_max_pool`), so the two have no times of their own.
+    pub fn run_max_pooled(&self, backend: &B, x: &B::Tensor, pool: [usize; 3]) -> Result<B::Tensor> {
+        let [kernel, stride, padding] = pool;
+        let span = || {
+            let input = backend.shape(x);
+            crate::trace::conv_span(&format!("{}+max_pool", self.name))
+                .work(|| flops::conv_max_pool(&self.spec, input, kernel, stride, padding))
+        };
+        crate::backend::traced(backend, span, || backend.conv2d_max_pool(x, &self.prepared, kernel, stride, padding))
+    }
+
     /// The span of this convolution on an `input` of that shape, with its FLOPs and bytes.
     fn span(&self, input: &[usize]) -> crate::trace::Span {
         crate::trace::conv_span(&self.name).work(|| flops::conv(&self.spec, input))

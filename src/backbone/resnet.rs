@@ -2,7 +2,7 @@
 //! layer3. layer4 and fc are never loaded or computed.
 
 use super::{run_chain, run_stages, Conv, ConvLoader, Stage};
-use crate::backend::{flops, Activation, Backend, ConvSpec, Padding};
+use crate::backend::{Activation, Backend, ConvSpec, Padding};
 use crate::error::Result;
 
 /// One residual block: 2 convolutions (basic) or 3 (bottleneck); the last takes the residual.
@@ -89,12 +89,7 @@ impl<B: Backend> ResNet<B> {
 
     /// The outputs of layer2 and layer3.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<Vec<B::Tensor>> {
-        let stem = self.stem.run(backend, x, None)?;
-        let pooled = crate::backend::traced(
-            backend,
-            || crate::trace::span("max_pool").work(|| flops::max_pool(backend.shape(&stem), 3, 2, 1)),
-            || backend.max_pool(&stem, 3, 2, 1),
-        )?;
+        let pooled = self.stem.run_max_pooled(backend, x, [3, 2, 1])?;
         let layer1 = run_stages(backend, &self.layers[0], &pooled)?;
         let layer2 = run_stages(backend, &self.layers[1], &layer1)?;
         let layer3 = run_stages(backend, &self.layers[2], &layer2)?;

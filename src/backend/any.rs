@@ -231,6 +231,25 @@ impl Backend for AnyBackend {
         }
     }
 
+    fn conv2d_max_pool(
+        &self,
+        x: &AnyTensor,
+        conv: &AnyConv,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<AnyTensor> {
+        match (self, x, conv) {
+            (AnyBackend::Cpu(b), AnyTensor::Cpu(x), AnyConv::Cpu(c)) => {
+                b.conv2d_max_pool(x, c, kernel, stride, padding).map(AnyTensor::Cpu)
+            }
+            (AnyBackend::Cuda(b), AnyTensor::Cuda(x), AnyConv::Cuda(c)) => {
+                b.conv2d_max_pool(x, c, kernel, stride, padding).map(AnyTensor::Cuda)
+            }
+            _ => Err(mixed("conv2d_max_pool")),
+        }
+    }
+
     fn embed(&self, layers: &[&AnyTensor]) -> Result<AnyTensor> {
         match self {
             AnyBackend::Cpu(b) => b.embed(&all(layers, AnyTensor::as_cpu)?).map(AnyTensor::Cpu),

@@ -49,6 +49,17 @@ pub fn max_pool(input: &[usize], kernel: usize, stride: usize, padding: usize) -
     Work::new(outputs * (kernel * kernel) as u64, F32 * (elements(input) + outputs), input.to_vec())
 }
 
+/// A convolution with the max pooling of its output fused: the convolution's FLOPs, as the
+/// FLOP counter counts them (the pooling's comparisons are about 1% of them in ResNet's stem);
+/// bytes: the convolution's input, weights and bias, and the pooled output (the convolution's
+/// output is not compulsory traffic).
+pub fn conv_max_pool(spec: &ConvSpec, input: &[usize], kernel: usize, stride: usize, padding: usize) -> Work {
+    let Ok(out) = conv_output(spec, input) else { return Work::default() };
+    let (conv, pool) = (conv(spec, input), max_pool(&out, kernel, stride, padding));
+    let between = F32 * elements(&out);
+    Work::new(conv.flops, conv.bytes + pool.bytes - 2 * between, input.to_vec())
+}
+
 /// PatchCore's embedding of NCHW maps onto the first one's grid: a 3x3 average (9 adds and a
 /// scale per value) on each map, a bilinear resize of the smaller ones (4 taps: 8 FLOPs per
 /// output value); bytes: the maps in, the rows out.

@@ -142,6 +142,18 @@ pub trait Backend: Send + Sync {
     }
     /// Max pooling with -inf padding (ResNet's stem: kernel 3, stride 2, padding 1).
     fn max_pool(&self, x: &Self::Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Self::Tensor>;
+    /// `max_pool(conv2d(x, conv))`, no residual (ResNet's stem and its pooling): one pass where a
+    /// backend can pool the convolution's output as it computes it; the default runs the two.
+    fn conv2d_max_pool(
+        &self,
+        x: &Self::Tensor,
+        conv: &Self::Conv,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self::Tensor> {
+        self.max_pool(&self.conv2d(x, conv, None)?, kernel, stride, padding)
+    }
 
     /// PatchCore's patch embedding: each feature map gets a 3x3 average pool (stride 1, zero
     /// padding counted in the divisor), is resized bilinearly (align_corners = false) to the

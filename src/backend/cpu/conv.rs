@@ -5,7 +5,7 @@
 
 use super::conv_amx::{self, Arithmetic, PackedConv};
 use super::matmul::{sgemm_views, View};
-use crate::backend::checks::conv_output;
+use crate::backend::checks::{conv_output, pool_output};
 use crate::backend::{Activation, ConvSpec, ConvWeights};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -44,6 +44,24 @@ pub fn conv2d(x: &Tensor, prepared: &CpuConv, tiles: Option<Arithmetic>, residua
         banded_gemm(x, conv, residual, &g)
     };
     Ok(Tensor::new(out_shape.to_vec(), out))
+}
+
+/// max_pool(conv2d(x)) (`pool`: kernel, stride, padding) in one pass on the tiles, where
+/// `conv2d` would take them and `conv_amx::to_max_pooled` applies; `None` otherwise (the caller
+/// runs the two). The same bits as the two (`tests::pooled_convolutions_equal_the_two_in_turn`).
+pub fn conv2d_max_pool(
+    x: &Tensor,
+    prepared: &CpuConv,
+    tiles: Option<Arithmetic>,
+    pool: [usize; 3],
+) -> Result<Option<Tensor>> {
+    let conv = &prepared.weights;
+    let (out_shape, g) = geometry(&conv.spec, &x.shape, None)?;
+    let [b, c, hp, wp] = pool_output(&out_shape, pool[0], pool[1], pool[2])?;
+    let Some((arithmetic, packed)) = tiles.zip(prepared.packed.as_ref()) else { return Ok(None) };
+    let Some((input, g)) = conv_amx::stage(x, arithmetic, &g) else { return Ok(None) };
+    let pooled = conv_amx::to_max_pooled(&input, conv, packed, &g, pool, [hp, wp]);
+    Ok(pooled.map(|out| Tensor::new(vec![b, c, hp, wp], out)))
 }
 
 /// The output shape of a convolution of `spec` on an input of `shape` (checked, with the

@@ -35,8 +35,10 @@ use super::conv::{finish, Geometry};
 use super::transpose::transpose16;
 use crate::backend::{Activation, ConvWeights};
 use crate::tensor::Tensor;
+use crate::wide::vectorised;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows (output positions) and columns (output channels) of one `Tiles::block_32x32`.
@@ -237,6 +239,32 @@ pub fn to_tensor(
     out
 }
 
+/// max_pool(activation(conv(input) + bias)), NCHW (`pool`: kernel, stride and padding;
+/// `pooled`: the pooled height and width), without the convolution's output ever written
+/// (`Job::max_pooled`): ResNet's stem wrote 4 MiB an image at 256 px that its pooling read
+/// back. `None` where the convolution is not read by taps or its activation is other than ReLU
+/// or none: the caller then runs the two.
+pub fn to_max_pooled(
+    input: &ChannelsLast,
+    conv: &ConvWeights,
+    packed: &PackedConv,
+    g: &Geometry,
+    pool: [usize; 3],
+    pooled: [usize; 2],
+) -> Option<Vec<f32>> {
+    if !packed.row.is_multiple_of(TILE_K) || !matches!(conv.spec.activation, Activation::Relu | Activation::None) {
+        return None;
+    }
+    let len = input.batch * conv.spec.out_channels * pooled[0] * pooled[1];
+    // Not zeroed: the tasks write every element, as `to_tensor`'s.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = SharedOut(out.spare_capacity_mut().as_mut_ptr());
+    Job { input, conv, packed, g, out: Out::Tensor { dst, residual: None } }.max_pooled(pool, pooled, dst);
+    // SAFETY: the tasks initialised all `len` elements (each its pooled rows, every channel).
+    unsafe { out.set_len(len) };
+    Some(out)
+}
+
 /// activation(conv(input) + bias) written straight into the input of the next convolution, of
 /// geometry `next` (stride 1 in its reading: `stage`'s step is not taken), with the same bits as
 /// `stage` would make of `to_tensor`'s output; `None` where an output is beyond what
@@ -318,11 +346,7 @@ impl Job<'_> {
         );
     }
 
-    /// Tasks of whole output rows, with no im2col: an A tile is 16 output positions of one row
-    /// read in place from the padded channels-last input (rows `stride` pixels apart), one step
-    /// per kernel tap and 32 channels, or per kernel row where one fits a tile (`ChannelsLast::
-    /// steps`). A row whose width is not a multiple of 16 ends in a tile whose last rows read
-    /// past it; their products are computed and not read.
+    /// Tasks of whole output rows, with no im2col (`row_products`), each writing its rows.
     fn by_taps(&self) {
         let (g, packed) = (self.g, self.packed);
         let row_tiles = g.wo.div_ceil(TILE_ROWS);
@@ -331,46 +355,11 @@ impl Job<'_> {
         let tasks = out_rows.div_ceil(rows_per_task);
         let steps = self.input.steps(g, packed);
         let pairs = (rows_per_task * row_tiles).div_ceil(2);
-        let group_len = packed.group_len();
-        let a_stride = 2 * g.stride * self.input.layout.c;
         (0..tasks).into_par_iter().with_min_len(runs_of(tasks)).for_each_init(
             || (TileBuf::<f32>::zeroed(pairs * BLOCK * packed.out_pad), Vec::with_capacity(2 * pairs)),
             |(products, tile_starts), task| {
                 let rows = task * rows_per_task..((task + 1) * rows_per_task).min(out_rows);
-                tile_starts.clear();
-                for r in rows.clone() {
-                    let (image, oy) = (r / g.ho, r % g.ho);
-                    tile_starts.extend(
-                        (0..row_tiles).map(|t| self.input.layout.at(image, oy * g.stride, t * TILE_ROWS * g.stride)),
-                    );
-                }
-                if tile_starts.len() % 2 == 1 {
-                    tile_starts.push(tile_starts[tile_starts.len() - 1]);
-                }
-                let data = self.input.data.as_ptr();
-                // SAFETY: `packed` exists, so the CPU has the arithmetic.
-                let tiles = unsafe { self.input.layout.arithmetic.tiles() };
-                for cb in (0..packed.out_pad).step_by(BLOCK) {
-                    for (p, pair) in tile_starts.chunks_exact(2).enumerate() {
-                        // SAFETY: the A rows a step reads lie in `data` (`ChannelsLast::steps`);
-                        // the B tiles are group cb/16's and the next's (`segments` kcs tiles
-                        // each, which the steps name); the products' rows 32p..32p + 32,
-                        // columns cb..cb + 32, lie inside `products`.
-                        unsafe {
-                            tiles.block_32x32(
-                                data.add(pair[0]),
-                                data.add(pair[1]),
-                                a_stride,
-                                &steps,
-                                packed.packed.as_ptr().add(cb / TILE_ROWS * group_len),
-                                group_len,
-                                products.as_mut_ptr().add(p * BLOCK * packed.out_pad + cb),
-                                packed.out_pad * 4,
-                            );
-                        }
-                    }
-                }
-                drop(tiles);
+                self.row_products(rows.clone(), &steps, products, tile_starts);
                 if row_tiles * TILE_ROWS == g.wo {
                     self.write(products, rows.start * g.wo, rows.len() * g.wo);
                 } else {
@@ -378,6 +367,115 @@ impl Job<'_> {
                         self.write(&products[i * row_tiles * TILE_ROWS * packed.out_pad..], r * g.wo, g.wo);
                     }
                 }
+            },
+        );
+    }
+
+    /// The products of output rows `rows` (image * ho + oy) with every output channel: row i's
+    /// `row_tiles * 16` positions (`wo` rounded up to whole tiles) from position
+    /// `i * row_tiles * 16` of `products`, `out_pad` f32 each. An A tile is 16 output positions
+    /// of one row read in place from the padded channels-last input (rows `stride` pixels
+    /// apart), one step per kernel tap and 32 channels, or per kernel row where one fits a tile
+    /// (`steps`, `ChannelsLast::steps`). A row whose width is not a multiple of 16 ends in a tile
+    /// whose last rows read past it; their products are computed and not read.
+    fn row_products(
+        &self,
+        rows: Range<usize>,
+        steps: &[[usize; 2]],
+        products: &mut [f32],
+        tile_starts: &mut Vec<usize>,
+    ) {
+        let (g, packed) = (self.g, self.packed);
+        let row_tiles = g.wo.div_ceil(TILE_ROWS);
+        tile_starts.clear();
+        for r in rows {
+            let (image, oy) = (r / g.ho, r % g.ho);
+            tile_starts
+                .extend((0..row_tiles).map(|t| self.input.layout.at(image, oy * g.stride, t * TILE_ROWS * g.stride)));
+        }
+        if tile_starts.len() % 2 == 1 {
+            tile_starts.push(tile_starts[tile_starts.len() - 1]);
+        }
+        assert!(products.len() >= tile_starts.len() * TILE_ROWS * packed.out_pad, "row_products: products too short");
+        let (group_len, a_stride) = (packed.group_len(), 2 * g.stride * self.input.layout.c);
+        let data = self.input.data.as_ptr();
+        // SAFETY: `packed` exists, so the CPU has the arithmetic.
+        let tiles = unsafe { self.input.layout.arithmetic.tiles() };
+        for cb in (0..packed.out_pad).step_by(BLOCK) {
+            for (p, pair) in tile_starts.chunks_exact(2).enumerate() {
+                // SAFETY: the A rows a step reads lie in `data` (`ChannelsLast::steps`); the B
+                // tiles are group cb/16's and the next's (`segments` kcs tiles each, which the
+                // steps name); the products' rows 32p..32p + 32, columns cb..cb + 32, lie inside
+                // `products` (the assert).
+                unsafe {
+                    tiles.block_32x32(
+                        data.add(pair[0]),
+                        data.add(pair[1]),
+                        a_stride,
+                        steps,
+                        packed.packed.as_ptr().add(cb / TILE_ROWS * group_len),
+                        group_len,
+                        products.as_mut_ptr().add(p * BLOCK * packed.out_pad + cb),
+                        packed.out_pad * 4,
+                    );
+                }
+            }
+        }
+    }
+
+    /// `pool` (kernel, stride, padding) max pooling of this convolution's output, NCHW into
+    /// `dst` (`pooled`: its height and width), without writing the convolution's output: each
+    /// task computes the rows of products its pooled rows read (`row_products`; a window row at a
+    /// task's edge is computed by both tasks), pools the products, and adds the bias and applies
+    /// the activation to the pooled ones. Both are non-decreasing, so that is the same value as
+    /// pooling the activated outputs; a NaN product is skipped by both orders alike for ReLU
+    /// and none (`PooledConv`'s activations). For `by_taps` convolutions.
+    fn max_pooled(&self, pool: [usize; 3], pooled: [usize; 2], dst: SharedOut<f32>) {
+        assert_eq!(self.input.layout.arithmetic, self.packed.arithmetic, "Job: input staged for other weights");
+        let (g, packed) = (self.g, self.packed);
+        let ([k, stride, pad], [hp, wp]) = (pool, pooled);
+        let row_len = g.wo.div_ceil(TILE_ROWS) * TILE_ROWS * packed.out_pad;
+        // Pooled rows per task: as many as keep the rows of products they read within
+        // `TASK_BYTES` (8 rows of ResNet's stem at 256 px: 3 pooled rows, 7 rows of products).
+        let task_rows = ((TASK_BYTES / (4 * row_len)).saturating_sub(k) / stride + 1).min(hp);
+        let per_image = hp.div_ceil(task_rows);
+        let tasks = self.input.batch * per_image;
+        let most_rows = (task_rows - 1) * stride + k;
+        let steps = self.input.steps(g, packed);
+        // The rows or columns of products a pooled row or column o reads, clipped to the output.
+        let window = |o: usize, size: usize| {
+            (o * stride).saturating_sub(pad).min(size)..(o * stride + k).saturating_sub(pad).min(size)
+        };
+        (0..tasks).into_par_iter().with_min_len(runs_of(tasks)).for_each_init(
+            || {
+                let products = TileBuf::<f32>::zeroed((most_rows * row_len).next_multiple_of(BLOCK * packed.out_pad));
+                (products, Vec::new(), vec![0f32; task_rows * wp * packed.out_pad])
+            },
+            |(products, tile_starts, maxima), task| {
+                let (image, first) = (task / per_image, task % per_image * task_rows);
+                let pooled_rows = first..(first + task_rows).min(hp);
+                let rows = window(first, g.ho).start..window(pooled_rows.end - 1, g.ho).end;
+                self.row_products(image * g.ho + rows.start..image * g.ho + rows.end, &steps, products, tile_starts);
+                let maxima = &mut maxima[..pooled_rows.len() * wp * packed.out_pad];
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        for (i, max) in maxima.chunks_exact_mut(packed.out_pad).enumerate() {
+                            let (py, px) = (first + i / wp, i % wp);
+                            max.fill(f32::NEG_INFINITY);
+                            for y in window(py, g.ho) {
+                                let row = &products[(y - rows.start) * row_len..][..row_len];
+                                for x in window(px, g.wo) {
+                                    for (m, &v) in max.iter_mut().zip(&row[x * packed.out_pad..][..packed.out_pad]) {
+                                        *m = m.max(v);
+                                    }
+                                }
+                            }
+                        }
+                    },
+                );
+                let (start, n) = (image * hp * wp + first * wp, pooled_rows.len() * wp);
+                write_outputs(maxima, packed.out_pad, start, n, hp * wp, self.conv, None, dst);
             },
         );
     }
@@ -1304,6 +1402,59 @@ mod tests {
                         }
                     }
                     assert_eq!(got, want, "{len} positions x {channels} channels, {act:?}, residual {}", res.is_some());
+                }
+            }
+        }
+    }
+
+    /// A convolution pooled as its rows are computed (`conv2d_max_pool`) has the bits of
+    /// `max_pool` of its output, in each arithmetic on the tiles: ResNet's stem (pool 3, stride
+    /// 2, padding 1) on an odd size, a batch of 2, and at 256 px, where an image's pooled rows
+    /// are split between tasks; a 3x3 convolution with a pool whose windows do not overlap and
+    /// no activation. Where the fused pass does not apply (ReLU6, a convolution read by
+    /// patches) it says so, and the backend's `conv2d_max_pool` runs the two.
+    #[test]
+    fn pooled_convolutions_equal_the_two_in_turn() {
+        use super::super::conv::conv2d_max_pool;
+        use super::super::{pool::max_pool, CpuBackend};
+        use crate::backend::Backend;
+        let mut rng = SplitMix64::new(8);
+        let (relu, none, relu6) = (Activation::Relu, Activation::None, Activation::Relu6);
+        let cases = [
+            (2, 3, 64, 7, 2, 29, relu, [3, 2, 1]),
+            (1, 3, 64, 7, 2, 256, relu, [3, 2, 1]),
+            (2, 32, 40, 3, 1, 21, none, [2, 2, 0]),
+            (1, 3, 64, 7, 2, 29, relu6, [3, 2, 1]),
+            (1, 16, 40, 3, 1, 13, relu, [3, 2, 1]),
+        ];
+        for arithmetic in [Arithmetic::Split, Arithmetic::Bf16, Arithmetic::F32] {
+            if let Some(reason) = arithmetic.unavailable_reason() {
+                println!("{arithmetic:?} skipped: {reason}");
+                continue;
+            }
+            let backend = CpuBackend { tiles: Some(arithmetic) };
+            for (b, c, out, k, stride, side, activation, pool) in cases {
+                let padding = Padding::Symmetric(k / 2);
+                let spec =
+                    ConvSpec { in_channels: c, out_channels: out, kernel: k, stride, padding, groups: 1, activation };
+                let conv = ConvWeights {
+                    spec,
+                    weight: random(out * c * k * k, 0.2, &mut rng),
+                    bias: random(out, 0.5, &mut rng),
+                };
+                let x = Tensor::new(vec![b, c, side, side], random(b * c * side * side, 1.0, &mut rng));
+                let prepared = CpuConv::new(&conv, Some(arithmetic));
+                let [pk, ps, pp] = pool;
+                let want = max_pool(&conv2d(&x, &prepared, Some(arithmetic), None).unwrap(), pk, ps, pp).unwrap();
+                let fused = conv2d_max_pool(&x, &prepared, Some(arithmetic), pool).unwrap();
+                let by_taps = prepared.packed.as_ref().unwrap().row.is_multiple_of(super::TILE_K);
+                let case =
+                    format!("{arithmetic:?} {c}->{out} k{k}/{stride} at {side} px, {activation:?}, pool {pool:?}");
+                assert_eq!(fused.is_some(), by_taps && activation != relu6, "{case}: whether the pass is fused");
+                let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                for got in fused.into_iter().chain([backend.conv2d_max_pool(&x, &prepared, pk, ps, pp).unwrap()]) {
+                    assert_eq!(got.shape, want.shape, "{case}");
+                    assert!(bits(&got) == bits(&want), "{case}");
                 }
             }
         }

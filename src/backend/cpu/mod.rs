@@ -177,6 +177,22 @@ impl Backend for CpuBackend {
         pool::max_pool(x, kernel, stride, padding)
     }
 
+    /// On the tiles, the convolution's output is pooled as its rows are computed
+    /// (`conv_amx::to_max_pooled`).
+    fn conv2d_max_pool(
+        &self,
+        x: &Tensor,
+        conv: &CpuConv,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        if let Some(pooled) = conv::conv2d_max_pool(x, conv, self.tiles, [kernel, stride, padding])? {
+            return Ok(pooled);
+        }
+        pool::max_pool(&self.conv2d(x, conv, None)?, kernel, stride, padding)
+    }
+
     fn embed(&self, layers: &[&Tensor]) -> Result<Tensor> {
         embed::embed(layers)
     }
