@@ -130,6 +130,21 @@ fn conv_shapes() {
                 backend.conv2d(&x, &conv, None).unwrap();
             });
             println!("conv {name} at {side}px ({convs}): {:.1} GFLOP/s", flops / t / 1e9);
+            if k == 7 {
+                // ResNet's stem is followed by its max pooling: the two in turn, then in one pass
+                // (`Backend::conv2d_max_pool`, fused on the tiles).
+                let apart = median_seconds(5, || {
+                    backend.max_pool(&backend.conv2d(&x, &conv, None).unwrap(), 3, 2, 1).unwrap();
+                });
+                let fused = median_seconds(5, || {
+                    backend.conv2d_max_pool(&x, &conv, 3, 2, 1).unwrap();
+                });
+                println!(
+                    "  {name} + max_pool 3/2 at {side}px ({convs}): in turn {:.2} ms, conv2d_max_pool {:.2} ms",
+                    apart * 1e3,
+                    fused * 1e3
+                );
+            }
         }
     }
 }

@@ -50,6 +50,15 @@ const BLOCK: usize = 2 * TILE_ROWS;
 /// images at batch 8).
 const TASK_BYTES: usize = 256 << 10;
 
+/// Pooled rows per task of `Job::max_pooled`: a window row at a task's edge is computed by both
+/// tasks, so ResNet's stem (pool 3, stride 2) computes 9 rows of products for 4 pooled rows. With
+/// 1 pooled row a task (3 rows for 2) at 512 px, split bf16 lost to running the two in turn
+/// (8.01 against 7.84 ms, `cargo bench --bench pipeline -- convs`).
+const POOLED_ROWS: usize = 4;
+/// The most bytes of products a task of `Job::max_pooled` holds: half of L2 on the 2-core Xeon
+/// (9 rows of ResNet's stem at 512 px are 576 KiB).
+const POOLED_BYTES: usize = 1 << 20;
+
 /// Output positions per task for A rows of `width` bf16.
 fn task_rows(width: usize) -> usize {
     (TASK_BYTES / (2 * width * BLOCK)).clamp(2, 8) * BLOCK
@@ -435,9 +444,10 @@ impl Job<'_> {
         let (g, packed) = (self.g, self.packed);
         let ([k, stride, pad], [hp, wp]) = (pool, pooled);
         let row_len = g.wo.div_ceil(TILE_ROWS) * TILE_ROWS * packed.out_pad;
-        // Pooled rows per task: as many as keep the rows of products they read within
-        // `TASK_BYTES` (8 rows of ResNet's stem at 256 px: 3 pooled rows, 7 rows of products).
-        let task_rows = ((TASK_BYTES / (4 * row_len)).saturating_sub(k) / stride + 1).min(hp);
+        // Pooled rows per task: `POOLED_ROWS`, fewer where their rows of products would not fit
+        // in `POOLED_BYTES`.
+        let fit = (POOLED_BYTES / (4 * row_len)).saturating_sub(k) / stride + 1;
+        let task_rows = fit.min(POOLED_ROWS).min(hp);
         let per_image = hp.div_ceil(task_rows);
         let tasks = self.input.batch * per_image;
         let most_rows = (task_rows - 1) * stride + k;
