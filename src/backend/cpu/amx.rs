@@ -351,52 +351,7 @@ impl Tiles {
         // SAFETY: the caller guarantees the regions; `self` proves the engine is usable.
         unsafe {
             match self.engine {
-                Engine::Amx => {
-                    std::arch::asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        "2:",
-                        "mov {t}, [{s}]",
-                        "mov {u}, [{s} + 8]",
-                        "add {u}, {b}",
-                        "tileloadd tmm6, [{u} + {bs}*1]",
-                        "add {u}, {bg}",
-                        "tileloadd tmm7, [{u} + {bs}*1]",
-                        "lea {u}, [{a0} + {t}]",
-                        "tileloadd tmm4, [{u} + {ast}*1]",
-                        "add {t}, {a1}",
-                        "tileloadd tmm5, [{t} + {ast}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        "add {s}, 16",
-                        "dec {n}",
-                        "jnz 2b",
-                        "tilestored [{c} + {cs}*1], tmm0",
-                        "tilestored [{c} + {cs}*1 + 64], tmm1",
-                        "mov {t}, {cs}",
-                        "shl {t}, 4",
-                        "add {t}, {c}",
-                        "tilestored [{t} + {cs}*1], tmm2",
-                        "tilestored [{t} + {cs}*1 + 64], tmm3",
-                        s = inout(reg) steps.as_ptr() => _,
-                        n = inout(reg) steps.len() => _,
-                        t = out(reg) _,
-                        u = out(reg) _,
-                        a0 = in(reg) a0,
-                        a1 = in(reg) a1,
-                        b = in(reg) b,
-                        bg = in(reg) 2 * b_group,
-                        ast = in(reg) a_stride,
-                        bs = in(reg) 64usize,
-                        c = in(reg) c,
-                        cs = in(reg) c_stride,
-                        options(nostack),
-                    );
-                }
+                Engine::Amx => amx_block(a0, a1, a_stride, steps, b, b_group, c, c_stride),
                 Engine::Avx512Bf16 | Engine::Avx512F32 => {
                     for (half, a) in [a0, a1].into_iter().enumerate() {
                         for r in (0..TILE_ROWS).step_by(REGISTER_ROWS) {
@@ -427,7 +382,7 @@ impl Tiles {
     ///
     /// The register engines read the rows in place, `REGISTER_ROWS` at a time. AMX's tile loads
     /// read 16 rows at one stride, so there the rows are first copied side by side into
-    /// `scratch`, then multiplied 32 at a time and a last 16 (`amx_16x32`); a row costs 768
+    /// `scratch`, then multiplied 32 at a time and a last 16 (`amx_block` without `a1`); a row costs 768
     /// bytes of copying against 128 x 384 products for a chunk of the kNN's. C rows from
     /// `a.len()` up to the next multiple of 32 are written with products nobody reads (on AMX of
     /// what `scratch` held there).
@@ -486,7 +441,7 @@ impl Tiles {
                     if padded - r >= 2 * TILE_ROWS {
                         self.block_32x32(a0, a0.add(TILE_ROWS * row_len), stride, steps, b, b_group, c, c_stride);
                     } else {
-                        amx_16x32(a0, stride, steps, b, b_group, c, c_stride);
+                        amx_block(a0, std::ptr::null(), stride, steps, b, b_group, c, c_stride);
                     }
                 }
             }
@@ -604,15 +559,18 @@ unsafe fn registers_block(
     }
 }
 
-/// `Tiles::block_32x32` on AMX for 16 rows of A (from `a`, `a_stride` bytes apart): C tiles in
-/// tmm0-1, A in tmm4, B in tmm6-7, the same steps in the same order, so that each row's sums are
-/// `block_32x32`'s bit for bit.
+/// `Tiles::block_32x32` on AMX (C in tmm0-3, A in tmm4-5, B in tmm6-7), or its first 16 rows
+/// alone where `a1` is null (C in tmm0-1, A in tmm4): the same steps in the same order, so that
+/// each row's sums have the same bits either way.
 ///
 /// # Safety
-/// The tiles are configured on AMX (`Tiles::on`); as `block_32x32`'s for 16 rows.
+/// The tiles are configured on AMX (`Tiles::on`); as `block_32x32`'s, for 16 rows where `a1` is
+/// null.
 #[cfg(target_arch = "x86_64")]
-unsafe fn amx_16x32(
-    a: *const u16,
+#[allow(clippy::too_many_arguments)]
+unsafe fn amx_block(
+    a0: *const u16,
+    a1: *const u16,
     a_stride: usize,
     steps: &[[usize; 2]],
     b: *const u16,
@@ -625,6 +583,8 @@ unsafe fn amx_16x32(
         std::arch::asm!(
             "tilezero tmm0",
             "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
             "2:",
             "mov {t}, [{s}]",
             "mov {u}, [{s} + 8]",
@@ -632,8 +592,15 @@ unsafe fn amx_16x32(
             "tileloadd tmm6, [{u} + {bs}*1]",
             "add {u}, {bg}",
             "tileloadd tmm7, [{u} + {bs}*1]",
-            "add {t}, {a}",
-            "tileloadd tmm4, [{t} + {ast}*1]",
+            "lea {u}, [{a0} + {t}]",
+            "tileloadd tmm4, [{u} + {ast}*1]",
+            "test {a1}, {a1}",
+            "jz 3f",
+            "add {t}, {a1}",
+            "tileloadd tmm5, [{t} + {ast}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "3:",
             "tdpbf16ps tmm0, tmm4, tmm6",
             "tdpbf16ps tmm1, tmm4, tmm7",
             "add {s}, 16",
@@ -641,11 +608,20 @@ unsafe fn amx_16x32(
             "jnz 2b",
             "tilestored [{c} + {cs}*1], tmm0",
             "tilestored [{c} + {cs}*1 + 64], tmm1",
+            "test {a1}, {a1}",
+            "jz 4f",
+            "mov {t}, {cs}",
+            "shl {t}, 4",
+            "add {t}, {c}",
+            "tilestored [{t} + {cs}*1], tmm2",
+            "tilestored [{t} + {cs}*1 + 64], tmm3",
+            "4:",
             s = inout(reg) steps.as_ptr() => _,
             n = inout(reg) steps.len() => _,
             t = out(reg) _,
             u = out(reg) _,
-            a = in(reg) a,
+            a0 = in(reg) a0,
+            a1 = in(reg) a1,
             b = in(reg) b,
             bg = in(reg) 2 * b_group,
             ast = in(reg) a_stride,
