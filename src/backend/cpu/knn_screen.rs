@@ -487,10 +487,8 @@ fn search_tile(
             max: screen.chunk_max[chunk],
         };
         for (i, &q) in open.iter().enumerate() {
-            if lower[q * chunks + chunk] <= running[q].threshold() {
-                // SAFETY: the screening bank exists, so the CPU has AVX-512F.
-                unsafe { fold_chunk(&dots[i * CHUNK..][..rows.len()], &bounds[q], &bank_chunk, &mut running[q]) };
-            }
+            // SAFETY: the screening bank exists, so the CPU has AVX-512F.
+            unsafe { fold_chunk(&dots[i * CHUNK..][..rows.len()], &bounds[q], &bank_chunk, &mut running[q]) };
         }
     }
     running.iter().zip(qs.chunks_exact(d)).map(|(state, q)| rerank(&state.kept(), q, bank, d, k)).collect()
