@@ -8,6 +8,7 @@ use patchcore::backend::flops::FlopCounter;
 use patchcore::patchcore::model_file;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 struct Span {
     name: String,
@@ -17,30 +18,88 @@ struct Span {
     flops: u64,
 }
 
+/// The two tests time commands that each use both cores: run side by side, each would preempt
+/// the other's command between its spans, which a coverage figure cannot tell from untraced work.
+static CORES: Mutex<()> = Mutex::new(());
+
 #[test]
 fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
+    let _cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("trace-predict");
     // 128 px: enough work per image that the command's fixed untraced moments (argument
     // parsing, JSON lines) stay far under 5% even on a loaded machine.
     let (model, data) = fitted_model(&dir, 128);
     let trace = dir.path().join("predict.json");
     let overlays = dir.path().join("overlays");
-    let o = patchcore(&[
-        "predict",
-        "--model",
-        s(&model),
-        s(&data.join("test/good")),
-        s(&data.join("test/square")),
-        "--out",
-        s(&overlays),
-        "--batch",
-        "8",
-        "--trace",
-        s(&trace),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // Coverage is a timing: one preemption of the main thread between two spans (the decoding
+    // thread starts just before `load`) can cost a loaded 2-core machine 6 ms of a 100 ms run.
+    // Untraced work shows in every run, so the best of three runs must reach 95%.
+    let mut best: Option<Coverage> = None;
+    let mut threads = BTreeMap::new();
+    for _ in 0..3 {
+        let o = patchcore(&[
+            "predict",
+            "--model",
+            s(&model),
+            s(&data.join("test/good")),
+            s(&data.join("test/square")),
+            "--out",
+            s(&overlays),
+            "--batch",
+            "8",
+            "--trace",
+            s(&trace),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        threads = read_spans(&trace);
+        let coverage = nest_and_cover(&mut threads);
+        if best.as_ref().is_none_or(|b| coverage.share > b.share) {
+            best = Some(coverage);
+        }
+        if best.as_ref().is_some_and(|b| b.share >= 0.95) {
+            break;
+        }
+    }
+    let best = best.unwrap();
+    assert!(
+        best.share >= 0.95,
+        "the stages cover {:.1}% of predict's {} us at best of 3 runs; that run's largest untraced gaps (us, before): {:?}",
+        100.0 * best.share,
+        best.root,
+        best.gaps
+    );
 
-    let json: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let names: Vec<&str> = threads.values().flatten().map(|s| s.name.as_str()).collect();
+    for want in
+        ["load", "decode", "preprocess", "layer2.0.conv1", "conv1+max_pool", "embed", "knn", "eq7", "anomaly_map"]
+    {
+        assert!(names.contains(&want), "no `{want}` span in {names:?}");
+    }
+    for want in ["render", "write"] {
+        assert!(names.contains(&want), "no `{want}` span in {names:?}");
+    }
+
+    // The one forward pass (6 images, batch 8) on the FLOP-counting backend, conv by conv.
+    let counter = FlopCounter::default();
+    let (_, backbone, ..) = model_file::load(&counter, &model).unwrap();
+    backbone.forward(&counter, &vec![6, 3, 128, 128]).unwrap();
+    let mut convs: Vec<&Span> = threads.values().flatten().filter(|s| s.cat == "conv").collect();
+    convs.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+    let traced: Vec<(&str, u64)> = convs.iter().map(|s| (s.name.as_str(), s.flops)).collect();
+    let counted = counter.per_conv();
+    assert_eq!(traced.len(), counted.len(), "one span per convolution run: {traced:?}");
+    for ((name, flops), want) in traced.iter().zip(&counted) {
+        assert_eq!(flops, want, "{name}: span FLOPs against the FLOP counter");
+    }
+    assert_eq!(traced.iter().find(|(n, _)| *n == "layer2.0.conv1").unwrap().1, {
+        // 6 images, 128 x 16 x 16 outputs (128 px: layer1 is 32 x 32), 64 x 3 x 3 taps.
+        2 * 6 * 128 * 16 * 16 * 64 * 9
+    });
+}
+
+/// The trace's complete spans, by thread.
+fn read_spans(trace: &std::path::Path) -> BTreeMap<u64, Vec<Span>> {
+    let json: Value = serde_json::from_slice(&std::fs::read(trace).unwrap()).unwrap();
     let mut threads: BTreeMap<u64, Vec<Span>> = BTreeMap::new();
     for e in json["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X") {
         let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
@@ -53,13 +112,25 @@ fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
         });
     }
     assert!(!threads.is_empty(), "the trace has spans");
+    threads
+}
 
-    // Nesting, per thread: in start order (a parent before the children it contains), each span
-    // lies within the innermost open span that it starts inside.
+/// How much of the root span `predict` its top-level stages cover.
+struct Coverage {
+    share: f64,
+    root: f64,
+    /// The largest untraced gaps (us) and the stage each comes before, to say where a shortfall
+    /// comes from.
+    gaps: Vec<(f64, String)>,
+}
+
+/// Asserts that the spans nest, per thread: in start order (a parent before the children it
+/// contains), each span lies within the innermost open span that it starts inside. Sorts each
+/// thread's spans so.
+fn nest_and_cover(threads: &mut BTreeMap<u64, Vec<Span>>) -> Coverage {
     const EPS: f64 = 0.01;
     let mut top_level_under_root = 0.0;
     let mut root = None;
-    // Untraced time before each top-level stage, to say where a shortfall comes from.
     let (mut gaps, mut last_top_end, mut root_end) = (Vec::new(), 0.0f64, 0.0f64);
     for spans in threads.values_mut() {
         spans.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(b.end.total_cmp(&a.end)));
@@ -95,44 +166,14 @@ fn predict_trace_nests_covers_the_command_and_counts_conv_flops() {
     }
     let root = root.expect("a root span named after the command");
     gaps.push((root_end - last_top_end, "the end".into()));
-    gaps.sort_by(|a: &(f64, String), b| b.0.total_cmp(&a.0));
-    assert!(
-        top_level_under_root >= 0.95 * root,
-        "the stages cover {:.1}% of predict's {root} us; the largest untraced gaps (us, before): {:?}",
-        100.0 * top_level_under_root / root,
-        &gaps[..gaps.len().min(6)]
-    );
-
-    let names: Vec<&str> = threads.values().flatten().map(|s| s.name.as_str()).collect();
-    for want in
-        ["load", "decode", "preprocess", "layer2.0.conv1", "conv1+max_pool", "embed", "knn", "eq7", "anomaly_map"]
-    {
-        assert!(names.contains(&want), "no `{want}` span in {names:?}");
-    }
-    for want in ["render", "write"] {
-        assert!(names.contains(&want), "no `{want}` span in {names:?}");
-    }
-
-    // The one forward pass (6 images, batch 8) on the FLOP-counting backend, conv by conv.
-    let counter = FlopCounter::default();
-    let (_, backbone, ..) = model_file::load(&counter, &model).unwrap();
-    backbone.forward(&counter, &vec![6, 3, 128, 128]).unwrap();
-    let mut convs: Vec<&Span> = threads.values().flatten().filter(|s| s.cat == "conv").collect();
-    convs.sort_by(|a, b| a.ts.total_cmp(&b.ts));
-    let traced: Vec<(&str, u64)> = convs.iter().map(|s| (s.name.as_str(), s.flops)).collect();
-    let counted = counter.per_conv();
-    assert_eq!(traced.len(), counted.len(), "one span per convolution run: {traced:?}");
-    for ((name, flops), want) in traced.iter().zip(&counted) {
-        assert_eq!(flops, want, "{name}: span FLOPs against the FLOP counter");
-    }
-    assert_eq!(traced.iter().find(|(n, _)| *n == "layer2.0.conv1").unwrap().1, {
-        // 6 images, 128 x 16 x 16 outputs (128 px: layer1 is 32 x 32), 64 x 3 x 3 taps.
-        2 * 6 * 128 * 16 * 16 * 64 * 9
-    });
+    gaps.sort_by(|a, b| b.0.total_cmp(&a.0));
+    gaps.truncate(6);
+    Coverage { share: top_level_under_root / root, root, gaps }
 }
 
 #[test]
 fn profile_json_has_every_stage_shares_summing_to_one_and_consistent_rates() {
+    let _cores = CORES.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("trace-profile");
     let (model, data) = fitted_model(&dir, 64);
     let o = patchcore(&[
