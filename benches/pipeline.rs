@@ -111,7 +111,7 @@ fn conv_shapes() {
             groups: 1,
             activation: Activation::Relu,
         };
-        let conv = ConvWeights { spec, weight: vec![0.01; cout * cin * k * k], bias: vec![0.0; cout] };
+        let conv = ConvWeights { spec, weight: vec![0.01; cout * cin * k * k].into(), bias: vec![0.0; cout] };
         let x = input(1, side).data.into_iter().cycle().take(cin * side * side).collect::<Vec<f32>>();
         let x = Tensor::new(vec![1, cin, side, side], x);
         let out = side / stride;

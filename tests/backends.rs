@@ -190,7 +190,7 @@ fn conv2d_matches_float64(case: Case) {
         let x = random(&[2, in_c, 17, 22], 10 + i as u64);
         let weights = ConvWeights {
             spec,
-            weight: random(&spec.weight_shape(), 20 + i as u64).data.iter().map(|v| v * 0.2).collect(),
+            weight: random(&spec.weight_shape(), 20 + i as u64).data.iter().map(|v| v * 0.2).collect::<Vec<_>>().into(),
             bias: random(&[out_c], 30 + i as u64).data,
         };
         let (ho, _) = padding.resolve(17, kernel, stride);
@@ -255,7 +255,7 @@ fn nan_is_handled_as_the_cpu(case: Case) {
         };
         let weights = ConvWeights {
             spec,
-            weight: random(&spec.weight_shape(), 91).data.iter().map(|v| v * 0.2).collect(),
+            weight: random(&spec.weight_shape(), 91).data.iter().map(|v| v * 0.2).collect::<Vec<_>>().into(),
             bias: random(&[4], 92).data,
         };
         let y = b.download(&b.conv2d(&b.upload(&x).unwrap(), &b.prepare_conv(&weights).unwrap(), None).unwrap());

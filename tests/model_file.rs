@@ -175,8 +175,8 @@ fn the_banks_cluster_order_is_optional_and_checked() {
 fn hashed_resnet18(dir: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let path = dir.join("good.safetensors");
     common::write_hashed_weights(Architecture::Resnet18, &path);
-    let file = SafetensorsFile::open(&path).unwrap();
-    let parsed = file.parse().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = parsed.names().into_iter().map(String::from).collect();
     names.sort();
     names

@@ -118,7 +118,7 @@ pub fn classify<B: Backend>(backend: &B, source: &dyn WeightSource, x: &B::Tenso
     // The fully connected layer is a 1x1 convolution on the pooled [B, 1280, 1, 1] map.
     let fc = ConvWeights {
         spec: spec(c, CLASSES, 1, 1, 1, Activation::None),
-        weight: source.tensor("_fc.weight", &[CLASSES, c])?,
+        weight: source.tensor("_fc.weight", &[CLASSES, c])?.into(),
         bias: source.tensor("_fc.bias", &[CLASSES])?,
     };
     let pooled = backend.upload(&Tensor::new(vec![b, c, 1, 1], pooled))?;

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::rng::{fnv1a32, hashed_uniform};
 use crate::wide::vectorised;
 use memmap2::Mmap;
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,9 @@ pub trait WeightSource {
 pub struct SafetensorsFile {
     path: PathBuf,
     map: Bytes,
+    /// The header's length and what it says, parsed once: a model file's header names some forty
+    /// tensors, and parsing it for each one cost a millisecond of every load.
+    header: (usize, Metadata),
 }
 
 enum Bytes {
@@ -52,63 +56,67 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; a file changed under us yields wrong numbers or an
         // error from the header checks, never unsoundness in this crate's own code.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let this = SafetensorsFile { path: path.to_path_buf(), map: Bytes::Mapped(map) };
-        this.parse()?;
-        Ok(this)
+        let header = parse(path, &map)?;
+        Ok(SafetensorsFile { path: path.to_path_buf(), map: Bytes::Mapped(map), header })
     }
 
     /// The bundled EfficientNet-Lite0 weights.
     #[cfg(feature = "bundled")]
     pub fn bundled_efficientnet_lite0() -> Self {
-        SafetensorsFile {
-            path: PathBuf::from("<bundled weights/efficientnet_lite0.safetensors>"),
-            map: Bytes::Static(BUNDLED_EFFICIENTNET_LITE0),
-        }
+        let path = PathBuf::from("<bundled weights/efficientnet_lite0.safetensors>");
+        let header =
+            parse(&path, BUNDLED_EFFICIENTNET_LITE0).expect("the bundled weights are a valid safetensors file");
+        SafetensorsFile { path, map: Bytes::Static(BUNDLED_EFFICIENTNET_LITE0), header }
     }
 
-    /// The parsed file. Re-parsing the header is cheap next to reading the tensors.
-    pub fn parse(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.map)
-            .map_err(|e| Error::model(&self.path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))
+    /// The tensor `name`: its dtype, shape and bytes, or `None` where the file has none of that name.
+    fn view(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
+        let (header_len, metadata) = &self.header;
+        let info = metadata.info(name)?;
+        // `parse` checked that every tensor's bytes lie in the file.
+        let (start, end) = info.data_offsets;
+        let data = &self.map[8 + header_len..];
+        Some((info.dtype, &info.shape, &data[start..end]))
     }
 
     /// The U32 tensor `name` of `len` values, or `None` where the file has no tensor of that name.
     pub fn u32_values(&self, name: &str, len: usize) -> Result<Option<Vec<u32>>> {
-        let file = self.parse()?;
-        let Ok(view) = file.tensor(name) else {
+        let Some((dtype, shape, bytes)) = self.view(name) else {
             return Ok(None);
         };
-        if view.dtype() != Dtype::U32 || view.shape() != [len] {
-            let found = format!("{:?} of shape {:?}", view.dtype(), view.shape());
+        if dtype != Dtype::U32 || shape != [len] {
+            let found = format!("{dtype:?} of shape {shape:?}");
             return Err(Error::weights(&self.path, name, format!("{found}, expected U32 of shape [{len}]")));
         }
-        Ok(Some(view.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        Ok(Some(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
     }
 
     /// The JSON metadata map of the header, if any.
-    pub fn metadata(&self) -> Result<std::collections::HashMap<String, String>> {
-        let (_, meta) = SafeTensors::read_metadata(&self.map).map_err(|e| {
-            Error::model(&self.path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
-        })?;
-        Ok(meta.metadata().clone().unwrap_or_default())
+    pub fn metadata(&self) -> std::collections::HashMap<String, String> {
+        self.header.1.metadata().clone().unwrap_or_default()
     }
+}
+
+/// The header of the safetensors `bytes` (from `path`), checked: every tensor's bytes lie in the
+/// file, one after another, as many as its dtype and shape say.
+fn parse(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata)> {
+    SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::model(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))
 }
 
 impl WeightSource for SafetensorsFile {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let file = self.parse()?;
-        let view = file.tensor(name).map_err(|_| {
+        let (dtype, found, bytes) = self.view(name).ok_or_else(|| {
             Error::weights(&self.path, name, "missing (weights of another architecture, or an incomplete file?)")
         })?;
-        if view.shape() != shape {
+        if found != shape {
             return Err(Error::weights(
                 &self.path,
                 name,
-                format!("shape {:?}, expected {shape:?} (weights of another architecture?)", view.shape()),
+                format!("shape {found:?}, expected {shape:?} (weights of another architecture?)"),
             ));
         }
-        let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
+        let values: Vec<f32> = match dtype {
             Dtype::F32 => f32_values(bytes),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -201,14 +209,14 @@ pub fn load_folded(source: &dyn WeightSource, conv: &str, bn: &str, spec: ConvSp
     }
     let per_out = weight.len() / spec.out_channels;
     let scale: Vec<f64> = gamma.iter().zip(&var).map(|(&g, &v)| g as f64 / (v as f64 + eps).sqrt()).collect();
-    let weight = weight.iter().enumerate().map(|(i, &w)| (w as f64 * scale[i / per_out]) as f32).collect();
+    let weight = weight.iter().enumerate().map(|(i, &w)| (w as f64 * scale[i / per_out]) as f32).collect::<Vec<_>>();
     let bias = (0..spec.out_channels).map(|o| (beta[o] as f64 - mean[o] as f64 * scale[o]) as f32).collect();
-    Ok(ConvWeights { spec, weight, bias })
+    Ok(ConvWeights { spec, weight: weight.into(), bias })
 }
 
 /// Loads an already folded convolution (`{name}.weight`, `{name}.bias`), as a model file stores it.
 pub fn load_prefolded(source: &dyn WeightSource, name: &str, spec: ConvSpec) -> Result<ConvWeights> {
     let weight = source.tensor(&format!("{name}.weight"), &spec.weight_shape())?;
     let bias = source.tensor(&format!("{name}.bias"), &[spec.out_channels])?;
-    Ok(ConvWeights { spec, weight, bias })
+    Ok(ConvWeights { spec, weight: weight.into(), bias })
 }

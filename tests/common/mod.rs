@@ -126,11 +126,12 @@ pub fn rewrite_model(
     edit_tensors: impl FnOnce(&mut RawTensors),
 ) {
     let file = SafetensorsFile::open(path).unwrap();
-    let mut meta = file.metadata().unwrap();
+    let mut meta = file.metadata();
     let mut json: serde_json::Value = serde_json::from_str(&meta["patchcore"]).unwrap();
     edit_meta(&mut json);
     meta.insert("patchcore".into(), json.to_string());
-    let parsed = file.parse().unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: RawTensors =
         parsed.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     edit_tensors(&mut tensors);

@@ -1282,8 +1282,11 @@ mod tests {
                 groups: 1,
                 activation: Activation::Relu,
             };
-            let conv =
-                ConvWeights { spec, weight: random(out * c * k * k, 0.2, &mut rng), bias: random(out, 0.5, &mut rng) };
+            let conv = ConvWeights {
+                spec,
+                weight: random(out * c * k * k, 0.2, &mut rng).into(),
+                bias: random(out, 0.5, &mut rng),
+            };
             let x = Tensor::new(vec![3, c, side, side], random(3 * c * side * side, 1.0, &mut rng));
             let (ho, _) = padding.resolve(side, k, stride);
             let residual = Tensor::new(vec![3, out, ho, ho], random(3 * out * ho * ho, 1.0, &mut rng));
@@ -1449,7 +1452,7 @@ mod tests {
                     ConvSpec { in_channels: c, out_channels: out, kernel: k, stride, padding, groups: 1, activation };
                 let conv = ConvWeights {
                     spec,
-                    weight: random(out * c * k * k, 0.2, &mut rng),
+                    weight: random(out * c * k * k, 0.2, &mut rng).into(),
                     bias: random(out, 0.5, &mut rng),
                 };
                 let x = Tensor::new(vec![b, c, side, side], random(b * c * side * side, 1.0, &mut rng));

@@ -95,7 +95,7 @@ mod tests {
     ) -> ConvWeights {
         let padding = Padding::Symmetric(k / 2);
         let spec = ConvSpec { in_channels: c, out_channels: out, kernel: k, stride, padding, groups: 1, activation };
-        ConvWeights { spec, weight: random(out * c * k * k, 0.2, rng), bias: random(out, 0.5, rng) }
+        ConvWeights { spec, weight: random(out * c * k * k, 0.2, rng).into(), bias: random(out, 0.5, rng) }
     }
 
     /// ResNet's chains (3x3 stride 2 then 3x3; a bottleneck's 1x1, strided 3x3, 1x1), with

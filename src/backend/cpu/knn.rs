@@ -60,7 +60,7 @@ pub fn nearest(queries: &[f32], bank: &CpuBank, d: usize, k: usize) -> (Vec<f32>
     bank.screen
         .as_ref()
         .and_then(|screen| knn_screened(queries, &bank.rows.data, screen, d, k))
-        .unwrap_or_else(|| knn_topk(queries, &bank.rows.data, &bank.sq_norms, d, k))
+        .unwrap_or_else(|| knn_topk(queries, &bank.rows.data, bank.sq_norms(), d, k))
 }
 
 /// For each query row, the `k` nearest bank rows by true L2 distance, ascending; ties go to the lower index.

@@ -34,6 +34,7 @@ use conv::CpuConv;
 use conv_amx::Arithmetic;
 use image::RgbImage;
 use knn_screen::{Rounded, ScreenBank};
+use std::sync::OnceLock;
 
 /// The CPU backend. Its convolutions are tile products (`conv_amx`): on AMX in `Arithmetic::
 /// Split` by default (within a few f32 roundings of f32), elsewhere with AVX-512F in `F32`, and
@@ -92,12 +93,20 @@ impl CpuBackend {
     }
 }
 
-/// A memory bank on the CPU: the rows and their squared norms, computed once, and where the CPU
-/// has AVX-512F, the form the kNN screens it with (`knn_screen`).
+/// A memory bank on the CPU: the rows, and where the CPU has AVX-512F, the form the kNN screens
+/// it with (`knn_screen`).
 pub struct CpuBank {
     rows: Tensor,
-    sq_norms: Vec<f32>,
+    /// Each row's squared norm, for the f32 search (`knn_topk`): computed when it first runs, as
+    /// the screened search never needs them (2 ms of each load of a 10,240-row bank).
+    sq_norms: OnceLock<Vec<f32>>,
     screen: Option<ScreenBank>,
+}
+
+impl CpuBank {
+    fn sq_norms(&self) -> &[f32] {
+        self.sq_norms.get_or_init(|| squared_norms(&self.rows.data, self.rows.shape[1]))
+    }
 }
 
 impl HostRows for CpuBank {
@@ -109,9 +118,8 @@ impl HostRows for CpuBank {
 /// The bank of `rows`, screened in `order` (found if `None`).
 fn bank(rows: Tensor, order: Option<ClusterOrder>) -> Result<CpuBank> {
     let [_, d] = rows.dims2()?;
-    let sq_norms = squared_norms(&rows.data, d);
     let screen = ScreenBank::new(&rows.data, d, order).ok();
-    Ok(CpuBank { sq_norms, screen, rows })
+    Ok(CpuBank { sq_norms: OnceLock::new(), screen, rows })
 }
 
 impl Backend for CpuBackend {
