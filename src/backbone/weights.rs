@@ -24,7 +24,7 @@ pub struct SafetensorsFile {
     path: PathBuf,
     map: Bytes,
     /// The header's length and what it says, parsed once: a model file's header names some forty
-    /// tensors, and parsing it for each one cost a millisecond of every load.
+    /// tensors, and each tensor read used to parse all of it again.
     header: (usize, Metadata),
 }
 
